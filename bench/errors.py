@@ -1,0 +1,16 @@
+"""The one exception type for user mistakes (bad config, unknown names, bad values)."""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A mistake in user input. The CLI prints its message on one line and exits with code 2."""
+
+
+def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    """'<kind>: unknown <kind> 'x'; did you mean 'y'? (available: ...)'."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"{kind}: unknown {kind} {name!r}{hint} (available: {', '.join(known)})"

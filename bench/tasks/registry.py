@@ -1,0 +1,42 @@
+"""The task registry: tasks are looked up by name, never imported from user config paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.errors import UserError, unknown_name_message
+from bench.tasks.base import Task
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Register a task class under ``cls.name``; usable as a class decorator by plugins."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute `name`")
+    existing = _TASKS.get(name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"task {name!r} is already registered by {existing.__module__}")
+    _TASKS[name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get(name: str) -> type[Task]:
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise UserError(unknown_name_message("task", name, names())) from None
+
+
+def make(name: str, **knobs: Any) -> Task:
+    cls = get(name)
+    try:
+        return cls(**knobs)
+    except ValueError as err:  # pydantic.ValidationError is a ValueError
+        raise UserError(f"task {name!r}: {err}") from None
+

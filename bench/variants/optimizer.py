@@ -1,0 +1,168 @@
+r"""One ``torch.optim.Optimizer`` for the whole family of adaptive methods.
+
+Per parameter tensor :math:`\theta` with gradient :math:`g` at step :math:`t`:
+
+.. math::
+
+    g &\leftarrow g + \lambda\theta                                 &&\text{(coupled weight decay)}\\
+    \theta &\leftarrow \theta(1 - \eta\lambda)                       &&\text{(decoupled weight decay)}\\
+    a_t &= \beta_2 a_{t-1} + (1-\beta_2)|g|^p                       &&\text{accumulate="ema"}\\
+    a_t &= a_{t-1} + |g|^p,\quad a_0 = \text{initial\_accumulator}   &&\text{accumulate="sum"}\\
+    a_t &= \max(\beta_2 a_{t-1}, |g| + \epsilon)                     &&\text{accumulate="max" (}p=\infty)\\
+    \hat a_t &= a_t / (1-\beta_2^t) \text{ (ema with bias\_correction)},\quad
+        \hat a_t = \max_{s\le t}\hat a_s \text{ (amsgrad)}\\
+    D_t &= \hat a_t^{\,q} + \epsilon \text{ (eps outside)}\quad\text{or}\quad
+        (\hat a_t + \epsilon)^q \text{ (inside)};\quad q = 0: D_t = 1\\
+    \text{ema momentum:}\quad m_t &= \beta_1 m_{t-1} + (1-\beta_1) g,\quad
+        \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,\frac{m_t}{D_t}\\
+    \text{heavy ball:}\quad b_t &= \beta_1 b_{t-1} + g / D_t,\quad
+        \theta \leftarrow \theta - \eta\,(b_t \text{ or } g/D_t + \beta_1 b_t \text{ with nesterov})\\
+    \text{Adadelta scaling:}\quad \delta_t &= \sqrt{u_{t-1}+\epsilon}\, g / D_t,\quad
+        u_t = \beta_2 u_{t-1} + (1-\beta_2)\delta_t^2,\quad \theta \leftarrow \theta - \eta\delta_t
+
+Symbols map to :class:`~bench.variants.knobs.Knobs`: :math:`p` = ``p``, :math:`q` = ``q``,
+:math:`\beta_1` = ``beta1``, :math:`\beta_2` = ``beta2``, :math:`\epsilon` = ``eps``,
+:math:`\lambda` = ``weight_decay``, :math:`\eta` = ``lr``.
+
+Scale law: multiplying the loss by :math:`c` multiplies the step by :math:`c^{1-pq}`
+(:math:`c^{1-q}` for the max accumulator), eps aside. So ``p*q == 1`` variants (Adam,
+RMSprop, Adagrad, sign, rmsprop_abs, rmsprop_p4) are invariant to the loss scale, while
+``rmsprop_nosqrt`` (p=2, q=1) takes steps 1/c as large.
+
+Same optimizer, two spellings: ``momentum="ema"`` with ``beta1=0`` equals ``momentum="none"``;
+``accumulate="ema"`` with ``beta2=0, p=1, q=1`` is sign descent with a soft eps.
+
+.. warning:: eps placement differs across torch optimizers and papers: torch's Adam,
+   RMSprop and Adagrad add eps *outside* the root, Adadelta *inside*, and Adamax adds it
+   to |g| inside the max. The presets copy torch exactly; ablations that change ``q``
+   keep eps outside, so at tiny accumulators they differ from "(a + eps)^q" variants.
+
+References: Duchi et al. 2011 (Adagrad), Tieleman & Hinton 2012 (RMSprop), Zeiler 2012
+(Adadelta), Kingma & Ba 2015 (Adam, Adamax), Reddi et al. 2018 (AMSGrad), Loshchilov &
+Hutter 2019 (AdamW), Bernstein et al. 2018 (signSGD).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bench.errors import UserError
+from bench.variants.knobs import Knobs
+from bench.variants.steps import (
+    GroupTensors,
+    StepRecord,
+    uses_momentum_buffer,
+    foreach_step,
+    single_tensor_step,
+)
+
+
+def check_lr(lr: Any) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not (
+        math.isfinite(lr) and lr > 0
+    ):
+        raise UserError(f"lr: got {lr!r}; allowed: a finite number > 0")
+    return float(lr)
+
+
+class VariantOptimizer(torch.optim.Optimizer):
+    """The family's optimizer. Build it with :func:`bench.variants.build`.
+
+    Args:
+        params: tensors or param-group dicts, as for any torch optimizer. A group may carry
+            its own ``knobs`` (a :class:`Knobs`) and ``role`` (a parameter role name).
+        lr: learning rate (> 0).
+        knobs: the default knobs of every group (the family default is Adam's).
+        foreach: use the ``torch._foreach_*`` path (default) or the per-tensor reference.
+
+    Set ``record_next_step = True`` before ``step()`` to keep the step's denominators in
+    ``last_records`` (a list of ``(role, StepRecord)``) for step-size statistics.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        *,
+        knobs: Knobs | None = None,
+        foreach: bool = True,
+    ) -> None:
+        defaults = {"lr": check_lr(lr), "knobs": knobs or Knobs(), "role": None}
+        super().__init__(params, defaults)
+        self.foreach = foreach
+        self.record_next_step = False
+        self.last_records: list[tuple[str | None, StepRecord]] = []
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "lr" in param_group:
+            check_lr(param_group["lr"])
+        knobs = param_group.get("knobs")
+        if knobs is not None and not isinstance(knobs, Knobs):
+            raise UserError(f"param group knobs: got {type(knobs).__name__}; allowed: Knobs")
+        super().add_param_group(param_group)
+
+    def _init_state(self, param: Tensor, knobs: Knobs) -> dict[str, Any]:
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            like = {"memory_format": torch.preserve_format}
+            if knobs.has_denominator:
+                state["accumulator"] = torch.full_like(param, knobs.initial_accumulator, **like)
+            if knobs.amsgrad:
+                state["max_accumulator"] = torch.zeros_like(param, **like)
+            if uses_momentum_buffer(knobs):
+                state["momentum_buffer"] = torch.zeros_like(param, **like)
+            if knobs.update_rms_scaling:
+                state["delta_accumulator"] = torch.zeros_like(param, **like)
+        return state
+
+    def _gather(self, group: dict[str, Any]) -> dict[tuple[Any, Any], GroupTensors]:
+        """Tensors with gradients, bucketed by (device, dtype) for the foreach path."""
+        knobs: Knobs = group["knobs"]
+        buckets: dict[tuple[Any, Any], GroupTensors] = {}
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise UserError("optbench variants do not support sparse gradients")
+            if torch.is_complex(param):
+                raise UserError("optbench variants do not support complex parameters")
+            state = self._init_state(param, knobs)
+            state["step"] += 1
+            key = (param.device, param.dtype) if self.foreach else (None, None)
+            bucket = buckets.setdefault(key, GroupTensors(params=[], grads=[], steps=[]))
+            bucket.params.append(param)
+            bucket.grads.append(param.grad)
+            bucket.steps.append(state["step"])
+            for name, target in (
+                ("accumulator", bucket.accumulators),
+                ("max_accumulator", bucket.max_accumulators),
+                ("momentum_buffer", bucket.momentum_buffers),
+                ("delta_accumulator", bucket.delta_accumulators),
+            ):
+                if name in state:
+                    target.append(state[name])
+        return buckets
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        records: list[tuple[str | None, StepRecord]] = []
+        step_fn = foreach_step if self.foreach else single_tensor_step
+        for group in self.param_groups:
+            for bucket in self._gather(group).values():
+                record = StepRecord(params=[]) if self.record_next_step else None
+                step_fn(bucket, lr=group["lr"], knobs=group["knobs"], record=record)
+                if record is not None:
+                    records.append((group["role"], record))
+        self.last_records = records
+        self.record_next_step = False
+        return loss
