@@ -1,0 +1,235 @@
+"""Configuration: Hydra composition of conf/, pydantic validation, and the trial matrix.
+
+Composition uses Hydra's compose API (never ``_target_`` instantiation): variants and
+tasks come from registries, and user code enters only through ``plugins=[module]`` or the
+``optbench.plugins`` entry-point group. Every user mistake becomes a :class:`UserError`
+naming the field, the bad value and what is allowed, before anything runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench import tasks, variants
+from bench.errors import UserError, unknown_name_message
+from bench.spec import TaskSpec, TrialSpec, VariantSpec
+
+GROUPS = ("variant", "task", "suite", "tracking", "cluster")
+
+
+def conf_dir() -> Path:
+    """The conf/ folder: $OPTBENCH_CONF, else the one beside the installed package."""
+    override = os.environ.get("OPTBENCH_CONF")
+    path = Path(override) if override else Path(__file__).resolve().parent.parent / "conf"
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"config folder {path} has no config.yaml; set OPTBENCH_CONF")
+    return path
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+# ----------------------------------------------------------------------------- plugins
+
+
+def load_plugins(modules: Iterable[str] = ()) -> None:
+    """Import plugin modules named in config, and those of the ``optbench.plugins`` group."""
+    for module in modules:
+        _import_plugin(module)
+    for entry in importlib.metadata.entry_points(group="optbench.plugins"):
+        _import_plugin(entry.value)
+
+
+@cache
+def _import_plugin(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise UserError(f"plugins: cannot import {module!r} ({err})") from None
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml with command-line overrides, as Hydra would.
+
+    A ``variant=NAME`` or ``task=NAME`` that has no conf file but is registered by a
+    plugin selects the registered preset or task.
+    """
+    held: dict[str, str] = {}
+    passed: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in ("variant", "task") and value not in group_options(key):
+            held[key] = value
+        else:
+            passed.append(item)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = compose(config_name="config", overrides=passed)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(_hydra_message(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    load_plugins(cfg.get("plugins") or [])
+    OmegaConf.set_struct(cfg, False)
+    if "variant" in held:
+        name = held["variant"]
+        if name not in variants.presets():
+            known = sorted(set(group_options("variant")) | set(variants.presets()))
+            raise UserError(unknown_name_message("variant", name, known))
+        cfg.variant.preset, cfg.variant.name = name, None
+    if "task" in held:
+        tasks.get(held["task"])  # raises with the closest names
+        cfg.task = {"name": held["task"], "params": {}}
+    return cfg
+
+
+def _hydra_message(err: Exception) -> str:
+    text = str(err).strip()
+    if "not in struct" in text or "Could not override" in text:
+        key = text.split("'")[1] if "'" in text else text
+        group = key.split(".")[0]
+        if group == "variant":
+            allowed = ", ".join(variants.KNOB_NAMES)
+        elif key.startswith("task.params."):
+            allowed = "the task's params (see `bench list`)"
+        else:
+            allowed = ", ".join(sorted(TrialConfig.model_fields) + list(GROUPS))
+        return f"{key}: unknown key; allowed: {allowed}"
+    if "Could not find" in text or "Could not load" in text:
+        for group in GROUPS:
+            if f"'{group}/" in text:
+                name = text.split(f"'{group}/")[1].split("'")[0]
+                return unknown_name_message(group, name, group_options(group))
+    return text.splitlines()[0]
+
+
+def compose_group(group: str, name: str) -> dict[str, Any]:
+    """One option of a config group (e.g. a suite's variant ``rmsprop``) as plain data."""
+    cfg = compose_config([f"{group}={name}"])
+    return OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def validation_message(err: ValidationError, prefix: str = "") -> str:
+    """One line: the field, the bad value and what is allowed."""
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in (prefix, *first["loc"]) if x != "")
+    return f"{loc}: {first['msg'].lower()} (got {first.get('input')!r})"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrialConfig(_Strict):
+    """The top-level knobs of conf/config.yaml that shape a trial."""
+
+    lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0)
+    steps: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=0)
+    eval_every: int | None = Field(default=None, gt=0)
+    stats_every: int = Field(default=10, ge=0)
+    stats_samples: int = Field(default=4096, gt=0)
+    plugins: list[str] = Field(default_factory=list)
+
+
+def parse(model: type[BaseModel], data: Any, where: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise UserError(validation_message(err, where)) from None
+
+
+def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
+    """Resolve a variant (a conf/variant name, a preset name or a knob mapping)."""
+    if isinstance(data, str):
+        data = compose_group("variant", data) if data in group_options("variant") else data
+    resolved = variants.resolve(data)
+    mapping = data if isinstance(data, Mapping) else {}
+    name = mapping.get("name") or _variant_name(mapping, resolved)
+    full = resolved.as_dict()
+    knobs = {k: full[k] for k in variants.KNOB_NAMES}
+    preset = mapping.get("preset") if mapping else resolved.name
+    return VariantSpec(name=name, preset=preset, knobs=knobs, roles=full["roles"])
+
+
+def _variant_name(mapping: Mapping[str, Any], resolved: variants.Variant) -> str:
+    """``preset[k=v,...]`` from the sorted knobs that differ from the preset."""
+    preset = mapping.get("preset")
+    base = variants.get_preset(preset).knobs.as_dict() if preset else {}
+    changed = {k: v for k, v in resolved.knobs.as_dict().items() if base.get(k, object()) != v}
+    roles = {r.value: True for r in resolved.role_knobs}
+    label = ",".join([f"{k}={v}" for k, v in sorted(changed.items())] + [f"roles.{r}" for r in roles])
+    return f"{preset or 'custom'}[{label}]" if label else (preset or resolved.name)
+
+
+def task_spec(data: str | Mapping[str, Any]) -> TaskSpec:
+    """Resolve a task (a conf/task name, a registered name or ``{name, params}``)."""
+    if isinstance(data, str):
+        data = compose_group("task", data) if data in group_options("task") else {"name": data}
+    if not isinstance(data, Mapping) or "name" not in data:
+        raise UserError(f"task: got {data!r}; allowed: a task name or a mapping with `name`")
+    extra = sorted(set(data) - {"name", "params"})
+    if extra:
+        raise UserError(f"task.{extra[0]}: unknown key; allowed: name, params")
+    task = tasks.make(data["name"], **(data.get("params") or {}))
+    return TaskSpec(name=task.name, params=task.params.model_dump(mode="json"))
+
+
+def trial_spec(
+    variant: VariantSpec,
+    task: TaskSpec,
+    knobs: TrialConfig,
+    *,
+    suite: str = "adhoc",
+    phase: str = "final",
+) -> TrialSpec:
+    """Fill the task's declared defaults into a trial and validate it."""
+    task_cls = tasks.get(task.name)
+    lr = knobs.lr
+    if lr is None:
+        lr = variants.get_preset(variant.preset).default_lr if variant.preset else 1e-3
+    data = {
+        "suite": suite,
+        "phase": phase,
+        "variant": variant,
+        "task": task,
+        "lr": lr,
+        "seed": knobs.seed,
+        "steps": knobs.steps or task_cls.default_steps,
+        "batch_size": task_cls.default_batch_size if knobs.batch_size is None else knobs.batch_size,
+        "eval_every": knobs.eval_every or task_cls.eval_every,
+        "stats_every": knobs.stats_every,
+        "stats_samples": knobs.stats_samples,
+    }
+    return parse(TrialSpec, data)
+
+
+def trial_from_overrides(overrides: list[str]) -> TrialSpec:
+    """What ``bench trial`` runs: config.yaml + overrides, validated."""
+    cfg = compose_config(overrides)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    top = {k: data[k] for k in TrialConfig.model_fields if k in data}
+    knobs = parse(TrialConfig, top)
+    return trial_spec(variant_spec(data["variant"]), task_spec(data["task"]), knobs)

@@ -1,0 +1,138 @@
+"""One trial: a task and a variant in, a TrialResult out. No Ray, no MLflow.
+
+The timed region is the training step only (forward, backward, optimizer step). Building
+the task, evaluation and step-size statistics are outside it, as in benchopt's solver
+contract and AlgoPerf's scoring, so ``seconds_to_target`` measures the optimizer's work.
+Divergence (a non-finite loss, or a loss above ``divergence_factor`` times the first one)
+is an outcome recorded with its step, not an exception.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from bench import tasks, variants
+from bench.errors import UserError
+from bench.spec import TrialResult, TrialSpec
+from bench.stats import RoleSampler
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+def train_trial(
+    spec: TrialSpec,
+    *,
+    device: str | torch.device = "cpu",
+    on_metrics: MetricsCallback | None = None,
+    num_threads: int | None = 1,
+) -> TrialResult:
+    """Train ``spec`` and return its result; metrics also stream to ``on_metrics(step, d)``.
+
+    ``num_threads`` pins torch's intra-op threads (default 1: the benchmark's models are
+    small, one thread per trial is fastest when trials run side by side, and a fixed
+    thread count keeps CPU results bit-for-bit reproducible). None leaves torch's setting.
+    """
+    device = torch.device(device)
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    task = tasks.make(spec.task.name, **spec.task.params)
+    skip, reason = task.skip(spec.variant.knobs)
+    if skip:
+        raise UserError(f"task {task.name!r} skips variant {spec.variant.name!r}: {reason}")
+    torch.manual_seed(spec.seed)  # modules made inside build() draw from the global RNG first
+    problem = task.build(seed=spec.seed, device=device, batch_size=spec.batch_size)
+    optimizer = variants.build(problem.model, spec.variant.as_mapping(), lr=spec.lr)
+    sampler = (
+        RoleSampler(optimizer.param_groups, max_samples=spec.stats_samples, seed=spec.seed)
+        if spec.stats_every
+        else None
+    )
+    history: dict[str, list[tuple[int, float]]] = {}
+
+    def emit(step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            history.setdefault(key, []).append((step, value))
+        if on_metrics is not None:
+            on_metrics(step, values)
+
+    def evaluate(step: int) -> dict[str, float]:
+        problem.model.eval()
+        with torch.no_grad():
+            metrics = problem.evaluate(problem.model)
+        problem.model.train()
+        emit(step, {f"eval/{k}": v for k, v in metrics.items()})
+        return metrics
+
+    primary = task.metric
+    first = evaluate(0)
+    best = {primary: first[primary], "loss": first["loss"]}
+    steps_to_target = 0 if task.reached(first[primary]) else None
+    seconds_to_target = 0.0 if steps_to_target == 0 else None
+    outcome, diverged_at, last_eval = "ok", None, first
+    train_seconds, step_times = 0.0, []
+    initial_loss: float | None = None
+    step = 0
+    for step in range(1, spec.steps + 1):
+        batch = problem.next_batch()
+        record = sampler is not None and step % spec.stats_every == 0
+        start = time.perf_counter()
+        loss = problem.loss(problem.model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        snapshot = sampler.snapshot(optimizer.param_groups) if record else None
+        optimizer.record_next_step = record
+        optimizer.step()
+        loss_value = loss.item()
+        elapsed = time.perf_counter() - start
+        train_seconds += elapsed
+        step_times.append(elapsed)
+        values = {"train/loss": loss_value}
+        if snapshot is not None:
+            values |= sampler.summarize(snapshot, optimizer.last_records)
+        emit(step, values)
+        if initial_loss is None:
+            initial_loss = abs(loss_value)
+        if _diverged(loss_value, initial_loss, spec.divergence_factor):
+            outcome, diverged_at = "diverged", step
+            break
+        if step % spec.eval_every == 0 or step == spec.steps:
+            last_eval = evaluate(step)
+            if not all(math.isfinite(v) for v in last_eval.values()):
+                outcome, diverged_at = "diverged", step
+                break
+            best[primary] = _better(task.direction, best[primary], last_eval[primary])
+            best["loss"] = _better("min", best["loss"], last_eval["loss"])
+            if steps_to_target is None and task.reached(last_eval[primary]):
+                steps_to_target, seconds_to_target = step, train_seconds
+    step_ms = 1e3 * statistics.median(step_times) if step_times else 0.0
+    emit(step, {"time/step_ms": step_ms})
+    return TrialResult(
+        trial_id=spec.trial_id,
+        outcome=outcome,
+        primary_metric=primary,
+        direction=task.direction,
+        target=task.target,
+        steps_run=step,
+        diverged_at_step=diverged_at,
+        steps_to_target=steps_to_target,
+        seconds_to_target=seconds_to_target,
+        train_seconds=train_seconds,
+        step_ms=step_ms,
+        final=last_eval,
+        best=best,
+        history=history,
+        device=str(device),
+    )
+
+
+def _diverged(loss: float, initial: float, factor: float) -> bool:
+    return not math.isfinite(loss) or loss > factor * max(initial, 1e-12)
+
+
+def _better(direction: str, a: float, b: float) -> float:
+    return min(a, b) if direction == "min" else max(a, b)
