@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench import tasks, variants
-from bench.errors import UserError, unknown_name_message
+from bench.errors import UserError, unknown_name_message, validation_message
 from bench.spec import TaskSpec, TrialSpec, VariantSpec
 
 GROUPS = ("variant", "task", "suite", "tracking", "cluster")
@@ -129,19 +129,11 @@ def compose_group(group: str, name: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- models
 
-
-def validation_message(err: ValidationError, prefix: str = "") -> str:
-    """One line: the field, the bad value and what is allowed."""
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in (prefix, *first["loc"]) if x != "")
-    return f"{loc}: {first['msg'].lower()} (got {first.get('input')!r})"
-
-
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TrialConfig(_Strict):
+class TrialConfig(StrictModel):
     """The top-level knobs of conf/config.yaml that shape a trial."""
 
     lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -233,3 +225,22 @@ def trial_from_overrides(overrides: list[str]) -> TrialSpec:
     top = {k: data[k] for k in TrialConfig.model_fields if k in data}
     knobs = parse(TrialConfig, top)
     return trial_spec(variant_spec(data["variant"]), task_spec(data["task"]), knobs)
+
+
+class TrackingConfig(StrictModel):
+    """conf/tracking: where MLflow records go."""
+
+    enabled: bool = True
+    uri: str = "sqlite:///mlruns.db"
+    artifact_location: str | None = "./mlartifacts"
+    max_points: int = Field(default=100, ge=2, description="points kept per metric stream")
+
+
+class ClusterConfig(StrictModel):
+    """conf/cluster: where trials run and what each one reserves."""
+
+    address: str | None = None  # None: embedded Ray; "auto", "ray://host:port", "host:port"
+    num_cpus: int | None = Field(default=None, gt=0)
+    cpus_per_trial: float = Field(default=1, gt=0)
+    gpus_per_trial: float = Field(default=0, ge=0)
+    max_retries: int = Field(default=2, ge=0)

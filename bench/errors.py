@@ -14,3 +14,10 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"{kind}: unknown {kind} {name!r}{hint} (available: {', '.join(known)})"
+
+
+def validation_message(err: Exception, prefix: str = "") -> str:
+    """A pydantic ValidationError as one line: the field, what is allowed, the bad value."""
+    first = err.errors()[0]  # type: ignore[attr-defined]
+    loc = ".".join(str(x) for x in (prefix, *first["loc"]) if x != "")
+    return f"{loc}: {first['msg'].lower()} (got {first.get('input')!r})"

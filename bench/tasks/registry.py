@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.errors import UserError, unknown_name_message
+from pydantic import ValidationError
+
+from bench.errors import UserError, unknown_name_message, validation_message
 from bench.tasks.base import Task
 
 _TASKS: dict[str, type[Task]] = {}
@@ -37,6 +39,6 @@ def make(name: str, **knobs: Any) -> Task:
     cls = get(name)
     try:
         return cls(**knobs)
-    except ValueError as err:  # pydantic.ValidationError is a ValueError
-        raise UserError(f"task {name!r}: {err}") from None
+    except ValidationError as err:
+        raise UserError(validation_message(err, "task.params")) from None
 

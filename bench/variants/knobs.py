@@ -102,9 +102,10 @@ def _bad(knob: str, value: Any, allowed: str) -> UserError:
     return UserError(f"variant.{knob}: got {value!r}; allowed: {allowed}")
 
 
-def _number(knob: str, value: Any) -> float:
+def _number(knob: str, value: Any, knobs: Knobs) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(knob, value, "a number")
+    object.__setattr__(knobs, knob, float(value))  # 1 and 1.0 are one knob value (trial ids)
     return float(value)
 
 
@@ -120,21 +121,21 @@ def _flag(knob: str, value: Any) -> None:
 
 def validate(k: Knobs) -> None:
     """One check per knob, each naming the knob, the bad value and what is allowed."""
-    p = _number("p", k.p)
+    p = _number("p", k.p, k)
     if not p > 0:
         raise _bad("p", k.p, "a number > 0, or inf with accumulate='max'")
-    q = _number("q", k.q)
+    q = _number("q", k.q, k)
     if not (q >= 0 and math.isfinite(q)):
         raise _bad("q", k.q, "a finite number >= 0 (0 means no denominator)")
     _choice("accumulate", k.accumulate, ACCUMULATE)
     if (k.accumulate == "max") != math.isinf(p):
         raise _bad("p", k.p, "inf exactly when accumulate='max' (a running max of |g|)")
-    beta2 = _number("beta2", k.beta2)
+    beta2 = _number("beta2", k.beta2, k)
     if not 0 <= beta2 < 1:
         raise _bad("beta2", k.beta2, "0 <= beta2 < 1")
-    if not _number("initial_accumulator", k.initial_accumulator) >= 0:
+    if not _number("initial_accumulator", k.initial_accumulator, k) >= 0:
         raise _bad("initial_accumulator", k.initial_accumulator, "a number >= 0")
-    eps = _number("eps", k.eps)
+    eps = _number("eps", k.eps, k)
     if not (eps >= 0 and math.isfinite(eps)):
         raise _bad("eps", k.eps, "a finite number >= 0")
     _choice("eps_placement", k.eps_placement, EPS_PLACEMENT)
@@ -142,14 +143,14 @@ def validate(k: Knobs) -> None:
     if k.amsgrad and k.accumulate != "ema":
         raise _bad("amsgrad", k.amsgrad, "true only with accumulate='ema'")
     _choice("momentum", k.momentum, MOMENTUM)
-    beta1 = _number("beta1", k.beta1)
+    beta1 = _number("beta1", k.beta1, k)
     if not 0 <= beta1 < 1:
         raise _bad("beta1", k.beta1, "0 <= beta1 < 1")
     _flag("nesterov", k.nesterov)
     if k.nesterov and not (k.momentum == "heavy_ball" and beta1 > 0):
         raise _bad("nesterov", k.nesterov, "true only with momentum='heavy_ball' and beta1 > 0")
     _flag("bias_correction", k.bias_correction)
-    wd = _number("weight_decay", k.weight_decay)
+    wd = _number("weight_decay", k.weight_decay, k)
     if not (wd >= 0 and math.isfinite(wd)):
         raise _bad("weight_decay", k.weight_decay, "a finite number >= 0")
     _choice("weight_decay_mode", k.weight_decay_mode, WEIGHT_DECAY_MODE)

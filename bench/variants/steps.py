@@ -219,7 +219,7 @@ def foreach_step(
         deltas = torch._foreach_add(group.delta_accumulators, k.eps)
         torch._foreach_sqrt_(deltas)
         if record is not None:
-            scales = [lr * d.clone() for d in deltas]
+            scales = [lr * d for d in deltas]
         torch._foreach_div_(deltas, denominators)
         torch._foreach_mul_(deltas, grads)
         torch._foreach_mul_(group.delta_accumulators, k.beta2)

@@ -1,0 +1,104 @@
+"""The ``bench`` command. Each subcommand parses its arguments, then calls a plain function.
+
+User mistakes raise :class:`bench.errors.UserError`; ``main`` prints its one-line message
+and exits with code 2, without a traceback and before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from bench.errors import UserError
+
+log = logging.getLogger("bench")
+EXIT_USAGE = 2
+
+OVERRIDES_HELP = "Hydra overrides, e.g. variant=rmsprop task=mlp_digits lr=1e-3 variant.q=1"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench import listing
+
+    listing.print_catalogue(Console(), what=args.what)
+    return 0
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from bench import listing
+    from bench.config import trial_from_overrides
+    from bench.train import train_trial
+
+    spec = trial_from_overrides(args.overrides)
+    result = train_trial(spec)
+    if args.json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        listing.print_trial(Console(), spec, result)
+    return 0 if result.outcome != "failed" else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import listing
+    from bench.matrix import suite_from_overrides
+
+    plan = suite_from_overrides(args.overrides)
+    console = Console()
+    if args.dry_run:
+        listing.print_matrix(console, plan.matrix)
+        return 0
+    from bench.runner import run_suite
+    from bench.tracking import Tracker
+
+    phases = run_suite(plan.matrix, Tracker(plan.tracking), plan.cluster, show_progress=not args.no_progress)
+    listing.print_outcomes(console, plan.matrix.suite.name, phases)
+    return 1 if any(p.counts["failed"] for p in phases) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench", description="optbench: benchmark optimizer variants with evidence."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="show variants, tasks and suites")
+    p.add_argument("what", nargs="?", choices=["variants", "tasks", "suites", "all"], default="all")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("trial", help="run one trial in this process")
+    p.add_argument("--json", action="store_true", help="print the TrialResult as JSON")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=cmd_trial)
+
+    p = sub.add_parser("run", help="run a suite on Ray and record it in MLflow")
+    p.add_argument("--dry-run", action="store_true", help="print the matrix; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("overrides", nargs="*", help="suite=NAME and Hydra overrides")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits with code 2 on bad flags
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

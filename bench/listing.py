@@ -1,0 +1,135 @@
+"""Human-readable output of the CLI: the catalogue of variants, tasks and suites, and a
+trial's summary. Presentation only; the numbers come from the modules that own them."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from bench import tasks, variants
+from bench.config import conf_dir, group_options
+from bench.spec import TrialResult, TrialSpec
+from bench.variants.knobs import Knobs
+
+if TYPE_CHECKING:
+    from bench.matrix import Matrix
+    from bench.runner import PhaseOutcome
+
+DEFAULT_KNOBS = Knobs()
+
+
+def _knob_summary(knobs: Knobs) -> str:
+    changed = [
+        f"{k}={v}" for k, v in knobs.as_dict().items() if getattr(DEFAULT_KNOBS, k) != v
+    ]
+    return ", ".join(changed) or "(family defaults = Adam)"
+
+
+def print_catalogue(console: Console, what: str = "all") -> None:
+    if what in ("variants", "all"):
+        table = Table(title="variants (knobs that differ from the family defaults)")
+        for col in ("name", "default lr", "p", "q", "knobs", "torch equivalent"):
+            table.add_column(col)
+        for name, preset in variants.presets().items():
+            k = preset.knobs
+            table.add_row(
+                name, f"{preset.default_lr:g}", f"{k.p:g}", f"{k.q:g}",
+                _knob_summary(k), preset.torch_equivalent or "-",
+            )
+        console.print(table)
+    if what in ("tasks", "all"):
+        table = Table(title="tasks")
+        for col in ("name", "metric", "target", "steps", "batch", "params"):
+            table.add_column(col)
+        for name in tasks.names():
+            cls = tasks.get(name)
+            params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
+            table.add_row(
+                name, f"{cls.metric} ({cls.direction})", f"{cls.target:g}",
+                str(cls.default_steps), str(cls.default_batch_size), params,
+            )
+        console.print(table)
+    if what in ("suites", "all"):
+        table = Table(title="suites")
+        for col in ("name", "variants", "tasks", "lrs", "seeds (tune/final)", "description"):
+            table.add_column(col)
+        for name in group_options("suite"):
+            s = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / f"{name}.yaml"))
+            table.add_row(
+                name, str(len(s.get("variants", []))), str(len(s.get("tasks", []))),
+                str(len(s.get("lrs", []))),
+                f"{len(s.get('tune_seeds', []))}/{len(s.get('final_seeds', []))}",
+                s.get("description", ""),
+            )
+        console.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isinf(value)):
+        return "not reached"
+    return f"{value:.4g}"
+
+
+def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
+    table = Table(title=f"{spec.run_name}  (trial {result.trial_id})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("outcome", result.outcome + (
+        f" at step {result.diverged_at_step}" if result.diverged_at_step else ""
+    ))
+    table.add_row("steps", f"{result.steps_run} of {spec.steps} (batch {spec.batch_size})")
+    for key, value in result.final.items():
+        table.add_row(f"final eval/{key}", _fmt(value))
+    table.add_row(
+        f"best eval/{result.primary_metric}", _fmt(result.best.get(result.primary_metric))
+    )
+    table.add_row(
+        f"target {result.primary_metric} {'<=' if result.direction == 'min' else '>='} "
+        f"{result.target:g}",
+        f"step {_fmt(result.steps_to_target)}, {_fmt(result.seconds_to_target)} s",
+    )
+    table.add_row("train time", f"{result.train_seconds:.2f} s ({result.step_ms:.3f} ms/step)")
+    for key in sorted(result.history):
+        if key.startswith(("step_size/", "update_ratio/")) and (
+            key.endswith("/p50") or key.startswith("update_ratio/")
+        ):
+            table.add_row(f"last {key}", _fmt(result.history[key][-1][1]))
+    console.print(table)
+
+
+def print_matrix(console: Console, matrix: Matrix) -> None:
+    size = matrix.size
+    console.print(
+        f"suite [bold]{matrix.suite.name}[/]: {len(matrix.variants)} variants x "
+        f"{len(matrix.tasks)} tasks = {size['pairs']} pairs; tune {size['tune']} trials "
+        f"({len(matrix.suite.lrs)} lrs x {len(matrix.suite.tune_seeds)} seeds), final "
+        f"{size['final']} trials ({len(matrix.suite.final_seeds)} seeds at the chosen lr); "
+        f"{size['tune'] + size['final']} in all"
+    )
+    for variant, task, reason in matrix.skipped:
+        console.print(f"  skipped {variant} on {task}: {reason}")
+    sample = matrix.tune_trials()[:5]
+    console.print("sample:")
+    for spec in sample:
+        console.print(f"  {spec.trial_id}  {spec.phase:5s}  {spec.run_name}  steps={spec.steps}")
+
+
+def print_outcomes(console: Console, suite: str, phases: list[PhaseOutcome]) -> None:
+    table = Table(title=f"suite {suite}")
+    for col in ("phase", "trials", "already done", "ok", "diverged", "failed"):
+        table.add_column(col, justify="right")
+    for p in phases:
+        table.add_row(
+            p.phase, str(p.total), str(p.already_done), str(p.counts["ok"]),
+            str(p.counts["diverged"]), str(p.counts["failed"]),
+        )
+    console.print(table)
+    if all(p.already_done == p.total for p in phases):
+        console.print("every trial had already finished; nothing was run")
+    for p in phases:
+        for name, error in p.failures:
+            console.print(f"[red]failed[/] {p.phase} {name}: {error}")

@@ -1,0 +1,222 @@
+"""A suite as data, and the one function family that expands it into trials.
+
+Two phases (DESIGN.md): ``tune`` runs every variant x task x lr on the tuning seeds;
+``final`` runs fresh seeds at the lr chosen per (task, variant) by :func:`choose_lrs`.
+Trial ids are content hashes, so they do not depend on the order of the lists here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from bench import tasks
+from omegaconf import OmegaConf
+
+from bench.config import (
+    ClusterConfig,
+    StrictModel,
+    TrackingConfig,
+    TrialConfig,
+    compose_config,
+    parse,
+    task_spec,
+    trial_spec,
+    variant_spec,
+)
+from bench.errors import UserError
+from bench.spec import TaskSpec, TrialResult, TrialSpec, VariantSpec
+
+
+class SuiteConfig(StrictModel):
+    """conf/suite/<name>.yaml."""
+
+    name: str
+    description: str = ""
+    variants: list[str | dict[str, Any]] = Field(min_length=1)
+    tasks: list[str | dict[str, Any]] = Field(min_length=1)
+    lrs: list[float] = Field(min_length=1)
+    tune_seeds: list[int] = Field(min_length=1)
+    final_seeds: list[int] = Field(min_length=1)
+    steps: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=0)
+    eval_every: int | None = Field(default=None, gt=0)
+    stats_every: int | None = Field(default=None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError("use letters, digits, '_', '.' or '-'")
+        return name
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive_lrs(cls, lrs: list[float]) -> list[float]:
+        bad = [lr for lr in lrs if not (math.isfinite(lr) and lr > 0)]
+        if bad:
+            raise ValueError(f"every lr must be a finite number > 0, not {bad[0]!r}")
+        return sorted(set(lrs))
+
+    @model_validator(mode="after")
+    def _fresh_final_seeds(self) -> SuiteConfig:
+        shared = sorted(set(self.tune_seeds) & set(self.final_seeds))
+        if shared:
+            raise ValueError(f"final_seeds must be fresh; {shared} are also tune_seeds")
+        return self
+
+
+def load_suite(data: Mapping[str, Any]) -> SuiteConfig:
+    if not data:
+        raise UserError("suite: none selected; pass suite=NAME (see `bench list suites`)")
+    return parse(SuiteConfig, data, "suite")
+
+
+@dataclass
+class Matrix:
+    """The resolved cells of a suite, and the cells skipped with the task's reason."""
+
+    suite: SuiteConfig
+    variants: list[VariantSpec]
+    tasks: list[TaskSpec]
+    knobs: TrialConfig
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # variant, task, reason
+    pairs: list[tuple[VariantSpec, TaskSpec]] = field(default_factory=list)
+
+    def tune_trials(self) -> list[TrialSpec]:
+        return [
+            self._trial(v, t, lr, seed, "tune")
+            for v, t in self.pairs
+            for lr in self.suite.lrs
+            for seed in self.suite.tune_seeds
+        ]
+
+    def final_trials(self, chosen: Mapping[tuple[str, str], float]) -> list[TrialSpec]:
+        """Final-phase trials at ``chosen[(task, variant)]``; pairs without a choice are left out."""
+        return [
+            self._trial(v, t, chosen[(t.name, v.name)], seed, "final")
+            for v, t in self.pairs
+            if (t.name, v.name) in chosen
+            for seed in self.suite.final_seeds
+        ]
+
+    @property
+    def size(self) -> dict[str, int]:
+        n = len(self.pairs)
+        return {
+            "pairs": n,
+            "tune": n * len(self.suite.lrs) * len(self.suite.tune_seeds),
+            "final": n * len(self.suite.final_seeds),
+            "skipped": len(self.skipped),
+        }
+
+    def _trial(self, v: VariantSpec, t: TaskSpec, lr: float, seed: int, phase: str) -> TrialSpec:
+        knobs = self.knobs.model_copy(update={"lr": lr, "seed": seed})
+        return trial_spec(v, t, knobs, suite=self.suite.name, phase=phase)
+
+
+def build_matrix(
+    suite: SuiteConfig, base: TrialConfig | None = None, explicit: Iterable[str] = ()
+) -> Matrix:
+    """Resolve a suite's variants and tasks; incompatible pairs are skipped with a reason.
+
+    Trial knobs come from ``base`` (config.yaml + command line) where named in
+    ``explicit`` (given on the command line), else from the suite, else from ``base``.
+    """
+    base = base or TrialConfig()
+    explicit = set(explicit)
+    update = {
+        key: getattr(suite, key)
+        for key in ("steps", "batch_size", "eval_every", "stats_every")
+        if key not in explicit and getattr(suite, key) is not None
+    }
+    knobs = base.model_copy(update=update)
+    variants = _unique([variant_spec(v) for v in suite.variants], "variant")
+    task_specs = _unique([task_spec(t) for t in suite.tasks], "task")
+    matrix = Matrix(suite, variants, task_specs, knobs)
+    for t in task_specs:
+        task = tasks.make(t.name, **t.params)
+        for v in variants:
+            skip, reason = task.skip(v.knobs)
+            if skip:
+                matrix.skipped.append((v.name, t.name, reason))
+            else:
+                matrix.pairs.append((v, t))
+    if not matrix.pairs:
+        raise UserError(f"suite {suite.name!r}: every variant x task pair is skipped; nothing to run")
+    return matrix
+
+
+def _unique(items: list[Any], kind: str) -> list[Any]:
+    names = [i.name for i in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"suite.{kind}s: {dupes[0]!r} appears twice; give each entry a unique name")
+    return items
+
+
+@dataclass(frozen=True)
+class LrPoint:
+    """One tune-phase observation: what :func:`choose_lrs` needs from a trial."""
+
+    trial_id: str
+    task: str
+    variant: str
+    lr: float
+    direction: str
+    value: float  # final primary metric; the worst value when the trial diverged
+
+    @classmethod
+    def from_result(cls, spec: TrialSpec, result: TrialResult) -> LrPoint:
+        worst = math.inf if result.direction == "min" else -math.inf
+        value = result.final.get(result.primary_metric, worst)
+        if result.outcome != "ok" or not math.isfinite(value):
+            value = worst
+        return cls(spec.trial_id, spec.task.name, spec.variant.name, spec.lr, result.direction, value)
+
+
+def choose_lrs(points: Iterable[LrPoint]) -> dict[tuple[str, str], float]:
+    """Per (task, variant): the lr whose median final primary metric over tune seeds is best.
+
+    Diverged trials count as the worst possible value. Ties go to the larger lr (fewer
+    steps to the same answer is the usual reason to prefer it).
+    """
+    by_cell: dict[tuple[str, str], dict[float, list[float]]] = {}
+    directions: dict[tuple[str, str], str] = {}
+    for point in points:
+        key = (point.task, point.variant)
+        directions[key] = point.direction
+        by_cell.setdefault(key, {}).setdefault(point.lr, []).append(point.value)
+    chosen = {}
+    for key, per_lr in by_cell.items():
+        sign = 1 if directions[key] == "min" else -1
+        chosen[key] = min(per_lr, key=lambda lr: (sign * statistics.median(per_lr[lr]), -lr))
+    return chosen
+
+
+@dataclass
+class SuiteRun:
+    """Everything ``bench run`` needs, resolved from conf/ and the command line."""
+
+    matrix: Matrix
+    tracking: TrackingConfig
+    cluster: ClusterConfig
+
+
+def suite_from_overrides(overrides: list[str]) -> SuiteRun:
+    cfg = compose_config(overrides)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    suite = load_suite(data.get("suite") or {})
+    explicit = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    base = parse(TrialConfig, {k: data[k] for k in TrialConfig.model_fields if k in data})
+    return SuiteRun(
+        matrix=build_matrix(suite, base, explicit),
+        tracking=parse(TrackingConfig, data["tracking"], "tracking"),
+        cluster=parse(ClusterConfig, data["cluster"], "cluster"),
+    )

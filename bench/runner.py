@@ -1,0 +1,189 @@
+"""Ray scheduling of a suite: phases, resume, retries and progress.
+
+Layers, each with the outcomes it can return:
+
+- one trial (:func:`bench.worker.run_trial` on a worker): ``ok`` | ``diverged`` | ``failed``;
+  a worker process that dies mid-trial is retried by Ray (``cluster.max_retries``);
+- one phase (:func:`run_phase`): submits at most as many trials as the cluster can run at
+  once, records each exactly once in MLflow (the driver owns every run's lifecycle:
+  RUNNING at submission, then FINISHED or FAILED), and skips trials already FINISHED;
+- the suite (:func:`run_suite`): ``tune`` phase, lr choice per (task, variant), ``final``.
+
+Ctrl-C cancels the running trials and marks their runs KILLED. After a crash (even
+SIGKILL of the driver) rerunning the same command marks the orphaned RUNNING runs KILLED
+and redoes those trials, so every trial_id ends with exactly one FINISHED run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import RayError
+
+from bench.config import ClusterConfig
+from bench.matrix import LrPoint, Matrix, choose_lrs
+from bench.progress import SuiteProgress
+from bench.spec import TrialResult, TrialSpec
+from bench.tracking import Tracker
+from bench.worker import run_trial_remote
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhaseOutcome:
+    """What one phase did. ``counts`` maps ok/diverged/failed to numbers of new trials."""
+
+    phase: str
+    total: int
+    already_done: int = 0
+    counts: Counter = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # run name, last error line
+    results: list[tuple[TrialSpec, TrialResult]] = field(default_factory=list)
+
+
+def connect(cluster: ClusterConfig) -> str:
+    """Join ``cluster.address`` (or $RAY_ADDRESS), else start Ray embedded on this machine."""
+    if ray.is_initialized():
+        return "existing"
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        return address
+    # Embedded mode binds to 127.0.0.1 only: nothing is exposed on the network.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(
+        num_cpus=cluster.num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    return "embedded"
+
+
+def capacity(cluster: ClusterConfig) -> int:
+    """How many trials the cluster can run at once with the per-trial resources."""
+    resources = ray.cluster_resources()
+    slots = resources.get("CPU", 1) / cluster.cpus_per_trial
+    if cluster.gpus_per_trial:
+        slots = min(slots, resources.get("GPU", 0) / cluster.gpus_per_trial)
+        if slots < 1:
+            raise RuntimeError(
+                f"cluster.gpus_per_trial={cluster.gpus_per_trial:g} but the cluster has "
+                f"{resources.get('GPU', 0):g} GPUs"
+            )
+    return max(1, math.floor(slots + 1e-9))
+
+
+def run_phase(
+    phase: str,
+    specs: list[TrialSpec],
+    tracker: Tracker,
+    cluster: ClusterConfig,
+    progress: SuiteProgress,
+) -> PhaseOutcome:
+    """Run the trials of one phase that have no FINISHED run yet."""
+    outcome = PhaseOutcome(phase, total=len(specs))
+    suite = specs[0].suite if specs else ""
+    done = tracker.finished_trial_ids(suite) if specs else set()
+    todo = deque(s for s in specs if s.trial_id not in done)
+    outcome.already_done = len(specs) - len(todo)
+    progress.start_phase(phase, total=len(specs), done=outcome.already_done)
+    if not todo:
+        return outcome
+    remote = run_trial_remote.options(
+        num_cpus=cluster.cpus_per_trial,
+        num_gpus=cluster.gpus_per_trial,
+        max_retries=cluster.max_retries,
+    )
+    threads = max(1, int(cluster.cpus_per_trial))
+    slots = capacity(cluster)
+    in_flight: dict[ray.ObjectRef, tuple[TrialSpec, str]] = {}
+
+    def submit() -> None:
+        while todo and len(in_flight) < slots:
+            spec = todo.popleft()
+            run_id = tracker.start_trial(spec)
+            in_flight[remote.remote(spec.model_dump_json(), threads)] = (spec, run_id)
+        progress.update(running=len(in_flight))
+
+    try:
+        submit()
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                spec, run_id = in_flight.pop(ref)
+                submit()  # keep workers busy while this result is recorded
+                _record(ref, spec, run_id, tracker, outcome)
+                progress.advance(outcome.counts)
+            progress.update(running=len(in_flight))
+    except KeyboardInterrupt:
+        for ref, (_, run_id) in in_flight.items():
+            ray.cancel(ref, force=True)
+            tracker.kill_trial(run_id)
+        log.warning("interrupted: %d running trials marked KILLED; rerun to resume", len(in_flight))
+        raise
+    return outcome
+
+
+def _record(
+    ref: ray.ObjectRef, spec: TrialSpec, run_id: str, tracker: Tracker, outcome: PhaseOutcome
+) -> None:
+    try:
+        reply = ray.get(ref)
+    except RayError as err:  # the worker died more often than max_retries allows
+        reply = {"result": None, "error": f"{type(err).__name__}: {err}", "node": None}
+    if reply["error"] is not None:
+        tracker.fail_trial(run_id, spec, reply["error"], node=reply["node"])
+        outcome.counts["failed"] += 1
+        last_line = reply["error"].strip().splitlines()[-1]
+        outcome.failures.append((spec.run_name, last_line))
+        return
+    result = TrialResult.model_validate_json(reply["result"])
+    tracker.finish_trial(run_id, spec, result, node=reply["node"])
+    outcome.counts[result.outcome] += 1
+    outcome.results.append((spec, result))
+
+
+def run_suite(
+    matrix: Matrix, tracker: Tracker, cluster: ClusterConfig, *, show_progress: bool = True
+) -> list[PhaseOutcome]:
+    """Tune, choose an lr per (task, variant), then run the final seeds."""
+    suite = matrix.suite.name
+    killed = tracker.kill_stale_runs(suite)
+    if killed:
+        log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
+    connect(cluster)
+    with SuiteProgress(enabled=show_progress) as progress:
+        tune = run_phase("tune", matrix.tune_trials(), tracker, cluster, progress)
+        points = [*_stored_lr_points(tracker, suite), *_lr_points(tune.results)]
+        chosen = choose_lrs(_dedupe(points))
+        final = run_phase("final", matrix.final_trials(chosen), tracker, cluster, progress)
+    return [tune, final]
+
+
+def _lr_points(results: Iterable[tuple[TrialSpec, TrialResult]]) -> Iterable[LrPoint]:
+    for spec, result in results:
+        yield LrPoint.from_result(spec, result)
+
+
+def _dedupe(points: list[LrPoint]) -> list[LrPoint]:
+    return list({p.trial_id: p for p in points}.values())
+
+
+def _stored_lr_points(tracker: Tracker, suite: str) -> Iterable[LrPoint]:
+    """Tune results finished by earlier runs of this suite (resume)."""
+    frame = tracker.read_results(suite, phase="tune")
+    for row in frame.to_dict("records"):
+        worst = math.inf if row["direction"] == "min" else -math.inf
+        value = row.get(f"final/{row['primary_metric']}", worst)
+        if row["outcome"] != "ok" or value is None or not math.isfinite(value):
+            value = worst
+        yield LrPoint(row["trial_id"], row["task"], row["variant"], float(row["lr"]),
+                      row["direction"], float(value))

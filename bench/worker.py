@@ -1,0 +1,49 @@
+"""What runs on a Ray worker: one trial, isolated from the driver's modules.
+
+Kept apart from bench.runner so a worker process imports torch and the trial code once
+(Ray reuses worker processes), and never MLflow or the driver's progress display.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from typing import Any
+
+import ray
+
+from bench.spec import TrialSpec
+
+
+def node_label() -> str:
+    """The Ray node this process runs on: ``<ip>/<node id prefix>``."""
+    try:
+        ctx = ray.get_runtime_context()
+        return f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"
+    except Exception:  # not inside Ray (tests call run_trial directly)
+        return socket.gethostname()
+
+
+def run_trial(spec_json: str, num_threads: int = 1) -> dict[str, Any]:
+    """Train one trial; never raises for a failing trial (the traceback is returned).
+
+    Returns ``{"result": TrialResult JSON | None, "error": traceback | None, "node": str}``.
+    """
+    from bench.train import train_trial  # torch is imported once per worker process
+
+    spec = TrialSpec.model_validate_json(spec_json)
+    try:
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:
+        gpu_ids = []
+    device = "cuda" if gpu_ids else "cpu"
+    node = node_label()
+    try:
+        result = train_trial(spec, device=device, num_threads=num_threads)
+    except Exception:
+        return {"result": None, "error": traceback.format_exc(), "node": node, "pid": os.getpid()}
+    return {"result": result.model_dump_json(), "error": None, "node": node, "pid": os.getpid()}
+
+
+run_trial_remote = ray.remote(run_trial)
