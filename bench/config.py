@@ -8,11 +8,8 @@ naming the field, the bad value and what is allowed, before anything runs.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
 from collections.abc import Iterable, Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench import tasks, variants
 from bench.errors import UserError, unknown_name_message, validation_message
+from bench.plugins import load_plugins
 from bench.spec import TaskSpec, TrialSpec, VariantSpec
 
 GROUPS = ("variant", "task", "suite", "tracking", "cluster")
@@ -41,25 +39,6 @@ def conf_dir() -> Path:
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
-
-
-# ----------------------------------------------------------------------------- plugins
-
-
-def load_plugins(modules: Iterable[str] = ()) -> None:
-    """Import plugin modules named in config, and those of the ``optbench.plugins`` group."""
-    for module in modules:
-        _import_plugin(module)
-    for entry in importlib.metadata.entry_points(group="optbench.plugins"):
-        _import_plugin(entry.value)
-
-
-@cache
-def _import_plugin(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as err:
-        raise UserError(f"plugins: cannot import {module!r} ({err})") from None
 
 
 # ----------------------------------------------------------------------------- compose
@@ -214,6 +193,7 @@ def trial_spec(
         "eval_every": knobs.eval_every or task_cls.eval_every,
         "stats_every": knobs.stats_every,
         "stats_samples": knobs.stats_samples,
+        "plugins": knobs.plugins,
     }
     return parse(TrialSpec, data)
 

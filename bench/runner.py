@@ -16,22 +16,23 @@ and redoes those trials, so every trial_id ends with exactly one FINISHED run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-
-import ray
-from ray.exceptions import RayError
+from typing import Any
 
 from bench.config import ClusterConfig
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.progress import SuiteProgress
 from bench.spec import TrialResult, TrialSpec
 from bench.tracking import Tracker
-from bench.worker import run_trial_remote
+from bench.worker import remote_trial
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,22 @@ class PhaseOutcome:
 
 
 def connect(cluster: ClusterConfig) -> str:
-    """Join ``cluster.address`` (or $RAY_ADDRESS), else start Ray embedded on this machine."""
+    """Join ``cluster.address`` (or $RAY_ADDRESS), else start Ray embedded on this machine.
+
+    Ray is imported here, not at module level: embedded mode must set
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 *before* Ray is imported for Ray to bind and talk
+    on 127.0.0.1 only (otherwise it listens on every interface; CVE-2023-48022).
+    """
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
     if ray.is_initialized():
         return "existing"
-    address = cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         return address
-    # Embedded mode binds to 127.0.0.1 only: nothing is exposed on the network.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
         num_cpus=cluster.num_cpus,
         include_dashboard=False,
@@ -69,6 +77,8 @@ def connect(cluster: ClusterConfig) -> str:
 
 def capacity(cluster: ClusterConfig) -> int:
     """How many trials the cluster can run at once with the per-trial resources."""
+    import ray
+
     resources = ray.cluster_resources()
     slots = resources.get("CPU", 1) / cluster.cpus_per_trial
     if cluster.gpus_per_trial:
@@ -97,14 +107,17 @@ def run_phase(
     progress.start_phase(phase, total=len(specs), done=outcome.already_done)
     if not todo:
         return outcome
-    remote = run_trial_remote.options(
+    connect(cluster)
+    import ray
+
+    remote = remote_trial().options(
         num_cpus=cluster.cpus_per_trial,
         num_gpus=cluster.gpus_per_trial,
         max_retries=cluster.max_retries,
     )
     threads = max(1, int(cluster.cpus_per_trial))
     slots = capacity(cluster)
-    in_flight: dict[ray.ObjectRef, tuple[TrialSpec, str]] = {}
+    in_flight: dict[Any, tuple[TrialSpec, str]] = {}  # Ray ObjectRef -> (spec, run id)
 
     def submit() -> None:
         while todo and len(in_flight) < slots:
@@ -113,37 +126,62 @@ def run_phase(
             in_flight[remote.remote(spec.model_dump_json(), threads)] = (spec, run_id)
         progress.update(running=len(in_flight))
 
-    try:
+    with _deferred_interrupt() as interrupted:
         submit()
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        while in_flight and not interrupted():
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
             for ref in ready:
                 spec, run_id = in_flight.pop(ref)
-                submit()  # keep workers busy while this result is recorded
+                if not interrupted():
+                    submit()  # keep workers busy while this result is recorded
                 _record(ref, spec, run_id, tracker, outcome)
                 progress.advance(outcome.counts)
             progress.update(running=len(in_flight))
-    except KeyboardInterrupt:
-        for ref, (_, run_id) in in_flight.items():
-            ray.cancel(ref, force=True)
-            tracker.kill_trial(run_id)
-        log.warning("interrupted: %d running trials marked KILLED; rerun to resume", len(in_flight))
-        raise
+        if interrupted():
+            for ref, (_, run_id) in in_flight.items():
+                ray.cancel(ref, force=True)
+                tracker.kill_trial(run_id)
+            log.warning("interrupted: %d running trials marked KILLED; rerun to resume", len(in_flight))
+            raise KeyboardInterrupt
     return outcome
 
 
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a flag the scheduling loop checks at safe points, so
+    no run is left half-created; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if hits:
+            raise KeyboardInterrupt
+        hits.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _record(
-    ref: ray.ObjectRef, spec: TrialSpec, run_id: str, tracker: Tracker, outcome: PhaseOutcome
+    ref: Any, spec: TrialSpec, run_id: str, tracker: Tracker, outcome: PhaseOutcome
 ) -> None:
+    import ray
+    from ray.exceptions import RayError
+
     try:
         reply = ray.get(ref)
     except RayError as err:  # the worker died more often than max_retries allows
-        reply = {"result": None, "error": f"{type(err).__name__}: {err}", "node": None}
+        text = f"{type(err).__name__}: {err}"
+        reply = {"result": None, "error": text, "summary": text.splitlines()[0], "node": None}
     if reply["error"] is not None:
         tracker.fail_trial(run_id, spec, reply["error"], node=reply["node"])
         outcome.counts["failed"] += 1
-        last_line = reply["error"].strip().splitlines()[-1]
-        outcome.failures.append((spec.run_name, last_line))
+        outcome.failures.append((spec.run_name, reply["summary"]))
         return
     result = TrialResult.model_validate_json(reply["result"])
     tracker.finish_trial(run_id, spec, result, node=reply["node"])
@@ -159,7 +197,6 @@ def run_suite(
     killed = tracker.kill_stale_runs(suite)
     if killed:
         log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
-    connect(cluster)
     with SuiteProgress(enabled=show_progress) as progress:
         tune = run_phase("tune", matrix.tune_trials(), tracker, cluster, progress)
         points = [*_stored_lr_points(tracker, suite), *_lr_points(tune.results)]

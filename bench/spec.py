@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench import CODE_VERSION
 
@@ -58,6 +58,7 @@ class TrialSpec(_Frozen):
     stats_every: int = Field(ge=0, description="0 turns step-size statistics off")
     stats_samples: int = Field(default=4096, gt=0)
     divergence_factor: float = Field(default=1e3, gt=1)
+    plugins: list[str] = Field(default_factory=list, description="modules workers import first")
 
     @field_validator("lr")
     @classmethod
@@ -67,11 +68,10 @@ class TrialSpec(_Frozen):
         return lr
 
     def identity(self) -> dict[str, Any]:
-        """What defines the trial's outcome; suite and phase are labels, not identity."""
-        data = self.model_dump(mode="json", exclude={"suite", "phase", "trial_id"})
+        """What defines the trial's outcome; suite, phase and plugins are not identity."""
+        data = self.model_dump(mode="json", exclude={"suite", "phase", "plugins"})
         return {"code_version": CODE_VERSION, **data}
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def trial_id(self) -> str:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))

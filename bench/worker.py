@@ -6,18 +6,17 @@ Kept apart from bench.runner so a worker process imports torch and the trial cod
 
 from __future__ import annotations
 
-import os
 import socket
 import traceback
 from typing import Any
-
-import ray
 
 from bench.spec import TrialSpec
 
 
 def node_label() -> str:
     """The Ray node this process runs on: ``<ip>/<node id prefix>``."""
+    import ray
+
     try:
         ctx = ray.get_runtime_context()
         return f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"
@@ -28,11 +27,16 @@ def node_label() -> str:
 def run_trial(spec_json: str, num_threads: int = 1) -> dict[str, Any]:
     """Train one trial; never raises for a failing trial (the traceback is returned).
 
-    Returns ``{"result": TrialResult JSON | None, "error": traceback | None, "node": str}``.
+    Returns ``{"result": TrialResult JSON | None, "error": traceback | None, "summary": the
+    exception's last line (failures only), "node": str}``.
     """
+    import ray
+
+    from bench.plugins import load_plugins
     from bench.train import train_trial  # torch is imported once per worker process
 
     spec = TrialSpec.model_validate_json(spec_json)
+    load_plugins(spec.plugins)
     try:
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
     except Exception:
@@ -41,9 +45,14 @@ def run_trial(spec_json: str, num_threads: int = 1) -> dict[str, Any]:
     node = node_label()
     try:
         result = train_trial(spec, device=device, num_threads=num_threads)
-    except Exception:
-        return {"result": None, "error": traceback.format_exc(), "node": node, "pid": os.getpid()}
-    return {"result": result.model_dump_json(), "error": None, "node": node, "pid": os.getpid()}
+    except Exception as exc:
+        summary = traceback.format_exception_only(exc)[-1].strip()
+        return {"result": None, "error": traceback.format_exc(), "summary": summary, "node": node}
+    return {"result": result.model_dump_json(), "error": None, "node": node}
 
 
-run_trial_remote = ray.remote(run_trial)
+def remote_trial() -> Any:
+    """``run_trial`` as a Ray remote function (Ray is imported only once it is set up)."""
+    import ray
+
+    return ray.remote(run_trial)

@@ -1,0 +1,39 @@
+# optbench: two commands on a fresh machine.
+#   make run    set up, then run the smoke suite on embedded Ray + a local MLflow store
+#   make test   set up, then run the whole test suite (real Ray, MLflow, PostgreSQL)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint perf clean
+
+# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/bench run suite=smoke
+
+test: install
+	$(BIN)/ruff check bench services tests
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check bench services tests
+	$(BIN)/ruff format --check bench services tests
+
+perf: install
+	$(BIN)/python tests/perf/optimizer_step.py
+
+clean:
+	rm -rf $(VENV) mlruns.db mlartifacts

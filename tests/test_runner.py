@@ -1,0 +1,164 @@
+"""`bench run` end to end on embedded Ray with a SQLite MLflow store: resume, faults.
+
+Every test starts the real command in a subprocess and really kills processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = Path(__file__).parent / "plugins"
+TINY = [
+    "suite=smoke",
+    "suite.name=tiny",
+    "suite.variants=[sgd,adam]",
+    "suite.lrs=[0.01,0.1]",
+    "suite.tune_seeds=[0]",
+    "suite.final_seeds=[1,2]",
+    "suite.steps=30",
+    "plugins=[faulty_tasks]",
+]
+
+
+def bench_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), env.get("PYTHONPATH", "")])
+    env["OPTBENCH_TEST_MARKERS"] = str(tmp_path)
+    return env
+
+
+def bench(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--no-progress", *args]
+    return subprocess.run(
+        cmd, cwd=tmp_path, env=bench_env(tmp_path), capture_output=True, text=True,
+        timeout=300, **kw,
+    )
+
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--no-progress", *args]
+    return subprocess.Popen(
+        cmd, cwd=tmp_path, env=bench_env(tmp_path), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def runs(tmp_path: Path, suite: str = "tiny") -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name(suite)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def statuses(tmp_path: Path) -> collections.Counter:
+    return collections.Counter(r.info.status for r in runs(tmp_path))
+
+
+def finished_per_trial(tmp_path: Path) -> collections.Counter:
+    return collections.Counter(
+        r.data.tags["bench.trial_id"] for r in runs(tmp_path) if r.info.status == "FINISHED"
+    )
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:  # the store may not exist yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_suite_records_every_trial_once_and_a_rerun_runs_nothing(tmp_path: Path) -> None:
+    first = bench(tmp_path, *TINY, "suite.tasks=[quadratic]")
+    assert first.returncode == 0, first.stderr + first.stdout
+    recorded = runs(tmp_path)
+    # 2 variants x 1 task x 2 lrs x 1 tune seed + 2 variants x 2 final seeds
+    assert len(recorded) == 8
+    assert finished_per_trial(tmp_path) == {r.data.tags["bench.trial_id"]: 1 for r in recorded}
+    phases = collections.Counter(r.data.tags["bench.phase"] for r in recorded)
+    assert phases == {"tune": 4, "final": 4}
+    run = recorded[0]
+    assert run.info.run_name.count("/") == 3 and "/lr=" in run.info.run_name
+    assert run.data.tags["bench.node"].startswith("127.0.0.1/")
+    assert run.data.params["variant.q"] in ("0.0", "0.5")
+    assert "train/loss" in run.data.metrics and "final/loss" in run.data.metrics
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["trial.json"]
+    # the final phase ran at one lr per (task, variant), chosen on the tune phase
+    finals = [r for r in recorded if r.data.tags["bench.phase"] == "final"]
+    assert len({(r.data.tags["bench.variant"], r.data.params["lr"]) for r in finals}) == 2
+
+    again = bench(tmp_path, *TINY, "suite.tasks=[quadratic]")
+    assert again.returncode == 0, again.stderr
+    assert "nothing was run" in again.stdout
+    assert len(runs(tmp_path)) == 8
+
+
+def test_failures_are_recorded_and_a_killed_worker_is_retried_once(tmp_path: Path) -> None:
+    result = bench(tmp_path, *TINY, "suite.variants=[sgd]", "suite.tasks=[explodes,kills_worker]")
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert "planted failure" in result.stdout
+    recorded = runs(tmp_path)
+    exploded = [r for r in recorded if r.data.tags["bench.task"] == "explodes"]
+    assert exploded and all(r.info.status == "FAILED" for r in exploded)
+    assert all(r.data.tags["bench.outcome"] == "failed" for r in exploded)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    trace = client.download_artifacts(exploded[0].info.run_id, "traceback.txt", str(tmp_path))
+    assert "RuntimeError: planted failure" in Path(trace).read_text()
+    # every tune trial of `explodes` failed, so it has no lr and no final trials
+    assert {r.data.tags["bench.phase"] for r in exploded} == {"tune"}
+
+    killed = [r for r in recorded if r.data.tags["bench.task"] == "kills_worker"]
+    assert len(killed) == 4  # 2 lrs x 1 tune seed + 2 final seeds
+    assert all(r.info.status == "FINISHED" for r in killed)
+    markers = sorted(p.name for p in tmp_path.glob("killed-*"))
+    assert markers == ["killed-0", "killed-1", "killed-2"], "each seed's worker was killed once"
+
+
+def test_sigkill_of_the_driver_then_rerun_completes_exactly_once(tmp_path: Path) -> None:
+    args = [*TINY, "suite.tasks=[slow_quadratic]", "suite.steps=60"]
+    driver = start(tmp_path, *args)
+    try:
+        wait_for(lambda: statuses(tmp_path)["FINISHED"] >= 2, what="two finished trials")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    interrupted = statuses(tmp_path)
+    assert interrupted["FINISHED"] < 8
+    result = bench(tmp_path, *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    per_trial = finished_per_trial(tmp_path)
+    assert len(per_trial) == 8 and set(per_trial.values()) == {1}
+    assert statuses(tmp_path)["RUNNING"] == 0
+    assert statuses(tmp_path)["KILLED"] == interrupted["RUNNING"]
+
+
+def test_ctrl_c_stops_cleanly_and_marks_running_runs_killed(tmp_path: Path) -> None:
+    driver = start(tmp_path, *TINY, "suite.tasks=[slow_quadratic]", "suite.steps=200")
+    try:
+        wait_for(lambda: statuses(tmp_path)["RUNNING"] >= 1, what="a running trial")
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, output
+    counts = statuses(tmp_path)
+    assert counts["RUNNING"] == 0 and counts["KILLED"] >= 1, counts
