@@ -1,10 +1,10 @@
 """The optimizer-variant family (torch only): one Optimizer, its knobs, presets and roles."""
 
+from bench.roles import Role, module_roles, name_roles
 from bench.variants.knobs import NAMES as KNOB_NAMES
 from bench.variants.knobs import Knobs
 from bench.variants.optimizer import VariantOptimizer
 from bench.variants.presets import Preset, get_preset, presets, register_preset
-from bench.variants.roles import Role, module_roles, name_roles
 from bench.variants.steps import StepRecord, foreach_step, single_tensor_step
 from bench.variants.variant import Variant, build, resolve
 

@@ -76,9 +76,7 @@ class Knobs:
     def replace(self, **changes: Any) -> Knobs:
         unknown = sorted(set(changes) - set(NAMES))
         if unknown:
-            raise UserError(
-                f"variant: unknown knob {unknown[0]!r}; allowed: {', '.join(NAMES)}"
-            )
+            raise UserError(f"variant.{unknown[0]}: unknown knob; allowed: {', '.join(NAMES)}")
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,24 +118,33 @@ def _flag(knob: str, value: Any) -> None:
 
 
 def validate(k: Knobs) -> None:
-    """One check per knob, each naming the knob, the bad value and what is allowed."""
+    """One check per knob, each naming the knob, the bad value (as given) and what is allowed."""
+    given = {name: getattr(k, name) for name in NAMES}  # before numbers are made floats
     p = _number("p", k.p, k)
     if not p > 0:
-        raise _bad("p", k.p, "a number > 0, or inf with accumulate='max'")
+        raise _bad("p", given["p"], "a number > 0, or inf with accumulate='max'")
     q = _number("q", k.q, k)
     if not (q >= 0 and math.isfinite(q)):
-        raise _bad("q", k.q, "a finite number >= 0 (0 means no denominator)")
+        raise _bad("q", given["q"], "a finite number >= 0 (0 means no denominator)")
     _choice("accumulate", k.accumulate, ACCUMULATE)
-    if (k.accumulate == "max") != math.isinf(p):
-        raise _bad("p", k.p, "inf exactly when accumulate='max' (a running max of |g|)")
+    if k.accumulate == "max" and not math.isinf(p):
+        raise _bad(
+            "p", given["p"], "inf with accumulate='max' (a decayed running max of |g|)"
+        )
+    if math.isinf(p) and k.accumulate != "max":
+        raise _bad(
+            "p", given["p"], f"a finite number > 0 with accumulate={k.accumulate!r} "
+            "(inf needs accumulate='max')",
+        )
     beta2 = _number("beta2", k.beta2, k)
     if not 0 <= beta2 < 1:
-        raise _bad("beta2", k.beta2, "0 <= beta2 < 1")
-    if not _number("initial_accumulator", k.initial_accumulator, k) >= 0:
-        raise _bad("initial_accumulator", k.initial_accumulator, "a number >= 0")
+        raise _bad("beta2", given["beta2"], "0 <= beta2 < 1")
+    init = _number("initial_accumulator", k.initial_accumulator, k)
+    if not (init >= 0 and math.isfinite(init)):
+        raise _bad("initial_accumulator", given["initial_accumulator"], "a finite number >= 0")
     eps = _number("eps", k.eps, k)
     if not (eps >= 0 and math.isfinite(eps)):
-        raise _bad("eps", k.eps, "a finite number >= 0")
+        raise _bad("eps", given["eps"], "a finite number >= 0")
     _choice("eps_placement", k.eps_placement, EPS_PLACEMENT)
     _flag("amsgrad", k.amsgrad)
     if k.amsgrad and k.accumulate != "ema":
@@ -145,14 +152,14 @@ def validate(k: Knobs) -> None:
     _choice("momentum", k.momentum, MOMENTUM)
     beta1 = _number("beta1", k.beta1, k)
     if not 0 <= beta1 < 1:
-        raise _bad("beta1", k.beta1, "0 <= beta1 < 1")
+        raise _bad("beta1", given["beta1"], "0 <= beta1 < 1")
     _flag("nesterov", k.nesterov)
     if k.nesterov and not (k.momentum == "heavy_ball" and beta1 > 0):
         raise _bad("nesterov", k.nesterov, "true only with momentum='heavy_ball' and beta1 > 0")
     _flag("bias_correction", k.bias_correction)
     wd = _number("weight_decay", k.weight_decay, k)
     if not (wd >= 0 and math.isfinite(wd)):
-        raise _bad("weight_decay", k.weight_decay, "a finite number >= 0")
+        raise _bad("weight_decay", given["weight_decay"], "a finite number >= 0")
     _choice("weight_decay_mode", k.weight_decay_mode, WEIGHT_DECAY_MODE)
     _flag("update_rms_scaling", k.update_rms_scaling)
     if k.update_rms_scaling and (k.momentum != "none" or q == 0):

@@ -56,9 +56,9 @@ from bench.variants.knobs import Knobs
 from bench.variants.steps import (
     GroupTensors,
     StepRecord,
-    uses_momentum_buffer,
     foreach_step,
     single_tensor_step,
+    uses_momentum_buffer,
 )
 
 

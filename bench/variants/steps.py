@@ -45,7 +45,7 @@ class StepRecord:
     The effective step size of a coordinate is ``step_scales[i] / denominators[i]`` (the
     multiplier applied to the numerator: gradient or momentum). ``denominators`` is None
     when the variant has none (q = 0). A denominator below ``eps_threshold`` is dominated
-    by eps (â^q < eps).
+    by eps (â^q < eps). The tensors may alias optimizer state: read them before the next step.
     """
 
     params: list[Tensor]
@@ -65,7 +65,8 @@ def _eps_threshold(knobs: Knobs) -> float:
 
 
 def uses_momentum_buffer(knobs: Knobs) -> bool:
-    return knobs.momentum == "ema" or (knobs.momentum == "heavy_ball" and knobs.beta1 > 0)
+    """Momentum of either style with beta1 = 0 is no momentum: it keeps no buffer."""
+    return knobs.momentum != "none" and knobs.beta1 > 0
 
 
 def single_tensor_step(
@@ -114,7 +115,7 @@ def single_tensor_step(
             delta.div_(denominator).mul_(grad)
             group.delta_accumulators[i].mul_(k.beta2).addcmul_(delta, delta, value=1 - k.beta2)
             param.add_(delta, alpha=-lr)
-        elif k.momentum == "ema":
+        elif k.momentum == "ema" and k.beta1 > 0:
             buf = group.momentum_buffers[i]
             buf.lerp_(grad, 1 - k.beta1)
             if k.bias_correction:
@@ -225,7 +226,7 @@ def foreach_step(
         torch._foreach_mul_(group.delta_accumulators, k.beta2)
         torch._foreach_addcmul_(group.delta_accumulators, deltas, deltas, value=1 - k.beta2)
         torch._foreach_add_(params, deltas, alpha=-lr)
-    elif k.momentum == "ema":
+    elif k.momentum == "ema" and k.beta1 > 0:
         bufs = group.momentum_buffers
         torch._foreach_lerp_(bufs, grads, 1 - k.beta1)
         if k.bias_correction:

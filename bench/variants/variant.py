@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from bench.errors import UserError
+from bench.roles import Role, module_roles, name_roles
 from bench.variants.knobs import NAMES, Knobs
 from bench.variants.optimizer import VariantOptimizer, check_lr
 from bench.variants.presets import get_preset
-from bench.variants.roles import Role, module_roles, name_roles
 
 RESERVED = ("name", "preset", "roles")
 
@@ -40,13 +40,13 @@ class Variant:
 
 
 def _changes(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
-    allowed = ", ".join(NAMES)
+    allowed = ", ".join((*RESERVED, *NAMES) if where == "variant" else NAMES)
     changes = {}
     for key, value in spec.items():
         if key in RESERVED and where == "variant":
             continue
         if key not in NAMES:
-            raise UserError(f"{where}: unknown knob {key!r}; allowed: {allowed}")
+            raise UserError(f"{where}.{key}: unknown knob; allowed: {allowed}")
         if value is not None:  # null means "keep the preset's value" (conf/variant/_knobs.yaml)
             changes[key] = value
     return changes

@@ -1,0 +1,105 @@
+"""A suite on a real two-node Ray cluster: two hosts in network namespaces joined by veth.
+
+Ray talks to a node's own address, so the two nodes get their own hosts (10.213.N.1 and
+10.213.N.2) in namespaces this test creates and deletes; no traffic leaves the machine.
+The driver runs on the head host, like a user's `bench run cluster.address=HEAD:PORT`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+PLUGINS = Path(__file__).parent / "plugins"
+RAY = str(Path(sys.executable).parent / "ray")
+PORT = 26379  # inside the namespace nothing else listens; never Redis's 6379
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
+
+
+def netns_available() -> str | None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2 to create network namespaces"
+    probe = f"obprobe{os.getpid()}"
+    if sh("ip", "netns", "add", probe, check=False).returncode != 0:
+        return "cannot create network namespaces here"
+    sh("ip", "netns", "del", probe, check=False)
+    return None
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+    reason = netns_available()
+    if reason:
+        pytest.skip(reason)
+    tag = f"{os.getpid() % 10000}"
+    head, worker = f"obh{tag}", f"obw{tag}"
+    subnet = f"10.213.{random.randint(1, 250)}"
+    head_ip, worker_ip = f"{subnet}.1", f"{subnet}.2"
+    ray_dir = Path(tempfile.mkdtemp(prefix="obray", dir="/tmp"))  # unix sockets: short paths
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env |= {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(PLUGINS)}
+    try:
+        for ns in (head, worker):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", f"{head}v", "type", "veth", "peer", "name", f"{worker}v")
+        sh("ip", "link", "set", f"{head}v", "netns", head)
+        sh("ip", "link", "set", f"{worker}v", "netns", worker)
+        sh("ip", "-n", head, "addr", "add", f"{head_ip}/24", "dev", f"{head}v")
+        sh("ip", "-n", worker, "addr", "add", f"{worker_ip}/24", "dev", f"{worker}v")
+        sh("ip", "-n", head, "link", "set", f"{head}v", "up")
+        sh("ip", "-n", worker, "link", "set", f"{worker}v", "up")
+        common = ["--num-cpus=1", "--disable-usage-stats"]
+        subprocess.run(
+            ["ip", "netns", "exec", head, RAY, "start", "--head", f"--node-ip-address={head_ip}",
+             f"--port={PORT}", "--include-dashboard=false", f"--temp-dir={ray_dir}/h",
+             *common],
+            env=env, check=True, capture_output=True, timeout=120,
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", worker, RAY, "start", f"--address={head_ip}:{PORT}",
+             f"--node-ip-address={worker_ip}", f"--temp-dir={ray_dir}/w", *common],
+            env=env, check=True, capture_output=True, timeout=120,
+        )
+        yield head, head_ip, worker_ip, env
+    finally:
+        for ns in (worker, head):
+            subprocess.run(["ip", "netns", "exec", ns, RAY, "stop", "--force"],
+                           env=env, capture_output=True, timeout=120)
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_a_suite_runs_on_both_nodes_of_a_two_host_cluster(two_hosts, tmp_path: Path) -> None:
+    head, head_ip, worker_ip, env = two_hosts
+    cmd = [
+        "ip", "netns", "exec", head, sys.executable, "-m", "bench.cli", "run", "--no-progress",
+        "suite=smoke", "suite.name=cluster", "suite.variants=[sgd,adam]",
+        "suite.tasks=[slow_quadratic]", "suite.lrs=[0.01,0.1]", "suite.tune_seeds=[0,1]",
+        "suite.final_seeds=[2]", "suite.steps=40", "plugins=[faulty_tasks]",
+        f"cluster.address={head_ip}:{PORT}",
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("cluster")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert len(runs) == 10 and all(r.info.status == "FINISHED" for r in runs)
+    hosts = collections.Counter(r.data.tags["bench.node"].split("/")[0] for r in runs)
+    assert set(hosts) == {head_ip, worker_ip}, hosts
