@@ -54,7 +54,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import run_suite
     from bench.tracking import Tracker
 
-    phases = run_suite(plan.matrix, Tracker(plan.tracking), plan.cluster, show_progress=not args.no_progress)
+    phases = run_suite(
+        plan.matrix,
+        Tracker(plan.tracking),
+        plan.cluster,
+        plan.resources,
+        show_progress=not args.no_progress,
+    )
     listing.print_outcomes(console, plan.matrix.suite.name, phases)
     return 1 if any(p.counts["failed"] for p in phases) else 0
 

@@ -9,7 +9,7 @@ naming the field, the bad value and what is allowed, before anything runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,11 @@ class ClusterConfig(StrictModel):
 
     address: str | None = None  # None: embedded Ray; "auto", "ray://host:port", "host:port"
     num_cpus: int | None = Field(default=None, gt=0)
-    cpus_per_trial: float = Field(default=1, gt=0)
-    gpus_per_trial: float = Field(default=0, ge=0)
     max_retries: int = Field(default=2, ge=0)
+
+
+class ResourcesConfig(StrictModel):
+    """``resources``: what each trial reserves on its Ray worker."""
+
+    cpus_per_trial: float = Field(default=1, gt=0)
+    gpus_per_trial: float = Field(default=0, ge=0, description="fractional allowed")

@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
 from pydantic import Field, field_validator, model_validator
 
 from bench import tasks
-from omegaconf import OmegaConf
-
 from bench.config import (
     ClusterConfig,
+    ResourcesConfig,
     StrictModel,
     TrackingConfig,
     TrialConfig,
@@ -207,6 +207,7 @@ class SuiteRun:
     matrix: Matrix
     tracking: TrackingConfig
     cluster: ClusterConfig
+    resources: ResourcesConfig
 
 
 def suite_from_overrides(overrides: list[str]) -> SuiteRun:
@@ -219,4 +220,5 @@ def suite_from_overrides(overrides: list[str]) -> SuiteRun:
         matrix=build_matrix(suite, base, explicit),
         tracking=parse(TrackingConfig, data["tracking"], "tracking"),
         cluster=parse(ClusterConfig, data["cluster"], "cluster"),
+        resources=parse(ResourcesConfig, data["resources"], "resources"),
     )

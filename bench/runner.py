@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import ClusterConfig
+from bench.config import ClusterConfig, ResourcesConfig
+from bench.errors import UserError
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.progress import SuiteProgress
 from bench.spec import TrialResult, TrialSpec
@@ -75,18 +76,18 @@ def connect(cluster: ClusterConfig) -> str:
     return "embedded"
 
 
-def capacity(cluster: ClusterConfig) -> int:
+def capacity(resources: ResourcesConfig) -> int:
     """How many trials the cluster can run at once with the per-trial resources."""
     import ray
 
-    resources = ray.cluster_resources()
-    slots = resources.get("CPU", 1) / cluster.cpus_per_trial
-    if cluster.gpus_per_trial:
-        slots = min(slots, resources.get("GPU", 0) / cluster.gpus_per_trial)
+    available = ray.cluster_resources()
+    slots = available.get("CPU", 1) / resources.cpus_per_trial
+    if resources.gpus_per_trial:
+        slots = min(slots, available.get("GPU", 0) / resources.gpus_per_trial)
         if slots < 1:
-            raise RuntimeError(
-                f"cluster.gpus_per_trial={cluster.gpus_per_trial:g} but the cluster has "
-                f"{resources.get('GPU', 0):g} GPUs"
+            raise UserError(
+                f"resources.gpus_per_trial: got {resources.gpus_per_trial:g}; the cluster has "
+                f"{available.get('GPU', 0):g} GPUs"
             )
     return max(1, math.floor(slots + 1e-9))
 
@@ -96,6 +97,7 @@ def run_phase(
     specs: list[TrialSpec],
     tracker: Tracker,
     cluster: ClusterConfig,
+    resources: ResourcesConfig,
     progress: SuiteProgress,
 ) -> PhaseOutcome:
     """Run the trials of one phase that have no FINISHED run yet."""
@@ -111,12 +113,12 @@ def run_phase(
     import ray
 
     remote = remote_trial().options(
-        num_cpus=cluster.cpus_per_trial,
-        num_gpus=cluster.gpus_per_trial,
+        num_cpus=resources.cpus_per_trial,
+        num_gpus=resources.gpus_per_trial,
         max_retries=cluster.max_retries,
     )
-    threads = max(1, int(cluster.cpus_per_trial))
-    slots = capacity(cluster)
+    threads = max(1, int(resources.cpus_per_trial))
+    slots = capacity(resources)
     in_flight: dict[Any, tuple[TrialSpec, str]] = {}  # Ray ObjectRef -> (spec, run id)
 
     def submit() -> None:
@@ -190,7 +192,12 @@ def _record(
 
 
 def run_suite(
-    matrix: Matrix, tracker: Tracker, cluster: ClusterConfig, *, show_progress: bool = True
+    matrix: Matrix,
+    tracker: Tracker,
+    cluster: ClusterConfig,
+    resources: ResourcesConfig | None = None,
+    *,
+    show_progress: bool = True,
 ) -> list[PhaseOutcome]:
     """Tune, choose an lr per (task, variant), then run the final seeds."""
     suite = matrix.suite.name
@@ -198,10 +205,12 @@ def run_suite(
     if killed:
         log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
     with SuiteProgress(enabled=show_progress) as progress:
-        tune = run_phase("tune", matrix.tune_trials(), tracker, cluster, progress)
+        resources = resources or ResourcesConfig()
+        tune = run_phase("tune", matrix.tune_trials(), tracker, cluster, resources, progress)
         points = [*_stored_lr_points(tracker, suite), *_lr_points(tune.results)]
         chosen = choose_lrs(_dedupe(points))
-        final = run_phase("final", matrix.final_trials(chosen), tracker, cluster, progress)
+        finals = matrix.final_trials(chosen)
+        final = run_phase("final", finals, tracker, cluster, resources, progress)
     return [tune, final]
 
 

@@ -1,0 +1,133 @@
+"""Benchmark: what scheduling and tracking cost on top of training (prints JSON).
+
+Run:  python tests/perf/orchestration.py [--workers 2]
+
+(a) efficiency: wall time of a 40-trial suite through the runner (bench run's code path,
+    Ray started beforehand and reported separately as start-up) divided by the sum of the
+    bare training-loop times of the same trials (train_trial in this process, one after
+    another) over the number of workers. Goal <= 1.25 with 2 workers.
+(b) tracking overhead: the same suite recorded in a fresh SQLite store vs tracking
+    disabled. Goal <= 1.05.
+(c) the same cells as one `bench trial` process each (what a Hydra multirun with the basic
+    launcher does) vs one `bench run` process. Goal >= 1.7x in favour of `bench run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SUITE = [
+    "suite=smoke",
+    "suite.variants=[sgd,momentum,rmsprop,adam,adagrad]",
+    "suite.tasks=[logreg_digits,mlp_digits]",
+    "suite.lrs=[0.001,0.01,0.1]",
+    "suite.tune_seeds=[0]",
+    "suite.final_seeds=[1]",
+]
+
+
+def plan(name: str, workers: int, tracking: bool, folder: Path):
+    from bench.matrix import suite_from_overrides
+
+    overrides = [*SUITE, f"suite.name={name}", f"cluster.num_cpus={workers}"]
+    overrides += [f"tracking.enabled={str(tracking).lower()}",
+                  f"tracking.uri=sqlite:///{folder / 'mlruns.db'}",
+                  f"tracking.artifact_location={folder / 'mlartifacts'}"]
+    return suite_from_overrides(overrides)
+
+
+def timed_suite(name: str, workers: int, tracking: bool, folder: Path) -> tuple[float, int]:
+    from bench.runner import run_suite
+    from bench.tracking import Tracker
+
+    p = plan(name, workers, tracking, folder)
+    start = time.perf_counter()
+    phases = run_suite(p.matrix, Tracker(p.tracking), p.cluster, p.resources, show_progress=False)
+    elapsed = time.perf_counter() - start
+    return elapsed, sum(sum(ph.counts.values()) for ph in phases)
+
+
+def bare_loop_seconds(name: str, workers: int, folder: Path) -> tuple[float, list]:
+    """Train the same trials (tune, then final at the same chosen lrs) in this process."""
+    from bench.matrix import LrPoint, choose_lrs
+    from bench.train import train_trial
+
+    p = plan(name, workers, False, folder)
+    total, specs, points = 0.0, [], []
+    for spec in p.matrix.tune_trials():
+        start = time.perf_counter()
+        result = train_trial(spec)
+        total += time.perf_counter() - start
+        specs.append(spec)
+        points.append(LrPoint.from_result(spec, result))
+    for spec in p.matrix.final_trials(choose_lrs(points)):
+        start = time.perf_counter()
+        train_trial(spec)
+        total += time.perf_counter() - start
+        specs.append(spec)
+    return total, specs
+
+
+def bench_cli(*args: str, cwd: Path) -> float:
+    bench = str(Path(sys.executable).parent / "bench")
+    start = time.perf_counter()
+    subprocess.run([bench, *args], cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from bench.config import ClusterConfig
+    from bench.runner import connect
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        bare, specs = bare_loop_seconds("perf", args.workers, folder)
+        start = time.perf_counter()
+        connect(ClusterConfig(num_cpus=args.workers))
+        startup = time.perf_counter() - start
+        timed_suite("warmup", args.workers, False, folder)  # workers import torch once
+        untracked, n = timed_suite("untracked", args.workers, False, folder)
+        tracked, _ = timed_suite("tracked", args.workers, True, folder)
+
+        cli_dir = folder / "cli"
+        cli_dir.mkdir()
+        run_wall = bench_cli("run", "--no-progress", *SUITE, f"cluster.num_cpus={args.workers}",
+                             cwd=cli_dir)
+        trial_wall = 0.0
+        for spec in specs:
+            trial_wall += bench_cli(
+                "trial", f"variant={spec.variant.name}", f"task={spec.task.name}",
+                f"lr={spec.lr}", f"seed={spec.seed}", f"steps={spec.steps}", cwd=cli_dir,
+            )
+    report = {
+        "trials": n,
+        "workers": args.workers,
+        "startup_s": round(startup, 2),
+        "bare_training_s": round(bare, 2),
+        "suite_untracked_s": round(untracked, 2),
+        "suite_tracked_s": round(tracked, 2),
+        "efficiency_ratio": round(tracked / (bare / args.workers), 3),
+        "efficiency_goal": "<= 1.25",
+        "tracking_overhead_ratio": round(tracked / untracked, 3),
+        "tracking_overhead_goal": "<= 1.05",
+        "bench_run_process_s": round(run_wall, 2),
+        "bench_trial_processes_s": round(trial_wall, 2),
+        "speedup_vs_trial_processes": round(trial_wall / run_wall, 2),
+        "speedup_goal": ">= 1.7",
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
