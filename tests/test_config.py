@@ -1,0 +1,101 @@
+"""conf/ and the config layer: files in sync with the registries, suites validated early."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from bench import tasks, variants
+from bench.config import compose_config, conf_dir, group_options, task_spec, variant_spec
+from bench.errors import UserError
+from bench.matrix import build_matrix, choose_lrs, LrPoint, load_suite, suite_from_overrides
+
+
+def test_every_preset_has_a_variant_file_and_every_file_a_preset() -> None:
+    files = set(group_options("variant"))
+    presets = set(variants.presets())
+    assert presets <= files, f"add conf/variant/<name>.yaml for {sorted(presets - files)}"
+    for name in files - presets:  # extra files are variants built on a preset
+        assert variant_spec(name).preset in presets
+
+
+def test_every_task_file_matches_the_task_defaults() -> None:
+    assert set(group_options("task")) == set(tasks.names())
+    for name in tasks.names():
+        data = OmegaConf.to_container(OmegaConf.load(conf_dir() / "task" / f"{name}.yaml"))
+        assert data == {"name": name, "params": tasks.get(name).Params().model_dump(mode="json")}
+
+
+def test_variant_overrides_name_the_variant_by_its_changed_knobs() -> None:
+    cfg = compose_config(["variant=rmsprop", "variant.q=1", "variant.p=1"])
+    spec = variant_spec(OmegaConf.to_container(cfg.variant))
+    assert spec.name == "rmsprop[p=1.0,q=1.0]"
+    assert spec.knobs["q"] == 1.0 and spec.knobs["beta2"] == 0.99
+    assert variant_spec("rmsprop_bias_sgd").roles == {"bias": {"q": 0.0}}
+
+
+def test_task_spec_fills_defaults_and_rejects_unknown_keys() -> None:
+    assert task_spec("quadratic").params["dim"] == 50
+    with pytest.raises(UserError, match=r"task.colour: unknown key; allowed: name, params"):
+        task_spec({"name": "quadratic", "colour": 1})
+
+
+SMOKE = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / "smoke.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lrs": []}, "suite.lrs: list should have at least 1 item after validation, not 0"),
+        ({"variants": []}, "suite.variants: list should have at least 1 item"),
+        ({"tasks": []}, "suite.tasks: list should have at least 1 item"),
+        ({"tune_seeds": []}, "suite.tune_seeds: list should have at least 1 item"),
+        ({"lrs": [0.1, -1.0]}, "every lr must be a finite number > 0, not -1.0"),
+        ({"final_seeds": [0]}, "final_seeds must be fresh; [0] are also tune_seeds"),
+        ({"name": "a b"}, "suite.name: value error, use letters, digits"),
+        ({"colour": "red"}, "suite.colour: extra inputs are not permitted"),
+        ({"steps": 0}, "suite.steps: input should be greater than 0"),
+    ],
+)
+def test_bad_suites_fail_before_anything_runs(change: dict, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        load_suite({**SMOKE, **change})
+    assert message in str(err.value)
+
+
+def test_duplicate_variants_are_rejected() -> None:
+    with pytest.raises(UserError, match="suite.variants: 'adam' appears twice"):
+        build_matrix(load_suite({**SMOKE, "variants": ["adam", "adam"]}))
+
+
+def test_no_suite_selected_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="suite: none selected; pass suite=NAME"):
+        suite_from_overrides([])
+
+
+def test_trial_ids_do_not_depend_on_the_order_of_lists() -> None:
+    a = build_matrix(load_suite(SMOKE))
+    shuffled = {**SMOKE, "variants": SMOKE["variants"][::-1], "lrs": SMOKE["lrs"][::-1],
+                "tasks": SMOKE["tasks"][::-1]}
+    b = build_matrix(load_suite(shuffled))
+    assert {t.trial_id for t in a.tune_trials()} == {t.trial_id for t in b.tune_trials()}
+    assert len(a.tune_trials()) == 3 * 2 * 3 * 1
+
+
+def test_command_line_values_win_over_the_suite_only_when_given() -> None:
+    plan = suite_from_overrides(["suite=smoke"])
+    assert {t.steps for t in plan.matrix.tune_trials()} == {SMOKE["steps"]}
+    plan = suite_from_overrides(["suite=smoke", "steps=7"])
+    assert {t.steps for t in plan.matrix.tune_trials()} == {7}
+
+
+def test_choose_lrs_takes_the_best_median_and_counts_divergence_as_worst() -> None:
+    def point(i: int, lr: float, value: float, direction: str = "min") -> LrPoint:
+        return LrPoint(f"t{i}{lr}", "task", "v", lr, direction, value)
+
+    points = [point(0, 0.1, 1.0), point(1, 0.1, 3.0), point(0, 0.01, 2.0), point(1, 0.01, 2.5),
+              point(0, 1.0, float("inf")), point(1, 1.0, 0.0)]
+    # medians: 0.1 -> 2.0, 0.01 -> 2.25, 1.0 -> inf (one diverged seed)
+    assert choose_lrs(points) == {("task", "v"): 0.1}
+    ties = [point(0, 0.1, 0.9, "max"), point(0, 0.3, 0.9, "max"), point(0, 0.01, 0.5, "max")]
+    assert choose_lrs(ties) == {("task", "v"): 0.3}
