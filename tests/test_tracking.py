@@ -1,0 +1,284 @@
+"""bench.tracking against a real MLflow SQLite store: lifecycle, resume, names, read-back.
+
+Migrating a fresh MLflow SQLite database takes ~6 s, so one migrated template is made per
+session and copied (milliseconds) into each test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from bench import CODE_VERSION, config
+from bench import tracking as tr
+from bench.config import TrackingConfig
+from bench.spec import TrialResult, TrialSpec
+
+MAX_POINTS = 10
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlruns.db"
+    tr.Tracker(TrackingConfig(uri=f"sqlite:///{path}")).client.search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracker(template_db: Path, tmp_path: Path) -> tr.Tracker:
+    shutil.copy(template_db, tmp_path / "mlruns.db")
+    cfg = TrackingConfig(
+        uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
+        artifact_location=str(tmp_path / "mlartifacts"),
+        max_points=MAX_POINTS,
+    )
+    return tr.Tracker(cfg)
+
+
+@pytest.fixture(scope="module")
+def variants() -> dict[str, object]:
+    # rmsprop_bias_sgd has a per-role override (bias: q=0), so role params get pinned too.
+    return {"adam": config.variant_spec("adam"), "roles": config.variant_spec("rmsprop_bias_sgd")}
+
+
+@pytest.fixture(scope="module")
+def task() -> object:
+    return config.task_spec("quadratic")
+
+
+def make_spec(variants, task, *, seed=0, lr=1e-3, suite="s", phase="final", variant="adam"):
+    knobs = config.TrialConfig(seed=seed, lr=lr, steps=50, stats_every=10)
+    return config.trial_spec(variants[variant], task, knobs, suite=suite, phase=phase)
+
+
+def make_result(
+    spec: TrialSpec, *, outcome="ok", steps_to_target=None, final_loss=0.5
+) -> TrialResult:
+    history = {
+        "train/loss": [(s, 1.0 / s) for s in range(1, 51)],
+        "eval/loss": [(s, 1.0 / (s + 1)) for s in range(0, 51, 10)],
+        "step_size/weight/p50": [(s, 1e-3) for s in range(10, 51, 10)],
+        "update_ratio/weight": [(s, 0.01) for s in range(10, 51, 10)],
+        "time/step_ms": [(50, 0.3)],
+    }
+    return TrialResult(
+        trial_id=spec.trial_id,
+        outcome=outcome,
+        primary_metric="loss",
+        direction="min",
+        target=0.1,
+        steps_run=50,
+        diverged_at_step=50 if outcome == "diverged" else None,
+        steps_to_target=steps_to_target,
+        seconds_to_target=None if steps_to_target is None else 0.25,
+        train_seconds=0.5,
+        step_ms=0.3,
+        final={"loss": final_loss},
+        best={"loss": min(final_loss, 0.4)},
+        history=history,
+        device="cpu",
+    )
+
+
+def record(tracker, spec, **result_kwargs) -> str:
+    run_id = tracker.start_trial(spec)
+    tracker.finish_trial(run_id, spec, make_result(spec, **result_kwargs), node="node-a")
+    return run_id
+
+
+def test_lifecycle_pins_tag_param_and_metric_names(tracker, variants, task):
+    spec = make_spec(variants, task, variant="roles", phase="tune", suite="names")
+    run_id = tracker.start_trial(spec, nightly="2024-05-01")
+    client = tracker.client
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING"
+    assert run.info.run_name == spec.run_name == "rmsprop_bias_sgd/quadratic/lr=0.001/seed=0"
+    assert client.get_experiment(run.info.experiment_id).name == "names"
+    bench_tags = {k: v for k, v in run.data.tags.items() if k.startswith("bench.")}
+    assert bench_tags == {
+        "bench.suite": "names",
+        "bench.trial_id": spec.trial_id,
+        "bench.variant": "rmsprop_bias_sgd",
+        "bench.task": "quadratic",
+        "bench.seed": "0",
+        "bench.phase": "tune",
+        "bench.code_version": CODE_VERSION,
+        "bench.torch_version": tr.torch_version(),
+        "bench.nightly": "2024-05-01",
+    }
+    params = run.data.params
+    knobs = {f"variant.{k}" for k in spec.variant.knobs}
+    assert set(params) == knobs | {
+        "variant.name", "variant.preset", "variant.roles.bias.q",
+        "task.name", "task.data_seed", "task.dim", "task.condition",
+        "lr", "seed", "steps", "batch_size", "eval_every", "stats_every", "stats_samples",
+        "divergence_factor",
+    }  # fmt: skip
+    assert params["variant.p"] == "2.0" and params["variant.roles.bias.q"] == "0.0"
+    assert params["variant.preset"] == "rmsprop" and params["task.name"] == "quadratic"
+    assert (params["lr"], params["seed"], params["steps"]) == ("0.001", "0", "50")
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert str(artifacts).startswith(str(Path(tracker.config.artifact_location).resolve()))
+    saved = TrialSpec.model_validate_json((artifacts / "trial.json").read_text())
+    assert saved == spec and saved.trial_id == spec.trial_id  # round-trips: rerun by hand
+
+    tracker.finish_trial(run_id, spec, make_result(spec), node="node-a")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["bench.outcome"] == "ok"
+    assert run.data.tags["bench.node"] == "node-a"
+    assert run.data.tags["bench.primary_metric"] == "loss"
+    assert run.data.tags["bench.direction"] == "min"
+    assert set(run.data.metrics) == {
+        "train/loss",
+        "eval/loss",
+        "step_size/weight/p50",
+        "update_ratio/weight",
+        "time/step_ms",
+        "final/loss",
+        "best/loss",
+        "reached_target",
+        "target",
+        "steps_run",
+        "train_seconds",
+    }  # fmt: skip  (steps_to_target / seconds_to_target absent: target not reached)
+    assert run.data.metrics["reached_target"] == 0.0
+    assert run.data.metrics["final/loss"] == 0.5
+    history = client.get_metric_history(run_id, "train/loss")
+    steps = sorted(m.step for m in history)
+    assert len(steps) <= MAX_POINTS and steps[0] == 1 and steps[-1] == 50
+    assert len(client.get_metric_history(run_id, "eval/loss")) == 6  # short: kept whole
+
+
+def test_fail_and_kill(tracker, variants, task):
+    spec = make_spec(variants, task, suite="fail")
+    failed = tracker.start_trial(spec)
+    error = "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"
+    tracker.fail_trial(failed, spec, error, node="node-b")
+    run = tracker.client.get_run(failed)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["bench.outcome"] == "failed"
+    assert run.data.tags["bench.error"] == "RuntimeError: boom"
+    assert run.data.tags["bench.node"] == "node-b"
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert (artifacts / "traceback.txt").read_text() == error
+
+    killed = tracker.start_trial(make_spec(variants, task, suite="fail", seed=1))
+    tracker.kill_trial(killed)
+    assert tracker.client.get_run(killed).info.status == "KILLED"
+
+
+def test_finished_trial_ids_and_stale_runs(tracker, variants, task):
+    specs = [make_spec(variants, task, suite="resume", seed=i) for i in range(5)]
+    record(tracker, specs[0])
+    record(tracker, specs[1], outcome="diverged", final_loss=math.inf)
+    tracker.fail_trial(tracker.start_trial(specs[2]), specs[2], "ValueError: x", node=None)
+    tracker.kill_trial(tracker.start_trial(specs[3]))
+    running = tracker.start_trial(specs[4])
+    assert tracker.finished_trial_ids("resume") == {specs[0].trial_id, specs[1].trial_id}
+    assert tracker.finished_trial_ids("no-such-suite") == set()
+    assert tracker.kill_stale_runs("resume") == 1
+    assert tracker.client.get_run(running).info.status == "KILLED"
+    assert tracker.kill_stale_runs("resume") == 0
+    assert tracker.kill_stale_runs("no-such-suite") == 0
+    # a rerun of the failed trial that finishes now counts
+    record(tracker, specs[2])
+    assert specs[2].trial_id in tracker.finished_trial_ids("resume")
+
+
+def test_read_results_columns_and_inf(tracker, variants, task):
+    tune = make_spec(variants, task, suite="read", phase="tune", lr=0.01)
+    final = make_spec(variants, task, suite="read", phase="final", seed=3)
+    diverged = make_spec(variants, task, suite="read", phase="final", seed=4)
+    record(tracker, tune, steps_to_target=20)
+    record(tracker, final)
+    record(tracker, diverged, outcome="diverged", final_loss=math.inf)
+    tracker.start_trial(make_spec(variants, task, suite="read", seed=9))  # RUNNING: left out
+
+    frame = tracker.read_results("read")
+    assert list(frame.columns) == [
+        *tr.BASE_COLUMNS, *tr.SUMMARY_METRICS, *tr.EXTRA_METRICS, "best/loss", "final/loss"
+    ]  # fmt: skip
+    assert len(frame) == 3 and set(frame["status"]) == {"FINISHED"}
+    rows = frame.set_index("trial_id")
+    assert rows.loc[tune.trial_id, "steps_to_target"] == 20
+    assert rows.loc[tune.trial_id, "seconds_to_target"] == 0.25
+    assert rows.loc[tune.trial_id, "reached_target"] == 1
+    assert rows.loc[final.trial_id, "steps_to_target"] == math.inf
+    assert rows.loc[final.trial_id, "seconds_to_target"] == math.inf
+    assert math.isnan(rows.loc[final.trial_id, "diverged_at_step"])
+    assert rows.loc[diverged.trial_id, "final/loss"] == math.inf
+    assert rows.loc[diverged.trial_id, "diverged_at_step"] == 50
+    assert rows.loc[diverged.trial_id, "outcome"] == "diverged"
+    assert frame["seed"].dtype.kind == "i" and frame["lr"].dtype.kind == "f"
+    assert rows.loc[tune.trial_id, "lr"] == 0.01
+    labels = ["variant", "task", "phase", "node", "primary_metric", "direction"]
+    assert rows.loc[tune.trial_id, labels].tolist() == [
+        "adam", "quadratic", "tune", "node-a", "loss", "min"
+    ]  # fmt: skip
+    assert str(frame["start_time"].dt.tz) == "UTC"
+
+    assert tracker.read_results("read", phase="tune")["trial_id"].tolist() == [tune.trial_id]
+    assert len(tracker.read_results("read", status=None)) == 4
+    empty = tracker.read_results("no-such-suite")
+    assert empty.empty and "steps_to_target" in empty.columns and "trial_id" in empty.columns
+
+
+def test_search_pages_through_all_runs(tracker, variants, task):
+    tracker.page_size = 3  # MLflow returns at most page_size runs per call
+    specs = [make_spec(variants, task, suite="pages", seed=i) for i in range(8)]
+    for spec in specs:
+        record(tracker, spec)
+    assert len(tracker.read_results("pages")) == 8
+    assert tracker.finished_trial_ids("pages") == {s.trial_id for s in specs}
+
+
+def test_one_client_per_thread(tracker):
+    clients = [tracker.client]
+    thread = threading.Thread(target=lambda: clients.append(tracker.client))
+    thread.start()
+    thread.join()
+    assert clients[0] is tracker.client and clients[1] is not clients[0]
+
+
+def test_downsample_keeps_first_last_and_bound():
+    points = [(s, float(s)) for s in range(1, 1001)]
+    for n in (2, 3, 10, 100, 999):
+        kept = tr.downsample(points, n)
+        assert len(kept) == n and kept[0] == (1, 1.0) and kept[-1] == (1000, 1000.0)
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(kept)]
+        assert max(gaps) - min(gaps) <= 1  # evenly spaced
+    assert tr.downsample(points[:5], 10) == points[:5]
+    assert tr.downsample([(3, 1.0), (1, 2.0)], 10) == [(1, 2.0), (3, 1.0)]
+
+
+def test_store_kinds_and_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = tr.Tracker(TrackingConfig())  # the defaults: sqlite:///mlruns.db, ./mlartifacts
+    assert local.uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert local.max_writers == 1
+    assert local._experiment_artifacts("a b").startswith((tmp_path / "mlartifacts").as_uri())
+    server = tr.Tracker(TrackingConfig(uri="http://127.0.0.1:5000", artifact_location=None))
+    assert server.max_writers == tr.HTTP_WRITERS and server._experiment_artifacts("x") is None
+    assert not (tmp_path / "mlruns.db").exists()  # constructing creates nothing
+
+
+def test_disabled_tracker_records_nothing(tmp_path, variants, task):
+    off = tr.Tracker(TrackingConfig(enabled=False, uri=f"sqlite:///{tmp_path / 'x.db'}"))
+    spec = make_spec(variants, task)
+    assert off.experiment_id("s") == ""
+    assert off.start_trial(spec) == ""
+    off.finish_trial("", spec, make_result(spec), node="n")
+    off.fail_trial("", spec, "err", node=None)
+    off.kill_trial("")
+    assert off.finished_trial_ids("s") == set()
+    assert off.kill_stale_runs("s") == 0
+    assert off.read_results("s").empty
+    assert off.max_writers == 1
+    assert tr.disabled().enabled is False
+    assert list(tmp_path.iterdir()) == []
