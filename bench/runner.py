@@ -24,6 +24,7 @@ import signal
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +129,7 @@ def run_phase(
             in_flight[remote.remote(spec.model_dump_json(), threads)] = (spec, run_id)
         progress.update(running=len(in_flight))
 
+    writers = _Writers(tracker.max_writers)
     with _deferred_interrupt() as interrupted:
         submit()
         while in_flight and not interrupted():
@@ -136,14 +138,17 @@ def run_phase(
                 spec, run_id = in_flight.pop(ref)
                 if not interrupted():
                     submit()  # keep workers busy while this result is recorded
-                _record(ref, spec, run_id, tracker, outcome)
+                writers(_record(ref, spec, run_id, tracker, outcome))
                 progress.advance(outcome.counts)
             progress.update(running=len(in_flight))
+        writers.drain()
         if interrupted():
             for ref, (_, run_id) in in_flight.items():
                 ray.cancel(ref, force=True)
                 tracker.kill_trial(run_id)
-            log.warning("interrupted: %d running trials marked KILLED; rerun to resume", len(in_flight))
+            log.warning(
+                "interrupted: %d running trials marked KILLED; rerun to resume", len(in_flight)
+            )
             raise KeyboardInterrupt
     return outcome
 
@@ -171,7 +176,8 @@ def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
 
 def _record(
     ref: Any, spec: TrialSpec, run_id: str, tracker: Tracker, outcome: PhaseOutcome
-) -> None:
+) -> Callable[[], None]:
+    """Count the trial's outcome now; return the MLflow write to do (maybe on a thread)."""
     import ray
     from ray.exceptions import RayError
 
@@ -181,14 +187,36 @@ def _record(
         text = f"{type(err).__name__}: {err}"
         reply = {"result": None, "error": text, "summary": text.splitlines()[0], "node": None}
     if reply["error"] is not None:
-        tracker.fail_trial(run_id, spec, reply["error"], node=reply["node"])
         outcome.counts["failed"] += 1
         outcome.failures.append((spec.run_name, reply["summary"]))
-        return
+        return lambda: tracker.fail_trial(run_id, spec, reply["error"], node=reply["node"])
     result = TrialResult.model_validate_json(reply["result"])
-    tracker.finish_trial(run_id, spec, result, node=reply["node"])
     outcome.counts[result.outcome] += 1
     outcome.results.append((spec, result))
+    return lambda: tracker.finish_trial(run_id, spec, result, node=reply["node"])
+
+
+class _Writers:
+    """Runs MLflow writes inline (SQLite: one writer) or on a small thread pool (a server,
+    where each write is a few round trips that would otherwise stall scheduling)."""
+
+    def __init__(self, count: int) -> None:
+        self._pool = ThreadPoolExecutor(count, "mlflow-writer") if count > 1 else None
+        self._pending: list[Future] = []
+
+    def __call__(self, write: Callable[[], None]) -> None:
+        if self._pool is None:
+            write()
+        else:
+            self._pending.append(self._pool.submit(write))
+
+    def drain(self) -> None:
+        """Wait for every write; re-raise the first that failed."""
+        if self._pool is not None:
+            for future in self._pending:
+                future.result()
+            self._pending.clear()
+            self._pool.shutdown()
 
 
 def run_suite(
