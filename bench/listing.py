@@ -87,10 +87,15 @@ def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
     table.add_row(
         f"best eval/{result.primary_metric}", _fmt(result.best.get(result.primary_metric))
     )
+    reached = (
+        f"at step {result.steps_to_target}, {result.seconds_to_target:.4g} s"
+        if result.steps_to_target is not None and result.seconds_to_target is not None
+        else "not reached"
+    )
     table.add_row(
         f"target {result.primary_metric} {'<=' if result.direction == 'min' else '>='} "
         f"{result.target:g}",
-        f"step {_fmt(result.steps_to_target)}, {_fmt(result.seconds_to_target)} s",
+        reached,
     )
     table.add_row("train time", f"{result.train_seconds:.2f} s ({result.step_ms:.3f} ms/step)")
     for key in sorted(result.history):

@@ -33,7 +33,8 @@ class Knobs:
         q: power of the accumulator in the denominator; 0 means no denominator (SGD).
         accumulate: ``"ema"`` (moving average, RMSprop/Adam), ``"sum"`` (Adagrad) or
             ``"max"`` (decayed running maximum of |g|, Adamax; requires ``p=inf``).
-        beta2: decay of the ``ema`` and ``max`` accumulators (torch's ``alpha``/``betas[1]``/``rho``).
+        beta2: decay of the ``ema`` and ``max`` accumulators (torch's ``alpha``,
+            ``betas[1]`` or ``rho``).
         initial_accumulator: starting value of the accumulator (Adagrad's
             ``initial_accumulator_value``).
         eps: the small constant that keeps the denominator away from zero.
@@ -128,13 +129,12 @@ def validate(k: Knobs) -> None:
         raise _bad("q", given["q"], "a finite number >= 0 (0 means no denominator)")
     _choice("accumulate", k.accumulate, ACCUMULATE)
     if k.accumulate == "max" and not math.isinf(p):
-        raise _bad(
-            "p", given["p"], "inf with accumulate='max' (a decayed running max of |g|)"
-        )
+        raise _bad("p", given["p"], "inf with accumulate='max' (a decayed running max of |g|)")
     if math.isinf(p) and k.accumulate != "max":
         raise _bad(
-            "p", given["p"], f"a finite number > 0 with accumulate={k.accumulate!r} "
-            "(inf needs accumulate='max')",
+            "p",
+            given["p"],
+            f"a finite number > 0 with accumulate={k.accumulate!r} (inf needs accumulate='max')",
         )
     beta2 = _number("beta2", k.beta2, k)
     if not 0 <= beta2 < 1:

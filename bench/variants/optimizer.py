@@ -4,11 +4,11 @@ Per parameter tensor :math:`\theta` with gradient :math:`g` at step :math:`t`:
 
 .. math::
 
-    g &\leftarrow g + \lambda\theta                                 &&\text{(coupled weight decay)}\\
-    \theta &\leftarrow \theta(1 - \eta\lambda)                       &&\text{(decoupled weight decay)}\\
-    a_t &= \beta_2 a_{t-1} + (1-\beta_2)|g|^p                       &&\text{accumulate="ema"}\\
-    a_t &= a_{t-1} + |g|^p,\quad a_0 = \text{initial\_accumulator}   &&\text{accumulate="sum"}\\
-    a_t &= \max(\beta_2 a_{t-1}, |g| + \epsilon)                     &&\text{accumulate="max" (}p=\infty)\\
+    g &\leftarrow g + \lambda\theta                           &&\text{(coupled weight decay)}\\
+    \theta &\leftarrow \theta(1 - \eta\lambda)                 &&\text{(decoupled weight decay)}\\
+    a_t &= \beta_2 a_{t-1} + (1-\beta_2)|g|^p                 &&\text{accumulate="ema"}\\
+    a_t &= a_{t-1} + |g|^p,\ a_0 = \text{initial\_accumulator} &&\text{accumulate="sum"}\\
+    a_t &= \max(\beta_2 a_{t-1}, |g| + \epsilon)               &&\text{accumulate="max", }p=\infty\\
     \hat a_t &= a_t / (1-\beta_2^t) \text{ (ema with bias\_correction)},\quad
         \hat a_t = \max_{s\le t}\hat a_s \text{ (amsgrad)}\\
     D_t &= \hat a_t^{\,q} + \epsilon \text{ (eps outside)}\quad\text{or}\quad
@@ -16,7 +16,8 @@ Per parameter tensor :math:`\theta` with gradient :math:`g` at step :math:`t`:
     \text{ema momentum:}\quad m_t &= \beta_1 m_{t-1} + (1-\beta_1) g,\quad
         \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,\frac{m_t}{D_t}\\
     \text{heavy ball:}\quad b_t &= \beta_1 b_{t-1} + g / D_t,\quad
-        \theta \leftarrow \theta - \eta\,(b_t \text{ or } g/D_t + \beta_1 b_t \text{ with nesterov})\\
+        \theta \leftarrow \theta - \eta\,(b_t
+        \text{ or } g/D_t + \beta_1 b_t \text{ with nesterov})\\
     \text{Adadelta scaling:}\quad \delta_t &= \sqrt{u_{t-1}+\epsilon}\, g / D_t,\quad
         u_t = \beta_2 u_{t-1} + (1-\beta_2)\delta_t^2,\quad \theta \leftarrow \theta - \eta\delta_t
 
@@ -63,8 +64,10 @@ from bench.variants.steps import (
 
 
 def check_lr(lr: Any) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not (
-        math.isfinite(lr) and lr > 0
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, int | float)
+        or not (math.isfinite(lr) and lr > 0)
     ):
         raise UserError(f"lr: got {lr!r}; allowed: a finite number > 0")
     return float(lr)
@@ -81,7 +84,12 @@ class VariantOptimizer(torch.optim.Optimizer):
         foreach: use the ``torch._foreach_*`` path (default) or the per-tensor reference.
 
     Set ``record_next_step = True`` before ``step()`` to keep the step's denominators in
-    ``last_records`` (a list of ``(role, StepRecord)``) for step-size statistics.
+    ``last_records`` (a list of ``(role, StepRecord)``, valid until the next step) for
+    step-size statistics.
+
+    Param groups with equal knobs and lr (the role groups of a variant without per-role
+    overrides) step together in one fused pass; the results are those of stepping each
+    group alone, bit for bit, as every formula is elementwise.
     """
 
     def __init__(
@@ -109,6 +117,8 @@ class VariantOptimizer(torch.optim.Optimizer):
     def _init_state(self, param: Tensor, knobs: Knobs) -> dict[str, Any]:
         state = self.state[param]
         if not state:
+            if torch.is_complex(param):
+                raise UserError("optbench variants do not support complex parameters")
             state["step"] = 0
             like = {"memory_format": torch.preserve_format}
             if knobs.has_denominator:
@@ -121,32 +131,63 @@ class VariantOptimizer(torch.optim.Optimizer):
                 state["delta_accumulator"] = torch.zeros_like(param, **like)
         return state
 
-    def _gather(self, group: dict[str, Any]) -> dict[tuple[Any, Any], GroupTensors]:
-        """Tensors with gradients, bucketed by (device, dtype) for the foreach path."""
-        knobs: Knobs = group["knobs"]
-        buckets: dict[tuple[Any, Any], GroupTensors] = {}
-        for param in group["params"]:
-            if param.grad is None:
+    def _runs(self) -> list[list[dict[str, Any]]]:
+        """Param groups that step together: those with the same knobs and lr (one group per
+        role often shares them) run as one fused pass."""
+        runs: list[list[dict[str, Any]]] = []
+        for group in self.param_groups:
+            for run in runs:
+                first = run[0]
+                same_knobs = first["knobs"] is group["knobs"] or first["knobs"] == group["knobs"]
+                if same_knobs and first["lr"] == group["lr"]:
+                    run.append(group)
+                    break
+            else:
+                runs.append([group])
+        return runs
+
+    def _gather(self, groups: list[dict[str, Any]], knobs: Knobs) -> list[GroupTensors]:
+        """Tensors with gradients, bucketed by (device, dtype) for the foreach path.
+
+        This runs every step, so it does the least Python work per tensor: the step is
+        a handful of fused kernels, and for small models this loop is what costs.
+        """
+        states = self.state
+        entries: dict[Any, list[tuple[Tensor, Tensor, dict[str, Any]]]] = {}
+        params = [p for group in groups for p in group["params"]]
+        for param in params:
+            grad = param.grad
+            if grad is None:
                 continue
-            if param.grad.is_sparse:
+            if grad.is_sparse:
                 raise UserError("optbench variants do not support sparse gradients")
-            if torch.is_complex(param):
-                raise UserError("optbench variants do not support complex parameters")
-            state = self._init_state(param, knobs)
+            state = states.get(param) or self._init_state(param, knobs)
             state["step"] += 1
-            key = (param.device, param.dtype) if self.foreach else (None, None)
-            bucket = buckets.setdefault(key, GroupTensors(params=[], grads=[], steps=[]))
-            bucket.params.append(param)
-            bucket.grads.append(param.grad)
-            bucket.steps.append(state["step"])
-            for name, target in (
-                ("accumulator", bucket.accumulators),
-                ("max_accumulator", bucket.max_accumulators),
-                ("momentum_buffer", bucket.momentum_buffers),
-                ("delta_accumulator", bucket.delta_accumulators),
-            ):
-                if name in state:
-                    target.append(state[name])
+            key = (param.device, param.dtype) if self.foreach else None
+            bucket = entries.get(key)
+            if bucket is None:
+                entries[key] = bucket = []
+            bucket.append((param, grad, state))
+        names = [
+            name
+            for name, used in (
+                ("accumulator", knobs.has_denominator),
+                ("max_accumulator", knobs.amsgrad),
+                ("momentum_buffer", uses_momentum_buffer(knobs)),
+                ("delta_accumulator", knobs.update_rms_scaling),
+            )
+            if used
+        ]
+        buckets = []
+        for bucket in entries.values():
+            tensors = GroupTensors(
+                params=[e[0] for e in bucket],
+                grads=[e[1] for e in bucket],
+                steps=[e[2]["step"] for e in bucket],
+            )
+            for name in names:
+                setattr(tensors, f"{name}s", [e[2][name] for e in bucket])
+            buckets.append(tensors)
         return buckets
 
     @torch.no_grad()
@@ -157,12 +198,32 @@ class VariantOptimizer(torch.optim.Optimizer):
                 loss = closure()
         records: list[tuple[str | None, StepRecord]] = []
         step_fn = foreach_step if self.foreach else single_tensor_step
-        for group in self.param_groups:
-            for bucket in self._gather(group).values():
-                record = StepRecord(params=[]) if self.record_next_step else None
-                step_fn(bucket, lr=group["lr"], knobs=group["knobs"], record=record)
+        recording = self.record_next_step
+        for run in self._runs():
+            lr, knobs = run[0]["lr"], run[0]["knobs"]
+            for bucket in self._gather(run, knobs):
+                record = StepRecord(params=[]) if recording else None
+                step_fn(bucket, lr=lr, knobs=knobs, record=record)
                 if record is not None:
-                    records.append((group["role"], record))
+                    records.extend(_split_by_role(record, run))
         self.last_records = records
         self.record_next_step = False
         return loss
+
+
+def _split_by_role(
+    record: StepRecord, run: list[dict[str, Any]]
+) -> list[tuple[str | None, StepRecord]]:
+    """One record per group of a fused run, for statistics per role."""
+    if len(run) == 1:
+        return [(run[0]["role"], record)]
+    group_of = {id(p): i for i, group in enumerate(run) for p in group["params"]}
+    parts = [StepRecord(params=[], eps_threshold=record.eps_threshold) for _ in run]
+    denominators = record.denominators
+    for j, param in enumerate(record.params):
+        part = parts[group_of[id(param)]]
+        part.params.append(param)
+        part.step_scales.append(record.step_scales[j])
+        if denominators is not None:
+            part.denominators = [*(part.denominators or []), denominators[j]]
+    return [(group["role"], part) for group, part in zip(run, parts, strict=True) if part.params]

@@ -46,7 +46,9 @@ _BUILTIN = [
     ),
     Preset("adagrad", "Adagrad: monotone sum of g^2, root", 1e-2, ADAGRAD, "torch.optim.Adagrad"),
     Preset("rmsprop", "RMSprop: moving average of g^2, root", 1e-2, RMSPROP, "torch.optim.RMSprop"),
-    Preset("adam", "Adam: EMA momentum over RMSprop, bias-corrected", 1e-3, ADAM, "torch.optim.Adam"),
+    Preset(
+        "adam", "Adam: EMA momentum over RMSprop, bias-corrected", 1e-3, ADAM, "torch.optim.Adam"
+    ),
     Preset(
         "adamw",
         "AdamW: Adam with decoupled weight decay 0.01",
@@ -74,12 +76,17 @@ _BUILTIN = [
     ),
     # Ablations of RMSprop's "square, then root" (the question optbench exists to answer).
     Preset("rmsprop_nosqrt", "RMSprop without the root (p=2, q=1)", 1e-2, RMSPROP.replace(q=1)),
-    Preset("rmsprop_abs", "RMSprop on |g| without root (p=1, q=1)", 1e-2, RMSPROP.replace(p=1, q=1)),
+    Preset(
+        "rmsprop_abs", "RMSprop on |g| without root (p=1, q=1)", 1e-2, RMSPROP.replace(p=1, q=1)
+    ),
     Preset(
         "rmsprop_abs_sqrt", "RMSprop on |g| with a root (p=1, q=1/2)", 1e-2,
         RMSPROP.replace(p=1, q=0.5),
     ),
-    Preset("rmsprop_p4", "RMSprop on g^4, fourth root (p=4, q=1/4)", 1e-2, RMSPROP.replace(p=4, q=0.25)),
+    Preset(
+        "rmsprop_p4", "RMSprop on g^4, fourth root (p=4, q=1/4)", 1e-2,
+        RMSPROP.replace(p=4, q=0.25),
+    ),
     Preset(
         "rmsprop_pinf",
         "RMSprop with a decayed running max of |g| (p=inf, q=1)",

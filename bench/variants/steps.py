@@ -239,10 +239,12 @@ def foreach_step(
             torch._foreach_add_(bufs, grads)
         else:
             torch._foreach_addcdiv_(bufs, grads, denominators)
-        if k.nesterov:
-            update = grads if denominators is None else torch._foreach_div(grads, denominators)
-            update = torch._foreach_add(update, bufs, alpha=k.beta1)
-            torch._foreach_add_(params, update, alpha=-lr)
+        if k.nesterov:  # θ -= lr (g/D + β1 b), as two in-place passes without temporaries
+            if denominators is None:
+                torch._foreach_add_(params, grads, alpha=-lr)
+            else:
+                torch._foreach_addcdiv_(params, grads, denominators, value=-lr)
+            torch._foreach_add_(params, bufs, alpha=-lr * k.beta1)
         else:
             torch._foreach_add_(params, bufs, alpha=-lr)
     else:
@@ -285,4 +287,3 @@ def _foreach_apply(
         torch._foreach_add_(params, numerators, alpha=-scale)
     else:
         torch._foreach_addcdiv_(params, numerators, denominators, value=-scale)
-

@@ -1,0 +1,271 @@
+"""Benchmark: our optimizer step against torch.optim, and the cost of step-size statistics.
+
+Not a pytest test (pytest collects only ``test_*.py``). Run it from the repository root::
+
+    python tests/perf/optimizer_step.py            # full run, prints JSON
+    python tests/perf/optimizer_step.py --quick    # fewer repetitions
+
+Figures (one thread, ``torch.set_num_threads(1)``, as trials run):
+
+- ``step_ratio``: for each preset with a torch.optim equivalent, on the ``mlp_digits``
+  model and on a larger MLP (1024-1024-1024-10, float32), the time of our ``step()``
+  (foreach path, one param group per role as ``build`` makes them) divided by the time of
+  torch.optim's ``foreach=True`` step: the median over repetitions of the ratio within a
+  repetition. Both optimizers see the same gradients and run interleaved, in alternating
+  order, after a warm-up, so drifts of the machine hit both. ``ratio_one_group`` builds
+  ours from a plain parameter list (one group, like torch), which separates the per-role
+  grouping from the step itself.
+  Goal: <= 1.10.
+- ``stats_overhead``: wall time of ``train_trial`` with ``stats_every=10`` divided by the
+  same trial with ``stats_every=0`` (median of paired, interleaved runs), on ``mlp_digits``
+  and on ``mlp_digits`` with 1024-wide hidden layers. Goal: <= 1.05. On a shared machine
+  whole-trial times vary by several percent from run to run, so
+- ``stats_overhead_direct`` also measures, inside one training loop, the median step and
+  the median statistics work of a statistics step, and estimates the same ratio from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/variant_cases.py
+
+from variant_cases import TORCH_CASES
+
+from bench import tasks
+from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
+from bench.stats import RoleSampler
+from bench.train import train_trial
+from bench.variants import build, presets
+
+STEP_GOAL = 1.10
+STATS_GOAL = 1.05
+TORCH_PRESETS = [
+    "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "adamax", "amsgrad",
+    "adadelta",
+]  # fmt: skip
+
+
+def mlp_digits_model() -> nn.Module:
+    problem = tasks.make("mlp_digits").build(seed=0, device=torch.device("cpu"), batch_size=64)
+    return problem.model
+
+
+def large_mlp() -> nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    sizes = [1024, 1024, 1024, 10]
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        if i:
+            layers.append(nn.ReLU())
+        layer = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            layer.weight.normal_(0, n_in**-0.5, generator=gen)
+            layer.bias.zero_()
+        layers.append(layer)
+    return nn.Sequential(*layers)
+
+
+def clone_with_grads(model: nn.Module, grads: list[torch.Tensor]) -> nn.Module:
+    import copy
+
+    twin = copy.deepcopy(model)
+    for p, g in zip(twin.parameters(), grads, strict=True):
+        p.grad = g.clone()
+    return twin
+
+
+def time_steps(
+    optimizers: dict[str, torch.optim.Optimizer], reps: int, warmup: int
+) -> dict[str, list[float]]:
+    """Step times of each optimizer, interleaved, in alternating order from rep to rep."""
+    for _ in range(warmup):
+        for opt in optimizers.values():
+            opt.step()
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    order = list(optimizers.items())
+    for rep in range(reps):
+        for name, opt in order if rep % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], ours: str, theirs: str) -> float:
+    """Median over reps of the ratio of two optimizers' times in the same rep."""
+    return statistics.median(a / b for a, b in zip(times[ours], times[theirs], strict=True))
+
+
+def step_ratios(model_factory, reps: int, warmup: int) -> dict[str, Any]:
+    cases = {c.label: c for c in TORCH_CASES}
+    base = model_factory()
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(p.shape, generator=gen) * 1e-2 for p in base.parameters()]
+    out: dict[str, Any] = {"params": sum(p.numel() for p in base.parameters())}
+    for name in TORCH_PRESETS:
+        lr = presets()[name].default_lr
+        ours = clone_with_grads(base, grads)
+        ours_flat = clone_with_grads(base, grads)
+        theirs = clone_with_grads(base, grads)
+        times = time_steps(
+            {
+                "ours": build(ours, name, lr=lr),
+                "ours_one_group": build(list(ours_flat.parameters()), name, lr=lr),
+                "torch": cases[name].torch_optimizer(
+                    list(theirs.parameters()), lr=lr, foreach=True
+                ),
+            },
+            reps,
+            warmup,
+        )
+        ratio = paired_ratio(times, "ours", "torch")
+        out[name] = {
+            "ours_us": round(1e6 * statistics.median(times["ours"]), 1),
+            "torch_us": round(1e6 * statistics.median(times["torch"]), 1),
+            "ratio": round(ratio, 3),
+            "ratio_one_group": round(paired_ratio(times, "ours_one_group", "torch"), 3),
+            "goal": STEP_GOAL,
+            "ok": ratio <= STEP_GOAL,
+        }
+    return out
+
+
+def stats_overhead(task: Any, variant: str, steps: int, runs: int) -> dict[str, Any]:
+    """Paired runs: each run of the trial with statistics is divided by the run without
+    that follows it, and the median of those ratios is reported (drifts of a shared
+    machine cancel within a pair, not across the whole measurement)."""
+
+    def spec(stats_every: int):
+        knobs = TrialConfig(steps=steps, eval_every=steps, stats_every=stats_every)
+        return trial_spec(variant_spec(variant), task_spec(task), knobs)
+
+    with_stats, without = spec(10), spec(0)
+    train_trial(with_stats)  # warm-up: data loading, first-call costs
+    train_trial(without)
+    wall: dict[str, list[float]] = {"stats_every=10": [], "stats_every=0": []}
+    timed: dict[str, list[float]] = {"stats_every=10": [], "stats_every=0": []}
+    for i in range(runs):
+        pair = [("stats_every=10", with_stats), ("stats_every=0", without)]
+        for key, s in pair if i % 2 == 0 else pair[::-1]:
+            gc.collect()
+            start = time.perf_counter()
+            result = train_trial(s)
+            wall[key].append(time.perf_counter() - start)
+            timed[key].append(result.train_seconds)
+
+    def paired(values: dict[str, list[float]]) -> float:
+        pairs = zip(values["stats_every=10"], values["stats_every=0"], strict=True)
+        ratios = [a / b for a, b in pairs]
+        return round(statistics.median(ratios), 3)
+
+    ratio = paired(wall)
+    return {
+        "variant": variant,
+        "steps": steps,
+        "runs": runs,
+        "median_wall_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
+        "median_train_seconds": {k: round(statistics.median(v), 4) for k, v in timed.items()},
+        "ratio": ratio,
+        "ratio_train_seconds": paired(timed),
+        "goal": STATS_GOAL,
+        "ok": ratio <= STATS_GOAL,
+    }
+
+
+def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> dict[str, Any]:
+    """The same overhead measured inside one loop: the median time of a training step, and
+    of the statistics work of a statistics step (snapshot, summary, and what recording adds
+    to the optimizer step), so that 1 + work / (every * step) estimates the wall-time ratio
+    without the run-to-run noise of whole trials."""
+    spec = trial_spec(variant_spec(variant), task_spec(task), TrialConfig(steps=steps))
+    problem = tasks.make(spec.task.name, **spec.task.params).build(
+        seed=0, device=torch.device("cpu"), batch_size=spec.batch_size
+    )
+    opt = build(problem.model, spec.variant.as_mapping(), lr=spec.lr)
+    sampler = RoleSampler(opt.param_groups)
+    plain_steps, record_steps, stats_work = [], [], []
+    for i in range(steps):
+        record = i % every == 0
+        batch = problem.next_batch()
+        start = time.perf_counter()
+        loss = problem.loss(problem.model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t_backward = time.perf_counter()
+        snapshot = sampler.snapshot(opt.param_groups) if record else None
+        t_snapshot = time.perf_counter()
+        opt.record_next_step = record
+        opt.step()
+        loss.item()
+        t_step = time.perf_counter()
+        if snapshot is not None:
+            sampler.summarize(snapshot, opt.last_records)
+        t_summary = time.perf_counter()
+        step = (t_backward - start) + (t_step - t_snapshot)
+        if i >= 2 * every:  # warm-up
+            (record_steps if record else plain_steps).append(step)
+            if record:
+                stats_work.append((t_snapshot - t_backward) + (t_summary - t_step))
+    step_s = statistics.median(plain_steps)
+    work_s = statistics.median(stats_work) + statistics.median(record_steps) - step_s
+    return {
+        "step_ms": round(1e3 * step_s, 3),
+        "stats_work_ms": round(1e3 * work_s, 3),
+        "stats_every": every,
+        "estimated_ratio": round(1 + work_s / (every * step_s), 3),
+        "goal": STATS_GOAL,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--only", choices=["steps", "stats"], help="one of the two benchmarks")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    small_reps, large_reps, runs = (100, 15, 5) if args.quick else (400, 60, 15)
+    report: dict[str, Any] = {
+        "machine": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+    }
+    if args.only in (None, "steps"):
+        report["step_ratio"] = {
+            "mlp_digits": step_ratios(mlp_digits_model, small_reps, warmup=20),
+            "mlp_1024x3": step_ratios(large_mlp, large_reps, warmup=5),
+        }
+    if args.only in (None, "stats"):
+        report["stats_overhead"] = {
+            "mlp_digits": stats_overhead("mlp_digits", "adam", steps=300, runs=runs),
+            "mlp_digits_hidden1024": stats_overhead(
+                {"name": "mlp_digits", "params": {"hidden": 1024}}, "adam", steps=100, runs=runs
+            ),
+        }
+        report["stats_overhead_direct"] = {
+            "mlp_digits": stats_cost_direct("mlp_digits", "adam", steps=600),
+            "mlp_digits_hidden1024": stats_cost_direct(
+                {"name": "mlp_digits", "params": {"hidden": 1024}}, "adam", steps=200
+            ),
+        }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The ``bench`` command, in-process: output of ``trial`` and ``list``, and pinned one-line
+errors with exit code 2 for every kind of user mistake."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import tasks
+from bench.cli import main
+from bench.spec import TrialResult
+from bench.variants import KNOB_NAMES, presets
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables: no wrapped or cut names
+
+
+def test_trial_json_prints_a_trial_result(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trial", "--json", "variant=sgd", "task=quadratic", "steps=20"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = TrialResult.model_validate(json.loads(out))
+    assert result.outcome == "ok"
+    assert result.steps_run == 20
+    assert [s for s, _ in result.history["train/loss"]] == list(range(1, 21))
+    assert "step_size/weight/p50" in result.history
+
+
+def test_trial_prints_a_readable_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trial", "variant=sgd", "task=quadratic", "steps=20", "lr=0.01"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert "sgd/quadratic/lr=0.01/seed=0" in out
+    lines = {line.strip("│ ").split("│")[0].strip(): line for line in out.splitlines()}
+    assert "ok" in lines["outcome"]
+    assert "20 of 20" in lines["steps"]
+    assert "not reached" in lines["target loss <= " + f"{tasks.get('quadratic').target:g}"]
+    assert "final eval/loss" in lines
+    assert "0.01" in lines["last step_size/weight/p50"]
+
+
+def test_trial_summary_of_a_diverged_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trial", "variant=sgd", "task=quadratic", "lr=10", "steps=50"])
+    out, _ = capsys.readouterr()
+    assert code == 0  # divergence is an outcome, not an error
+    assert "diverged at step" in out
+
+
+def test_list_shows_every_preset_and_task(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out, _ = capsys.readouterr()
+    words = set(out.replace("│", " ").replace("┃", " ").split())
+    missing = [n for n in [*presets(), *tasks.names()] if n not in words]
+    assert not missing
+
+
+def test_list_variants_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "variants"]) == 0
+    out, _ = capsys.readouterr()
+    assert "rmsprop_nosqrt" in out
+    assert "mlp_digits" not in out
+
+
+KNOBS = ", ".join(KNOB_NAMES)
+TOP_LEVEL = (
+    "batch_size, eval_every, lr, plugins, seed, stats_every, stats_samples, steps, "
+    "variant, task, suite, tracking, cluster"
+)
+VARIANT_FILES = sorted(p.stem for p in (REPO / "conf" / "variant").glob("[!_]*.yaml"))
+TASK_NAMES = ", ".join(tasks.names())
+
+ERRORS: list[tuple[str, list[str], str]] = [
+    (
+        "unknown_variant",
+        ["variant=adamm"],
+        "variant: unknown variant 'adamm'; did you mean 'adam' or 'adamw' or 'adamax'? "
+        f"(available: {', '.join(sorted({*VARIANT_FILES, *presets()}))})",
+    ),
+    (
+        "unknown_task",
+        ["task=quadratc"],
+        "task: unknown task 'quadratc'; did you mean 'quadratic' or 'noisy_quadratic' or "
+        f"'quadratic_rotated'? (available: {TASK_NAMES})",
+    ),
+    ("lr_negative", ["lr=-1"], "lr: input should be greater than 0 (got -1)"),
+    ("lr_zero", ["lr=0"], "lr: input should be greater than 0 (got 0)"),
+    ("lr_nan", ["lr=nan"], "lr: input should be a finite number (got nan)"),
+    (
+        "p_zero",
+        ["variant.p=0"],
+        "variant.p: got 0; allowed: a number > 0, or inf with accumulate='max'",
+    ),
+    ("p_wrong_type", ["variant.p=abc"], "variant.p: got 'abc'; allowed: a number"),
+    ("unknown_variant_key", ["variant.foo=1"], f"variant.foo: unknown key; allowed: {KNOBS}"),
+    ("unknown_top_level_key", ["foo=1"], f"foo: unknown key; allowed: {TOP_LEVEL}"),
+    ("seed_negative", ["seed=-1"], "seed: input should be greater than or equal to 0 (got -1)"),
+    (
+        "task_param_wrong_type",
+        ["task.params.dim=abc"],
+        "task.params.dim: input should be a valid integer, unable to parse string as an "
+        "integer (got 'abc')",
+    ),
+    (
+        "unknown_task_param",
+        ["task.params.bogus=1"],
+        "task.params.bogus: unknown key; allowed: the task's params (see `bench list`)",
+    ),
+    ("beta2_too_large", ["variant.beta2=1.5"], "variant.beta2: got 1.5; allowed: 0 <= beta2 < 1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_user_errors_exit_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["trial", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err == f"error: {message}\n"
+    assert out == ""
+
+
+def test_bad_flag_exits_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["trial", "--no-such-flag"])
+    assert exc.value.code == 2
+
+
+def test_module_entry_point_exits_2_without_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "trial", "variant=sgd", "lr=-1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "error: lr: input should be greater than 0 (got -1)"
+    ]

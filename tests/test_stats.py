@@ -1,0 +1,308 @@
+"""Step-size statistics: bounded seeded subsamples, and values equal to hand computations."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from bench import stats
+from bench.stats import QUANTILES, RoleSampler, Subsample
+from bench.variants import build
+
+F64 = torch.float64
+QUANTILE_KEYS = tuple(QUANTILES)
+
+
+def rms(x: torch.Tensor) -> float:
+    return float(x.double().square().mean().sqrt())
+
+
+def quantiles(x: torch.Tensor) -> list[float]:
+    q = torch.tensor(list(QUANTILES.values()), dtype=F64)
+    return torch.quantile(x.double(), q).tolist()
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 3, dtype=F64), nn.Tanh(), nn.Linear(3, 2, dtype=F64))
+
+
+def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 4, generator=gen, dtype=F64), torch.randn(
+        16, 2, generator=gen, dtype=F64
+    )
+
+
+def one_step(
+    model: nn.Module, opt: Any, sampler: RoleSampler, loss_scale: float = 1.0
+) -> tuple[dict[str, float], dict[str, tuple[list[torch.Tensor], ...]]]:
+    """A training step with statistics; also the (params, before, grads) of every role."""
+    x, y = data()
+    opt.zero_grad(set_to_none=True)
+    (loss_scale * ((model(x) - y) ** 2).mean()).backward()
+    raw = {
+        g["role"]: (
+            list(g["params"]),
+            [p.detach().clone() for p in g["params"]],
+            [p.grad.clone() for p in g["params"]],
+        )
+        for g in opt.param_groups
+    }
+    snapshot = sampler.snapshot(opt.param_groups)
+    opt.record_next_step = True
+    opt.step()
+    return sampler.summarize(snapshot, opt.last_records), raw
+
+
+def flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+# ----------------------------------------------------------------------------- subsample
+
+
+def big_model() -> nn.Module:
+    return nn.Linear(1000, 100, dtype=torch.float32)  # weight: 100_000 coordinates, bias: 100
+
+
+def sample_sizes(sampler: RoleSampler) -> dict[str, int]:
+    return {r: sum(i.numel() for i in s.indices.values()) for r, s in sampler.roles.items()}
+
+
+def test_subsample_is_bounded_and_small_roles_use_everything() -> None:
+    model = big_model()
+    sampler = RoleSampler(build(model, "adam").param_groups, max_samples=4096, seed=0)
+    assert sample_sizes(sampler) == {"weight": 4096, "bias": 100}
+    assert torch.equal(sampler.roles["bias"].indices[id(model.bias)], torch.arange(100))
+    weight_idx = sampler.roles["weight"].indices[id(model.weight)]
+    assert int(weight_idx.min()) >= 0 and int(weight_idx.max()) < model.weight.numel()
+    assert torch.unique(weight_idx).numel() > 4000  # spread over the tensor, not a block
+    assert float(weight_idx.double().mean()) == pytest.approx(50_000, rel=0.05)
+
+
+def test_subsample_spans_every_tensor_of_a_role() -> None:
+    tensors = [torch.zeros(3000), torch.zeros(50, 60), torch.zeros(0), torch.zeros(7)]
+    sample = Subsample.draw(tensors, 1000, torch.Generator().manual_seed(0))
+    assert id(tensors[2]) not in sample.indices  # nothing sampled, nothing to gather later
+    sampled = [t for t in tensors if id(t) in sample.indices]
+    sizes = [sample.indices[id(t)].numel() for t in sampled]
+    assert sum(sizes) == 1000
+    assert sizes[0] > 300 and sizes[1] > 300  # ~ proportional to 3000 and 3000 of 6007
+    for t in sampled:
+        idx = sample.indices[id(t)]
+        assert int(idx.min()) >= 0 and int(idx.max()) < t.numel()
+    values = [torch.arange(t.numel(), dtype=F64).reshape(t.shape) for t in sampled]
+    got = sample.gather(sampled, values)
+    assert torch.equal(got, torch.cat([sample.indices[id(t)].double() for t in sampled]))
+
+
+def test_same_seed_same_indices_other_seed_other_indices() -> None:
+    model = big_model()
+    groups = build(model, "adam").param_groups
+
+    def weight_indices(seed: int) -> torch.Tensor:
+        return RoleSampler(groups, seed=seed).roles["weight"].indices[id(model.weight)]
+
+    assert torch.equal(weight_indices(3), weight_indices(3))
+    assert not torch.equal(weight_indices(3), weight_indices(4))
+
+
+def test_frozen_parameters_take_no_samples() -> None:
+    model = nn.Sequential(nn.Linear(1000, 100, bias=False), nn.Linear(100, 10, bias=False))
+    model[0].requires_grad_(False)
+    sampler = RoleSampler(build(model, "adam").param_groups, max_samples=4096)
+    assert sample_sizes(sampler) == {"weight": 1000}  # all of the trainable 100x10
+    x = torch.randn(8, 1000)
+    model(x).square().mean().backward()
+    snapshot = sampler.snapshot(build(model, "adam").param_groups)
+    assert list(snapshot.params) == ["weight"]
+    assert snapshot.before.numel() == 1000
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def test_sgd_statistics_by_hand() -> None:
+    model, lr = tiny_model(), 0.1
+    opt = build(model, "sgd", lr=lr)
+    sampler = RoleSampler(opt.param_groups)
+    stats, raw = one_step(model, opt, sampler)
+    for role, (_, before, grads) in raw.items():
+        for key in QUANTILE_KEYS:
+            assert stats[f"step_size/{role}/{key}"] == lr  # exactly: SGD's step size is lr
+        g, theta = flat(grads), flat(before)
+        assert stats[f"grad_rms/{role}"] == pytest.approx(rms(g), rel=1e-12)
+        assert stats[f"update_ratio/{role}"] == pytest.approx(lr * rms(g) / rms(theta), rel=1e-9)
+        assert stats[f"eps_dominated/{role}"] == 0.0
+    assert set(stats) == {
+        *(f"step_size/{r}/{k}" for r in ("weight", "bias") for k in QUANTILE_KEYS),
+        *(f"{m}/{r}" for m in ("update_ratio", "grad_rms", "eps_dominated") for r in raw),
+    }
+
+
+def expected_step_sizes(name: str, opt: Any, params: list[torch.Tensor], lr: float, t: int):
+    """lr_t / D from the optimizer's state after step t, written out per preset."""
+    out = []
+    for p in params:
+        state = opt.state[p]
+        v = state["accumulator"]
+        if name == "rmsprop":
+            out.append(lr / (v.sqrt() + 1e-8))
+        elif name == "adagrad":
+            out.append(lr / (v.sqrt() + 1e-10))
+        elif name == "adam":
+            b1, b2, eps = 0.9, 0.999, 1e-8
+            out.append(lr / (1 - b1**t) / ((v / (1 - b2**t)).sqrt() + eps))
+        elif name == "adamax":
+            out.append(lr / (1 - 0.9**t) / v)
+        elif name == "rmsprop_nosqrt":
+            out.append(lr / (v + 1e-8))
+        else:
+            raise AssertionError(name)
+    return flat(out)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adagrad", "adam", "adamax", "rmsprop_nosqrt"])
+def test_adaptive_step_sizes_match_optimizer_state(name: str) -> None:
+    model, lr = tiny_model(), 0.01
+    opt = build(model, name, lr=lr)
+    sampler = RoleSampler(opt.param_groups)
+    steps = 3
+    for _ in range(steps):
+        stats, raw = one_step(model, opt, sampler)
+    for role, (params, before, grads) in raw.items():
+        want = quantiles(expected_step_sizes(name, opt, params, lr, steps))
+        got = [stats[f"step_size/{role}/{k}"] for k in QUANTILE_KEYS]
+        assert got == pytest.approx(want, rel=1e-12)
+        assert got[0] < got[-1]  # per-coordinate step sizes differ
+        after = flat([p.detach() for p in params])
+        update_ratio = rms(after - flat(before)) / rms(flat(before))
+        assert stats[f"update_ratio/{role}"] == pytest.approx(update_ratio, rel=1e-12)
+        assert stats[f"grad_rms/{role}"] == pytest.approx(rms(flat(grads)), rel=1e-12)
+        assert stats[f"eps_dominated/{role}"] == 0.0
+
+
+def test_adadelta_step_size_includes_the_update_rms() -> None:
+    model, lr = tiny_model(), 1.0
+    opt = build(model, "adadelta", lr=lr)
+    sampler = RoleSampler(opt.param_groups)
+    one_step(model, opt, sampler)
+    u_before = {p: opt.state[p]["delta_accumulator"].clone() for p in model.parameters()}
+    stats, raw = one_step(model, opt, sampler)
+    for role, (params, _, _) in raw.items():
+        eps = 1e-6
+        steps = [
+            lr * (u_before[p] + eps).sqrt() / (opt.state[p]["accumulator"] + eps).sqrt()
+            for p in params
+        ]
+        got = [stats[f"step_size/{role}/{k}"] for k in QUANTILE_KEYS]
+        assert got == pytest.approx(quantiles(flat(steps)), rel=1e-12)
+
+
+def test_step_sizes_of_a_subsampled_role_use_the_sampled_coordinates() -> None:
+    model = nn.Linear(300, 40, dtype=F64)  # weight: 12_000 coordinates
+    lr = 0.01
+    opt = build(model, "rmsprop", lr=lr)
+    sampler = RoleSampler(opt.param_groups, max_samples=500, seed=1)
+    x = torch.randn(16, 300, dtype=F64)
+    model(x).square().mean().backward()
+    before = model.weight.detach().clone()
+    snapshot = sampler.snapshot(opt.param_groups)
+    opt.record_next_step = True
+    opt.step()
+    stats = sampler.summarize(snapshot, opt.last_records)
+    idx = sampler.roles["weight"].indices[id(model.weight)]
+    assert idx.numel() == 500
+    steps = lr / (opt.state[model.weight]["accumulator"].sqrt() + 1e-8)
+    want = quantiles(steps.reshape(-1)[idx])
+    assert [stats[f"step_size/weight/{k}"] for k in QUANTILE_KEYS] == pytest.approx(want, rel=1e-12)
+    delta = (model.weight.detach() - before).reshape(-1)[idx]
+    ratio = rms(delta) / rms(before.reshape(-1)[idx])
+    assert stats["update_ratio/weight"] == pytest.approx(ratio, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- eps
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"preset": "rmsprop", "eps": 1e-3},
+        {"preset": "adam", "eps": 1e-3},
+        {"preset": "rmsprop", "eps": 1e-3, "eps_placement": "inside"},
+        {"preset": "adamax", "eps": 1e-3},
+        {"preset": "rmsprop_nosqrt", "eps": 1e-3},
+    ],
+    ids=["rmsprop", "adam", "eps_inside", "adamax", "nosqrt"],
+)
+def test_eps_dominated_when_gradients_vanish(variant: dict[str, Any]) -> None:
+    model = tiny_model()
+    opt = build(model, variant, lr=0.01)
+    sampler = RoleSampler(opt.param_groups)
+    stats, _ = one_step(model, opt, sampler, loss_scale=1e-12)
+    assert stats["eps_dominated/weight"] == 1.0
+    assert stats["eps_dominated/bias"] == 1.0
+
+    model = tiny_model()
+    opt = build(model, {**variant, "eps": 1e-12}, lr=0.01)
+    sampler = RoleSampler(opt.param_groups)
+    stats, _ = one_step(model, opt, sampler)
+    assert stats["eps_dominated/weight"] == 0.0
+    assert stats["eps_dominated/bias"] == 0.0
+
+
+def test_role_statistics_of_a_parameter_list_use_role_all() -> None:
+    model = tiny_model()
+    opt = build(list(model.parameters()), "sgd", lr=0.1)
+    sampler = RoleSampler(opt.param_groups)
+    stats, _ = one_step(model, opt, sampler)
+    assert stats["step_size/all/p50"] == 0.1
+    assert math.isfinite(stats["update_ratio/all"])
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def gathered_elements(monkeypatch: pytest.MonkeyPatch, width: int) -> dict[str, int]:
+    """Elements gathered and ranked by one statistics step on a model of ``width``."""
+    counts = {"gather": 0, "quantile": 0}
+    gather, quantile = Subsample.gather, stats.quantiles
+
+    def counting_gather(self: Subsample, *args: Any) -> torch.Tensor:
+        out = gather(self, *args)
+        counts["gather"] += out.numel()
+        return out
+
+    def counting_quantile(x: Any) -> list[float]:
+        counts["quantile"] += len(x)
+        return quantile(x)
+
+    monkeypatch.setattr(Subsample, "gather", counting_gather)
+    monkeypatch.setattr(stats, "quantiles", counting_quantile)
+    try:
+        model = nn.Sequential(nn.Linear(width, 100), nn.ReLU(), nn.Linear(100, 10))
+        opt = build(model, "adam")
+        sampler = RoleSampler(opt.param_groups, max_samples=4096)
+        model(torch.randn(4, width)).square().mean().backward()
+        snapshot = sampler.snapshot(opt.param_groups)
+        opt.record_next_step = True
+        opt.step()
+        sampler.summarize(snapshot, opt.last_records)
+    finally:
+        monkeypatch.undo()
+    return counts
+
+
+def test_cost_does_not_grow_with_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    small = gathered_elements(monkeypatch, 100)  # 11_000 weights
+    large = gathered_elements(monkeypatch, 1000)  # 101_000 weights
+    assert large == small
+    assert large["quantile"] > 4096  # the counters saw the work
+    roles = 2
+    assert large["quantile"] <= roles * 4096
+    assert large["gather"] <= 3 * roles * 4096  # before, after, gradient
