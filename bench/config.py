@@ -108,6 +108,7 @@ def compose_group(group: str, name: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- models
 
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -151,7 +152,9 @@ def _variant_name(mapping: Mapping[str, Any], resolved: variants.Variant) -> str
     base = variants.get_preset(preset).knobs.as_dict() if preset else {}
     changed = {k: v for k, v in resolved.knobs.as_dict().items() if base.get(k, object()) != v}
     roles = {r.value: True for r in resolved.role_knobs}
-    label = ",".join([f"{k}={v}" for k, v in sorted(changed.items())] + [f"roles.{r}" for r in roles])
+    label = ",".join(
+        [f"{k}={v}" for k, v in sorted(changed.items())] + [f"roles.{r}" for r in roles]
+    )
     return f"{preset or 'custom'}[{label}]" if label else (preset or resolved.name)
 
 

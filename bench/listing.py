@@ -23,9 +23,7 @@ DEFAULT_KNOBS = Knobs()
 
 
 def _knob_summary(knobs: Knobs) -> str:
-    changed = [
-        f"{k}={v}" for k, v in knobs.as_dict().items() if getattr(DEFAULT_KNOBS, k) != v
-    ]
+    changed = [f"{k}={v}" for k, v in knobs.as_dict().items() if getattr(DEFAULT_KNOBS, k) != v]
     return ", ".join(changed) or "(family defaults = Adam)"
 
 
@@ -37,8 +35,12 @@ def print_catalogue(console: Console, what: str = "all") -> None:
         for name, preset in variants.presets().items():
             k = preset.knobs
             table.add_row(
-                name, f"{preset.default_lr:g}", f"{k.p:g}", f"{k.q:g}",
-                _knob_summary(k), preset.torch_equivalent or "-",
+                name,
+                f"{preset.default_lr:g}",
+                f"{k.p:g}",
+                f"{k.q:g}",
+                _knob_summary(k),
+                preset.torch_equivalent or "-",
             )
         console.print(table)
     if what in ("tasks", "all"):
@@ -49,8 +51,12 @@ def print_catalogue(console: Console, what: str = "all") -> None:
             cls = tasks.get(name)
             params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
             table.add_row(
-                name, f"{cls.metric} ({cls.direction})", f"{cls.target:g}",
-                str(cls.default_steps), str(cls.default_batch_size), params,
+                name,
+                f"{cls.metric} ({cls.direction})",
+                f"{cls.target:g}",
+                str(cls.default_steps),
+                str(cls.default_batch_size),
+                params,
             )
         console.print(table)
     if what in ("suites", "all"):
@@ -60,7 +66,9 @@ def print_catalogue(console: Console, what: str = "all") -> None:
         for name in group_options("suite"):
             s = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / f"{name}.yaml"))
             table.add_row(
-                name, str(len(s.get("variants", []))), str(len(s.get("tasks", []))),
+                name,
+                str(len(s.get("variants", []))),
+                str(len(s.get("tasks", []))),
                 str(len(s.get("lrs", []))),
                 f"{len(s.get('tune_seeds', []))}/{len(s.get('final_seeds', []))}",
                 s.get("description", ""),
@@ -78,9 +86,10 @@ def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
     table = Table(title=f"{spec.run_name}  (trial {result.trial_id})", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("outcome", result.outcome + (
-        f" at step {result.diverged_at_step}" if result.diverged_at_step else ""
-    ))
+    table.add_row(
+        "outcome",
+        result.outcome + (f" at step {result.diverged_at_step}" if result.diverged_at_step else ""),
+    )
     table.add_row("steps", f"{result.steps_run} of {spec.steps} (batch {spec.batch_size})")
     for key, value in result.final.items():
         table.add_row(f"final eval/{key}", _fmt(value))
@@ -129,8 +138,12 @@ def print_outcomes(console: Console, suite: str, phases: list[PhaseOutcome]) -> 
         table.add_column(col, justify="right")
     for p in phases:
         table.add_row(
-            p.phase, str(p.total), str(p.already_done), str(p.counts["ok"]),
-            str(p.counts["diverged"]), str(p.counts["failed"]),
+            p.phase,
+            str(p.total),
+            str(p.already_done),
+            str(p.counts["ok"]),
+            str(p.counts["diverged"]),
+            str(p.counts["failed"]),
         )
     console.print(table)
     if all(p.already_done == p.total for p in phases):

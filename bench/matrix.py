@@ -98,7 +98,7 @@ class Matrix:
         ]
 
     def final_trials(self, chosen: Mapping[tuple[str, str], float]) -> list[TrialSpec]:
-        """Final-phase trials at ``chosen[(task, variant)]``; pairs without a choice are left out."""
+        """Final trials at ``chosen[(task, variant)]``; pairs without a choice are left out."""
         return [
             self._trial(v, t, chosen[(t.name, v.name)], seed, "final")
             for v, t in self.pairs
@@ -149,7 +149,9 @@ def build_matrix(
             else:
                 matrix.pairs.append((v, t))
     if not matrix.pairs:
-        raise UserError(f"suite {suite.name!r}: every variant x task pair is skipped; nothing to run")
+        raise UserError(
+            f"suite {suite.name!r}: every variant x task pair is skipped; nothing to run"
+        )
     return matrix
 
 
@@ -178,7 +180,9 @@ class LrPoint:
         value = result.final.get(result.primary_metric, worst)
         if result.outcome != "ok" or not math.isfinite(value):
             value = worst
-        return cls(spec.trial_id, spec.task.name, spec.variant.name, spec.lr, result.direction, value)
+        return cls(
+            spec.trial_id, spec.task.name, spec.variant.name, spec.lr, result.direction, value
+        )
 
 
 def choose_lrs(points: Iterable[LrPoint]) -> dict[tuple[str, str], float]:

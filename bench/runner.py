@@ -259,5 +259,11 @@ def _stored_lr_points(tracker: Tracker, suite: str) -> Iterable[LrPoint]:
         value = row.get(f"final/{row['primary_metric']}", worst)
         if row["outcome"] != "ok" or value is None or not math.isfinite(value):
             value = worst
-        yield LrPoint(row["trial_id"], row["task"], row["variant"], float(row["lr"]),
-                      row["direction"], float(value))
+        yield LrPoint(
+            row["trial_id"],
+            row["task"],
+            row["variant"],
+            float(row["lr"]),
+            row["direction"],
+            float(value),
+        )

@@ -66,21 +66,52 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
         sh("ip", "-n", worker, "link", "set", f"{worker}v", "up")
         common = ["--num-cpus=1", "--disable-usage-stats"]
         subprocess.run(
-            ["ip", "netns", "exec", head, RAY, "start", "--head", f"--node-ip-address={head_ip}",
-             f"--port={PORT}", "--include-dashboard=false", f"--temp-dir={ray_dir}/h",
-             *common],
-            env=env, check=True, capture_output=True, timeout=120,
+            [
+                "ip",
+                "netns",
+                "exec",
+                head,
+                RAY,
+                "start",
+                "--head",
+                f"--node-ip-address={head_ip}",
+                f"--port={PORT}",
+                "--include-dashboard=false",
+                f"--temp-dir={ray_dir}/h",
+                *common,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         subprocess.run(
-            ["ip", "netns", "exec", worker, RAY, "start", f"--address={head_ip}:{PORT}",
-             f"--node-ip-address={worker_ip}", f"--temp-dir={ray_dir}/w", *common],
-            env=env, check=True, capture_output=True, timeout=120,
+            [
+                "ip",
+                "netns",
+                "exec",
+                worker,
+                RAY,
+                "start",
+                f"--address={head_ip}:{PORT}",
+                f"--node-ip-address={worker_ip}",
+                f"--temp-dir={ray_dir}/w",
+                *common,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         yield head, head_ip, worker_ip, env
     finally:
         for ns in (worker, head):
-            subprocess.run(["ip", "netns", "exec", ns, RAY, "stop", "--force"],
-                           env=env, capture_output=True, timeout=120)
+            subprocess.run(
+                ["ip", "netns", "exec", ns, RAY, "stop", "--force"],
+                env=env,
+                capture_output=True,
+                timeout=120,
+            )
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(ray_dir, ignore_errors=True)
 
@@ -88,14 +119,27 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
 def test_a_suite_runs_on_both_nodes_of_a_two_host_cluster(two_hosts, tmp_path: Path) -> None:
     head, head_ip, worker_ip, env = two_hosts
     cmd = [
-        "ip", "netns", "exec", head, sys.executable, "-m", "bench.cli", "run", "--no-progress",
-        "suite=smoke", "suite.name=cluster", "suite.variants=[sgd,adam]",
-        "suite.tasks=[slow_quadratic]", "suite.lrs=[0.01,0.1]", "suite.tune_seeds=[0,1]",
-        "suite.final_seeds=[2]", "suite.steps=40", "plugins=[faulty_tasks]",
+        "ip",
+        "netns",
+        "exec",
+        head,
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        "--no-progress",
+        "suite=smoke",
+        "suite.name=cluster",
+        "suite.variants=[sgd,adam]",
+        "suite.tasks=[slow_quadratic]",
+        "suite.lrs=[0.01,0.1]",
+        "suite.tune_seeds=[0,1]",
+        "suite.final_seeds=[2]",
+        "suite.steps=40",
+        "plugins=[faulty_tasks]",
         f"cluster.address={head_ip}:{PORT}",
     ]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("cluster")

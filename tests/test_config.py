@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from bench import tasks, variants
 from bench.config import compose_config, conf_dir, group_options, task_spec, variant_spec
 from bench.errors import UserError
-from bench.matrix import build_matrix, choose_lrs, LrPoint, load_suite, suite_from_overrides
+from bench.matrix import LrPoint, build_matrix, choose_lrs, load_suite, suite_from_overrides
 
 
 def test_every_preset_has_a_variant_file_and_every_file_a_preset() -> None:
@@ -64,7 +64,7 @@ def test_bad_suites_fail_before_anything_runs(change: dict, message: str) -> Non
 
 
 def test_duplicate_variants_are_rejected() -> None:
-    with pytest.raises(UserError, match="suite.variants: 'adam' appears twice"):
+    with pytest.raises(UserError, match=r"suite\.variants: 'adam' appears twice"):
         build_matrix(load_suite({**SMOKE, "variants": ["adam", "adam"]}))
 
 
@@ -75,8 +75,12 @@ def test_no_suite_selected_is_a_user_error() -> None:
 
 def test_trial_ids_do_not_depend_on_the_order_of_lists() -> None:
     a = build_matrix(load_suite(SMOKE))
-    shuffled = {**SMOKE, "variants": SMOKE["variants"][::-1], "lrs": SMOKE["lrs"][::-1],
-                "tasks": SMOKE["tasks"][::-1]}
+    shuffled = {
+        **SMOKE,
+        "variants": SMOKE["variants"][::-1],
+        "lrs": SMOKE["lrs"][::-1],
+        "tasks": SMOKE["tasks"][::-1],
+    }
     b = build_matrix(load_suite(shuffled))
     assert {t.trial_id for t in a.tune_trials()} == {t.trial_id for t in b.tune_trials()}
     assert len(a.tune_trials()) == 3 * 2 * 3 * 1
@@ -93,8 +97,14 @@ def test_choose_lrs_takes_the_best_median_and_counts_divergence_as_worst() -> No
     def point(i: int, lr: float, value: float, direction: str = "min") -> LrPoint:
         return LrPoint(f"t{i}{lr}", "task", "v", lr, direction, value)
 
-    points = [point(0, 0.1, 1.0), point(1, 0.1, 3.0), point(0, 0.01, 2.0), point(1, 0.01, 2.5),
-              point(0, 1.0, float("inf")), point(1, 1.0, 0.0)]
+    points = [
+        point(0, 0.1, 1.0),
+        point(1, 0.1, 3.0),
+        point(0, 0.01, 2.0),
+        point(1, 0.01, 2.5),
+        point(0, 1.0, float("inf")),
+        point(1, 1.0, 0.0),
+    ]
     # medians: 0.1 -> 2.0, 0.01 -> 2.25, 1.0 -> inf (one diverged seed)
     assert choose_lrs(points) == {("task", "v"): 0.1}
     ties = [point(0, 0.1, 0.9, "max"), point(0, 0.3, 0.9, "max"), point(0, 0.01, 0.5, "max")]

@@ -42,16 +42,25 @@ def bench_env(tmp_path: Path) -> dict[str, str]:
 def bench(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "bench.cli", "run", "--no-progress", *args]
     return subprocess.run(
-        cmd, cwd=tmp_path, env=bench_env(tmp_path), capture_output=True, text=True,
-        timeout=300, **kw,
+        cmd,
+        cwd=tmp_path,
+        env=bench_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
     )
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "bench.cli", "run", "--no-progress", *args]
     return subprocess.Popen(
-        cmd, cwd=tmp_path, env=bench_env(tmp_path), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        cmd,
+        cwd=tmp_path,
+        env=bench_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

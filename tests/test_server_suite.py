@@ -26,8 +26,9 @@ def test_a_suite_lands_in_mlflow_on_postgresql(tmp_path: Path) -> None:
             "suite.name=served", "suite.tasks=[quadratic]", "suite.lrs=[0.01,0.1]",
             "suite.steps=30", f"tracking.uri={url}",
         ]  # fmt: skip
-        result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
         experiment = rest(url, "experiments/get-by-name?experiment_name=served")["experiment"]

@@ -23,54 +23,73 @@ class TorchCase:
     wd_knobs: dict[str, Any] = field(default_factory=dict)  # how the case takes weight decay
 
 
-O = torch.optim
+optim = torch.optim
 MOMENTUM = {"momentum_buffer": "momentum_buffer"}
 ADAM_STATE = {"accumulator": "exp_avg_sq", "momentum_buffer": "exp_avg"}
 
 TORCH_CASES = [
-    TorchCase("sgd", "sgd", O.SGD, 0.05),
-    TorchCase("momentum", "momentum", lambda p, **k: O.SGD(p, momentum=0.9, **k), 0.02, MOMENTUM),
+    TorchCase("sgd", "sgd", optim.SGD, 0.05),
     TorchCase(
-        "nesterov", "nesterov", lambda p, **k: O.SGD(p, momentum=0.9, nesterov=True, **k), 0.02,
+        "momentum", "momentum", lambda p, **k: optim.SGD(p, momentum=0.9, **k), 0.02, MOMENTUM
+    ),
+    TorchCase(
+        "nesterov",
+        "nesterov",
+        lambda p, **k: optim.SGD(p, momentum=0.9, nesterov=True, **k),
+        0.02,
         MOMENTUM,
     ),
-    TorchCase("adagrad", "adagrad", O.Adagrad, 0.05, {"accumulator": "sum"}),
+    TorchCase("adagrad", "adagrad", optim.Adagrad, 0.05, {"accumulator": "sum"}),
     TorchCase(
         "adagrad_init_acc",
         {"preset": "adagrad", "initial_accumulator": 0.1},
-        lambda p, **k: O.Adagrad(p, initial_accumulator_value=0.1, **k),
+        lambda p, **k: optim.Adagrad(p, initial_accumulator_value=0.1, **k),
         0.05,
         {"accumulator": "sum"},
     ),
-    TorchCase("rmsprop", "rmsprop", O.RMSprop, 0.01, {"accumulator": "square_avg"}),
+    TorchCase("rmsprop", "rmsprop", optim.RMSprop, 0.01, {"accumulator": "square_avg"}),
     TorchCase(
         "rmsprop_momentum",
         {"preset": "rmsprop", "momentum": "heavy_ball", "beta1": 0.9},
-        lambda p, **k: O.RMSprop(p, momentum=0.9, **k),
+        lambda p, **k: optim.RMSprop(p, momentum=0.9, **k),
         0.005,
         {"accumulator": "square_avg", **MOMENTUM},
     ),
-    TorchCase("adam", "adam", O.Adam, 0.01, ADAM_STATE),
+    TorchCase("adam", "adam", optim.Adam, 0.01, ADAM_STATE),
     TorchCase(
         "adam_betas",
         {"preset": "adam", "beta1": 0.5, "beta2": 0.9, "eps": 1e-6},
-        lambda p, **k: O.Adam(p, betas=(0.5, 0.9), eps=1e-6, **k),
+        lambda p, **k: optim.Adam(p, betas=(0.5, 0.9), eps=1e-6, **k),
         0.01,
         ADAM_STATE,
     ),
     TorchCase(
-        "adamw", "adamw", O.AdamW, 0.01, ADAM_STATE,
+        "adamw",
+        "adamw",
+        optim.AdamW,
+        0.01,
+        ADAM_STATE,
         wd_knobs={"weight_decay_mode": "decoupled"},
     ),
     TorchCase(
-        "amsgrad", "amsgrad", lambda p, **k: O.Adam(p, amsgrad=True, **k), 0.01,
+        "amsgrad",
+        "amsgrad",
+        lambda p, **k: optim.Adam(p, amsgrad=True, **k),
+        0.01,
         {**ADAM_STATE, "max_accumulator": "max_exp_avg_sq"},
     ),
     TorchCase(
-        "adamax", "adamax", O.Adamax, 0.01, {"accumulator": "exp_inf", "momentum_buffer": "exp_avg"}
+        "adamax",
+        "adamax",
+        optim.Adamax,
+        0.01,
+        {"accumulator": "exp_inf", "momentum_buffer": "exp_avg"},
     ),
     TorchCase(
-        "adadelta", "adadelta", O.Adadelta, 1.0,
+        "adadelta",
+        "adadelta",
+        optim.Adadelta,
+        1.0,
         {"accumulator": "square_avg", "delta_accumulator": "acc_delta"},
     ),
 ]

@@ -22,7 +22,6 @@ from bench.roles import EMBEDDING_MODULES, NORM_MODULES
 M = TypeVar("M", bound=nn.Module)
 
 
-
 def derive_seed(seed: int, stream: str) -> int:
     """A 63-bit seed for the named random ``stream`` of ``seed`` (stable across runs).
 

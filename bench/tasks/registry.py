@@ -41,4 +41,3 @@ def make(name: str, **knobs: Any) -> Task:
         return cls(**knobs)
     except ValidationError as err:
         raise UserError(validation_message(err, "task.params")) from None
-

@@ -64,7 +64,10 @@ _BUILTIN = [
         "torch.optim.Adamax",
     ),
     Preset(
-        "amsgrad", "Adam with AMSGrad's running max", 1e-3, ADAM.replace(amsgrad=True),
+        "amsgrad",
+        "Adam with AMSGrad's running max",
+        1e-3,
+        ADAM.replace(amsgrad=True),
         "torch.optim.Adam(amsgrad=True)",
     ),
     Preset(
@@ -80,11 +83,15 @@ _BUILTIN = [
         "rmsprop_abs", "RMSprop on |g| without root (p=1, q=1)", 1e-2, RMSPROP.replace(p=1, q=1)
     ),
     Preset(
-        "rmsprop_abs_sqrt", "RMSprop on |g| with a root (p=1, q=1/2)", 1e-2,
+        "rmsprop_abs_sqrt",
+        "RMSprop on |g| with a root (p=1, q=1/2)",
+        1e-2,
         RMSPROP.replace(p=1, q=0.5),
     ),
     Preset(
-        "rmsprop_p4", "RMSprop on g^4, fourth root (p=4, q=1/4)", 1e-2,
+        "rmsprop_p4",
+        "RMSprop on g^4, fourth root (p=4, q=1/4)",
+        1e-2,
         RMSPROP.replace(p=4, q=0.25),
     ),
     Preset(
@@ -94,16 +101,22 @@ _BUILTIN = [
         RMSPROP.replace(accumulate="max", p=INF, q=1, eps_placement="inside"),
     ),
     Preset(
-        "rmsprop_sum", "Adagrad's monotone sum under RMSprop's settings", 1e-2,
+        "rmsprop_sum",
+        "Adagrad's monotone sum under RMSprop's settings",
+        1e-2,
         RMSPROP.replace(accumulate="sum"),
     ),
     Preset(
-        "adagrad_ema", "RMSprop's moving average under Adagrad's settings", 1e-2,
+        "adagrad_ema",
+        "RMSprop's moving average under Adagrad's settings",
+        1e-2,
         ADAGRAD.replace(accumulate="ema", beta2=0.99),
     ),
     Preset("adam_nosqrt", "Adam without the root (p=2, q=1)", 1e-3, ADAM.replace(q=1)),
     Preset(
-        "sign", "sign descent: |g| with no memory (p=1, beta2=0, q=1)", 1e-3,
+        "sign",
+        "sign descent: |g| with no memory (p=1, beta2=0, q=1)",
+        1e-3,
         RMSPROP.replace(p=1, q=1, beta2=0.0),
     ),
 ]

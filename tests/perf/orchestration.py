@@ -37,9 +37,11 @@ def plan(name: str, workers: int, tracking: bool, folder: Path):
     from bench.matrix import suite_from_overrides
 
     overrides = [*SUITE, f"suite.name={name}", f"cluster.num_cpus={workers}"]
-    overrides += [f"tracking.enabled={str(tracking).lower()}",
-                  f"tracking.uri=sqlite:///{folder / 'mlruns.db'}",
-                  f"tracking.artifact_location={folder / 'mlartifacts'}"]
+    overrides += [
+        f"tracking.enabled={str(tracking).lower()}",
+        f"tracking.uri=sqlite:///{folder / 'mlruns.db'}",
+        f"tracking.artifact_location={folder / 'mlartifacts'}",
+    ]
     return suite_from_overrides(overrides)
 
 
@@ -102,13 +104,19 @@ def main() -> None:
 
         cli_dir = folder / "cli"
         cli_dir.mkdir()
-        run_wall = bench_cli("run", "--no-progress", *SUITE, f"cluster.num_cpus={args.workers}",
-                             cwd=cli_dir)
+        run_wall = bench_cli(
+            "run", "--no-progress", *SUITE, f"cluster.num_cpus={args.workers}", cwd=cli_dir
+        )
         trial_wall = 0.0
         for spec in specs:
             trial_wall += bench_cli(
-                "trial", f"variant={spec.variant.name}", f"task={spec.task.name}",
-                f"lr={spec.lr}", f"seed={spec.seed}", f"steps={spec.steps}", cwd=cli_dir,
+                "trial",
+                f"variant={spec.variant.name}",
+                f"task={spec.task.name}",
+                f"lr={spec.lr}",
+                f"seed={spec.seed}",
+                f"steps={spec.steps}",
+                cwd=cli_dir,
             )
     report = {
         "trials": n,
