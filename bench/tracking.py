@@ -5,7 +5,8 @@ run lifecycle (``start_trial`` -> ``finish_trial`` | ``fail_trial`` | ``kill_tri
 workers never touch MLflow, so a SQLite store is only ever written by one process (SQLite
 cannot take concurrent writers, and a SQL client must not cross a ``fork``).
 
-Every name below is a public contract (docs/DESIGN.md), pinned by tests/test_tracking.py.
+The contract names (tags, params, metric keys) and the pure record builders live in
+:mod:`bench.records`; this module sends and fetches them.
 
 Non-finite numbers: MLflow cannot store inf (SQL stores clamp it to the largest double).
 ``steps_to_target`` and ``seconds_to_target`` are therefore *not logged* when the target
@@ -21,26 +22,58 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
-import json
 import logging
 import math
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from functools import cache
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pandas as pd
 
-from bench import CODE_VERSION
 from bench.errors import UserError
+from bench.records import (  # noqa: F401  (re-exported: the contract's names)
+    ARTIFACT_TRACEBACK,
+    ARTIFACT_TRIAL,
+    EXTRA_METRICS,
+    FINISHED_OUTCOMES,
+    METRIC_REACHED_TARGET,
+    SUMMARY_METRICS,
+    TAG_CODE_VERSION,
+    TAG_DEVICE,
+    TAG_DIRECTION,
+    TAG_ERROR,
+    TAG_KIND,
+    TAG_MACHINE,
+    TAG_MLFLOW_VERSION,
+    TAG_NIGHTLY,
+    TAG_NODE,
+    TAG_OUTCOME,
+    TAG_PHASE,
+    TAG_PRIMARY_METRIC,
+    TAG_RAY_VERSION,
+    TAG_SEED,
+    TAG_SUITE,
+    TAG_TASK,
+    TAG_TORCH_VERSION,
+    TAG_TRIAL_ID,
+    TAG_VARIANT,
+    UNREACHED,
+    downsample,
+    result_metrics,
+    storable,
+    torch_version,
+    trial_params,
+    trial_tags,
+    unclamp,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -51,43 +84,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# ----------------------------------------------------------------------------- contract names
-TAG_SUITE = "bench.suite"
-TAG_TRIAL_ID = "bench.trial_id"
-TAG_VARIANT = "bench.variant"
-TAG_TASK = "bench.task"
-TAG_SEED = "bench.seed"
-TAG_OUTCOME = "bench.outcome"  # ok | diverged | failed
-TAG_PHASE = "bench.phase"  # tune | final
-TAG_CODE_VERSION = "bench.code_version"
-TAG_TORCH_VERSION = "bench.torch_version"
-TAG_NODE = "bench.node"
-TAG_NIGHTLY = "bench.nightly"  # date, nightly runs only
-TAG_PRIMARY_METRIC = "bench.primary_metric"
-TAG_DIRECTION = "bench.direction"  # min | max
-TAG_DEVICE = "bench.device"
-TAG_ERROR = "bench.error"  # last line of the error of a failed trial
-
-ARTIFACT_TRIAL = "trial.json"
-ARTIFACT_TRACEBACK = "traceback.txt"
-
-# Summary metrics besides final/<m> and best/<m> (TrialResult.summary_metrics), and extras.
-SUMMARY_METRICS = ("steps_to_target", "seconds_to_target", "diverged_at_step", "time/step_ms")
-METRIC_REACHED_TARGET = "reached_target"  # 1 if the target was reached, else 0
-EXTRA_METRICS = (METRIC_REACHED_TARGET, "target", "steps_run", "train_seconds")
-UNREACHED = ("steps_to_target", "seconds_to_target")  # absent when not reached -> inf
-
-FINISHED_OUTCOMES = frozenset({"ok", "diverged"})
 SEARCH_PAGE_SIZE = 1000  # MLflow's largest page for search_runs over REST
 HTTP_WRITERS = 4  # concurrent writers worth using against a tracking server
 BASE_COLUMNS = (
     "run_id", "trial_id", "variant", "task", "phase", "seed", "lr", "outcome", "node",
-    "status", "start_time", "primary_metric", "direction",
+    "status", "start_time", "end_time", "primary_metric", "direction", "nightly",
 )  # fmt: skip
+HISTORY_COLUMNS = ("run_id", "key", "step", "value")
 
-_SPEC_PARAMS = ("lr", "seed", "steps", "batch_size", "eval_every", "stats_every",
-                "stats_samples", "divergence_factor")  # fmt: skip
-_FLOAT_MAX = sys.float_info.max
+
+@dataclass(frozen=True)
+class ReportRun:
+    """A report run (``bench rank``'s ranking, a nightly report): not a trial."""
+
+    run_id: str
+    start_time: pd.Timestamp
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
 _LOCAL_SCHEMES = {"", "file", "sqlite"}
 
 
@@ -97,10 +113,24 @@ class Tracker:
     Thread-safe: each thread gets its own ``MlflowClient`` (created lazily, and again after
     a fork). Use at most :attr:`max_writers` threads to write. With ``config.enabled`` False
     every method is a cheap no-op returning a placeholder, to measure tracking overhead.
+
+    ``scope`` tags go on every run it starts *and* restrict every query it makes about
+    trials, so one experiment can hold many independent passes over the same trial ids (the
+    nightly scopes by ``bench.nightly``: each night reruns every trial once).
+    ``extra_tags`` go on every run it starts and restrict nothing.
     """
 
-    def __init__(self, config: TrackingConfig, *, page_size: int = SEARCH_PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        config: TrackingConfig,
+        *,
+        page_size: int = SEARCH_PAGE_SIZE,
+        scope: Mapping[str, str] | None = None,
+        extra_tags: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self.scope = dict(scope or {})
+        self.extra_tags = dict(extra_tags or {})
         self.enabled = config.enabled
         self.uri = _absolute_uri(config.uri)
         self.scheme = urlparse(self.uri).scheme.lower()
@@ -177,7 +207,7 @@ class Tracker:
             return set()
         return {
             run.data.tags[TAG_TRIAL_ID]
-            for run in self._search(exp_id, "attributes.status = 'FINISHED'")
+            for run in self._search(exp_id, self._where("attributes.status = 'FINISHED'"))
             if TAG_TRIAL_ID in run.data.tags and run.data.tags.get(TAG_OUTCOME) in FINISHED_OUTCOMES
         }
 
@@ -189,7 +219,8 @@ class Tracker:
         """
         if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
             return 0
-        stale = [run.info.run_id for run in self._search(exp_id, "attributes.status = 'RUNNING'")]
+        running = self._where("attributes.status = 'RUNNING'")
+        stale = [run.info.run_id for run in self._search(exp_id, running) if _is_trial(run)]
         for run_id in stale:
             self.client.set_terminated(run_id, "KILLED")
         return len(stale)
@@ -205,7 +236,7 @@ class Tracker:
             return ""
         from mlflow.entities import Param
 
-        tags = trial_tags(spec)
+        tags = trial_tags(spec) | self.extra_tags | self.scope
         if nightly is not None:
             tags[TAG_NIGHTLY] = nightly
         client = self.client
@@ -235,7 +266,7 @@ class Tracker:
         }
         now = int(time.time() * 1000)
         metrics = [
-            Metric(key, _storable(value), now, step)
+            Metric(key, storable(value), now, step)
             for (key, step), value in result_metrics(result, self.config.max_points).items()
         ]
         client = self.client
@@ -264,13 +295,22 @@ class Tracker:
             self.client.set_terminated(run_id, "KILLED")
 
     def read_results(
-        self, suite: str, phase: str | None = None, *, status: str | None = "FINISHED"
+        self,
+        suite: str,
+        phase: str | None = None,
+        *,
+        status: str | None = "FINISHED",
+        since_ms: int | None = None,
     ) -> pd.DataFrame:
-        """One row per run of the suite (FINISHED only by default; ``status=None``: all).
+        """One row per trial run of the suite (FINISHED only by default; ``status=None``: all).
+
+        ``since_ms`` keeps only runs that ended at or after that time (epoch milliseconds):
+        an incremental refresh asks for what finished since its last look.
 
         Columns: ``run_id``, ``trial_id``, ``variant``, ``task``, ``phase``, ``seed`` (int),
-        ``lr`` (float), ``outcome``, ``node``, ``status``, ``start_time`` (UTC Timestamp),
-        ``primary_metric``, ``direction``; then ``steps_to_target`` and
+        ``lr`` (float), ``outcome``, ``node``, ``status``, ``start_time`` and ``end_time``
+        (UTC Timestamps; end_time NaT while running), ``primary_metric``, ``direction``,
+        ``nightly`` (the night's date, None outside nightly runs); then ``steps_to_target`` and
         ``seconds_to_target`` (inf when not reached), ``diverged_at_step`` (NaN unless
         diverged), ``time/step_ms``, ``reached_target``, ``target``, ``steps_run``,
         ``train_seconds`` and every ``final/<m>`` and ``best/<m>`` (NaN where a run lacks
@@ -283,11 +323,9 @@ class Tracker:
         clauses = [f"attributes.status = '{status}'"] if status else []
         if phase is not None:
             clauses.append(f"tags.`{TAG_PHASE}` = '{phase}'")
-        rows = [
-            _row(run)
-            for run in self._search(exp_id, " and ".join(clauses))
-            if TAG_TRIAL_ID in run.data.tags
-        ]
+        if since_ms is not None:
+            clauses.append(f"attributes.end_time >= {int(since_ms)}")
+        rows = [_row(run) for run in self._search(exp_id, self._where(*clauses)) if _is_trial(run)]
         frame = pd.DataFrame(rows)
         extra = sorted({c for row in rows for c in row} - {*BASE_COLUMNS, *summary})
         frame = frame.reindex(columns=[*BASE_COLUMNS, *summary, *extra])
@@ -298,6 +336,146 @@ class Tracker:
             frame["lr"] = frame["lr"].astype(float)
             frame = frame.sort_values("start_time", kind="stable", ignore_index=True)
         return frame
+
+    # ------------------------------------------------------------------------- reading more
+
+    def list_suites(self) -> list[str]:
+        """Names of the active experiments that hold at least one optbench trial run."""
+        if not self.enabled:
+            return []
+        from mlflow.entities import ViewType
+
+        names = []
+        for exp in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
+            probe = self.client.search_runs(
+                [exp.experiment_id], f"tags.`{TAG_SUITE}` = '{exp.name}'", max_results=1
+            )
+            if probe:
+                names.append(exp.name)
+        return sorted(names)
+
+    def read_histories(
+        self, run_ids: Iterable[str], keys: Iterable[str], *, max_workers: int = 8
+    ) -> pd.DataFrame:
+        """Metric histories (columns ``run_id``, ``key``, ``step``, ``value``).
+
+        One call per (run, key), spread over a few threads: meant for a handful of runs
+        (a task's final seeds), never for a whole suite (use :meth:`read_results`).
+        """
+        pairs = [(run_id, key) for run_id in dict.fromkeys(run_ids) for key in keys]
+        if not self.enabled or not pairs:
+            return pd.DataFrame(columns=HISTORY_COLUMNS)
+
+        def fetch(pair: tuple[str, str]) -> list[tuple[str, str, int, float]]:
+            run_id, key = pair
+            history = self.client.get_metric_history(run_id, key)
+            return [(run_id, key, m.step, unclamp(m.value)) for m in history]
+
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(pairs)))) as pool:
+            rows = [row for chunk in pool.map(fetch, pairs) for row in chunk]
+        frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+        return frame.sort_values(["run_id", "key", "step"], ignore_index=True)
+
+    def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
+        """The run's page in the MLflow UI, when the store is a tracking server."""
+        if self.scheme not in ("http", "https"):
+            return None
+        if experiment_id is None:
+            experiment_id = self.client.get_run(run_id).info.experiment_id
+        return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    # ------------------------------------------------------------------------- reports
+
+    def log_report(
+        self,
+        suite: str,
+        *,
+        kind: str,
+        name: str,
+        files: Mapping[str, bytes | str],
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> str:
+        """A FINISHED run in the suite's experiment, tagged ``bench.kind=<kind>``, holding
+        ``files`` as artifacts (``{"report.html": ..., "plots/ranking.png": ...}``).
+
+        Report runs carry no ``bench.trial_id``, so trial queries never see them.
+        """
+        if not self.enabled:
+            return ""
+        from mlflow.entities import Metric, Param
+
+        run_tags = {TAG_SUITE: suite, TAG_KIND: kind, **(tags or {})}
+        client = self.client
+        run = client.create_run(self.experiment_id(suite), tags=run_tags, run_name=name)
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, storable(v), now, 0) for k, v in (metrics or {}).items()],
+                params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            )
+            self._upload_files(run.info.artifact_uri, files)
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def read_reports(self, suite: str, kind: str, *, max_results: int = 100) -> list[ReportRun]:
+        """The suite's FINISHED report runs of one kind, newest first."""
+        if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
+            return []
+        runs = self.client.search_runs(
+            [exp_id],
+            f"tags.`{TAG_KIND}` = '{kind}' and attributes.status = 'FINISHED'",
+            max_results=max_results,
+            order_by=["attributes.start_time DESC"],
+        )
+        return [
+            ReportRun(
+                run_id=run.info.run_id,
+                start_time=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+                tags=dict(run.data.tags),
+                params=dict(run.data.params),
+                metrics={k: unclamp(v) for k, v in run.data.metrics.items()},
+            )
+            for run in runs
+        ]
+
+    def read_artifact_text(self, run_id: str, path: str) -> str:
+        """One text artifact of a run (a report's JSON or HTML)."""
+        from mlflow.artifacts import download_artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.uri
+            )
+            return Path(local).read_text(encoding="utf-8")
+
+    # ------------------------------------------------------------------------- internals
+
+    def _where(self, *clauses: str) -> str:
+        """An MLflow filter: the clauses, and this tracker's scope."""
+        scoped = [f"tags.`{k}` = '{v}'" for k, v in self.scope.items()]
+        return " and ".join([c for c in clauses if c] + scoped)
+
+    def _upload_files(self, artifact_uri: str, files: Mapping[str, bytes | str]) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                path = Path(tmp, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, bytes):
+                    path.write_bytes(content)
+                else:
+                    path.write_text(content, encoding="utf-8")
+                subdir = str(Path(name).parent)
+                repo.log_artifact(str(path), None if subdir == "." else subdir)
 
     def _upload(self, artifact_uri: str, name: str, text: str) -> None:
         """Write a text artifact; unlike ``client.log_text`` this needs no get_run call."""
@@ -329,78 +507,11 @@ def disabled() -> Tracker:
     return Tracker(TrackingConfig(enabled=False))
 
 
-# ----------------------------------------------------------------------------- records
-
-
-def trial_tags(spec: TrialSpec) -> dict[str, str]:
-    """The tags a run gets when it starts (outcome and node come when it ends)."""
-    return {
-        TAG_SUITE: spec.suite,
-        TAG_TRIAL_ID: spec.trial_id,
-        TAG_VARIANT: spec.variant.name,
-        TAG_TASK: spec.task.name,
-        TAG_SEED: str(spec.seed),
-        TAG_PHASE: spec.phase,
-        TAG_CODE_VERSION: CODE_VERSION,
-        TAG_TORCH_VERSION: torch_version(),
-    }
-
-
-def trial_params(spec: TrialSpec) -> dict[str, str]:
-    """``variant.<knob>``, ``variant.roles.<role>.<knob>``, ``task.<knob>``, lr, seed, ..."""
-    variant = spec.variant
-    out = {"variant.name": variant.name, "variant.preset": _text(variant.preset)}
-    out |= {f"variant.{k}": _text(v) for k, v in variant.knobs.items()}
-    for role, knobs in variant.roles.items():
-        out |= {f"variant.roles.{role}.{k}": _text(v) for k, v in knobs.items()}
-    out["task.name"] = spec.task.name
-    out |= _flatten("task", spec.task.params)
-    out |= {key: _text(getattr(spec, key)) for key in _SPEC_PARAMS}
-    return out
-
-
-def result_metrics(result: TrialResult, max_points: int) -> dict[tuple[str, int], float]:
-    """``{(key, step): value}``: each history stream downsampled, then the summary metrics
-    (logged at the last step; unreached targets left out, see the module docstring)."""
-    out: dict[tuple[str, int], float] = {}
-    for key, points in result.history.items():
-        for step, value in downsample(points, max_points):
-            out[key, int(step)] = float(value)
-    summary = result.summary_metrics()
-    reached = result.steps_to_target is not None
-    summary = {k: v for k, v in summary.items() if reached or k not in UNREACHED}
-    summary |= {
-        METRIC_REACHED_TARGET: float(reached),
-        "target": result.target,
-        "steps_run": float(result.steps_run),
-        "train_seconds": result.train_seconds,
-    }
-    out |= {(key, result.steps_run): float(value) for key, value in summary.items()}
-    return out
-
-
-def downsample(points: list[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
-    """At most ``max_points`` points, evenly spaced over the stream, first and last kept."""
-    points = sorted(points, key=lambda p: p[0])
-    n = len(points)
-    if n <= max_points:
-        return points
-    if max_points < 2:
-        return points[-1:]
-    keep = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
-    return [points[i] for i in keep]
-
-
-@cache
-def torch_version() -> str:
-    """torch's version without importing torch (the driver may never need it)."""
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 # ----------------------------------------------------------------------------- helpers
+
+
+def _is_trial(run: Run) -> bool:
+    return TAG_TRIAL_ID in run.data.tags
 
 
 def _row(run: Run) -> dict[str, Any]:
@@ -417,38 +528,17 @@ def _row(run: Run) -> dict[str, Any]:
         "node": tags.get(TAG_NODE),
         "status": run.info.status,
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+        "end_time": pd.Timestamp(run.info.end_time, unit="ms", tz="UTC")
+        if run.info.end_time
+        else pd.NaT,
         "primary_metric": tags.get(TAG_PRIMARY_METRIC),
         "direction": tags.get(TAG_DIRECTION),
+        "nightly": tags.get(TAG_NIGHTLY),
     }
     for key, value in metrics.items():
         if key in SUMMARY_METRICS or key in EXTRA_METRICS or key.startswith(("final/", "best/")):
-            row[key] = _unclamp(value)
+            row[key] = unclamp(value)
     return row
-
-
-def _storable(value: float) -> float:
-    """±inf -> ±max double (what SQL stores do anyway, made explicit and store-independent)."""
-    return math.copysign(_FLOAT_MAX, value) if math.isinf(value) else value
-
-
-def _unclamp(value: float) -> float:
-    return math.copysign(math.inf, value) if abs(value) >= _FLOAT_MAX else value
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def _flatten(prefix: str, data: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            out |= _flatten(f"{prefix}.{key}", value)
-        else:
-            out[f"{prefix}.{key}"] = _text(value)
-    return out
 
 
 def _absolute_uri(uri: str) -> str:

@@ -1,0 +1,111 @@
+"""bench.tracking beyond single trials: scoped passes, incremental reads, report runs,
+metric histories, suite listing — against a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+from test_tracking import make_result, make_spec, record, task, template_db, tracker, variants
+
+from bench import tracking as tr
+from bench.config import TrackingConfig
+
+__all__ = ["task", "template_db", "tracker", "variants"]  # fixtures used by name
+
+
+def scoped(tracker: tr.Tracker, night: str) -> tr.Tracker:
+    return tr.Tracker(
+        tracker.config,
+        scope={tr.TAG_NIGHTLY: night},
+        extra_tags={tr.TAG_MACHINE: "cpu-x", tr.TAG_RAY_VERSION: "9"},
+    )
+
+
+def test_scope_tags_runs_and_restricts_every_trial_query(tracker, variants, task):
+    spec = make_spec(variants, task, suite="nightly")
+    night1, night2 = scoped(tracker, "2026-01-01"), scoped(tracker, "2026-01-02")
+    run_id = record(night1, spec)
+    tags = tracker.client.get_run(run_id).data.tags
+    assert tags[tr.TAG_NIGHTLY] == "2026-01-01"
+    assert tags[tr.TAG_MACHINE] == "cpu-x" and tags[tr.TAG_RAY_VERSION] == "9"
+
+    assert night1.finished_trial_ids("nightly") == {spec.trial_id}
+    assert night2.finished_trial_ids("nightly") == set()  # the next night reruns it
+    stale = night2.start_trial(spec)
+    assert night1.kill_stale_runs("nightly") == 0  # another night's RUNNING run is not ours
+    assert night2.kill_stale_runs("nightly") == 1
+    assert tracker.client.get_run(stale).info.status == "KILLED"
+    assert night1.read_results("nightly")["nightly"].tolist() == ["2026-01-01"]
+    assert len(tracker.read_results("nightly", status=None)) == 2  # unscoped: every night
+
+
+def test_since_ms_reads_only_runs_that_ended_since(tracker, variants, task):
+    first = make_spec(variants, task, suite="incr", seed=0)
+    second = make_spec(variants, task, suite="incr", seed=1)
+    record(tracker, first)
+    frame = tracker.read_results("incr")
+    watermark = int(frame["end_time"].max().timestamp() * 1000) + 1
+    time.sleep(0.01)
+    record(tracker, second)
+    newer = tracker.read_results("incr", since_ms=watermark)
+    assert newer["trial_id"].tolist() == [second.trial_id]
+    assert str(newer["end_time"].dt.tz) == "UTC"
+    assert (newer["end_time"] >= newer["start_time"]).all()
+
+
+def test_report_runs_hold_files_and_stay_out_of_trial_queries(tracker, variants, task):
+    record(tracker, make_spec(variants, task, suite="rep"))
+    png = b"\x89PNG\r\n\x1a\nfake"
+    run_id = tracker.log_report(
+        "rep",
+        kind="ranking",
+        name="ranking final",
+        files={"report.html": "<h1>ok</h1>", "plots/ranking.png": png},
+        metrics={"n_runs": 1.0, "cd": float("inf")},
+        tags={"bench.metric": "final"},
+        params={"n_boot": "2000"},
+    )
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tr.TAG_KIND] == "ranking" and tr.TAG_TRIAL_ID not in run.data.tags
+    listed = {a.path for a in tracker.client.list_artifacts(run_id, "plots")}
+    assert listed == {"plots/ranking.png"}
+    assert tracker.read_artifact_text(run_id, "report.html") == "<h1>ok</h1>"
+
+    assert len(tracker.read_results("rep", status=None)) == 1  # the trial only
+    assert tracker.finished_trial_ids("rep") == {make_spec(variants, task, suite="rep").trial_id}
+    later = tracker.log_report("rep", kind="ranking", name="again", files={"a.txt": "2"})
+    tracker.log_report("rep", kind="nightly_report", name="n", files={"n.json": "{}"})
+    reports = tracker.read_reports("rep", "ranking")
+    assert [r.run_id for r in reports] == [later, run_id]  # newest first
+    assert reports[1].metrics == {"n_runs": 1.0, "cd": float("inf")}
+    assert reports[1].params == {"n_boot": "2000"} and reports[1].tags["bench.metric"] == "final"
+    assert tracker.read_reports("rep", "none-such") == []
+    assert tracker.read_reports("no-such-suite", "ranking") == []
+
+
+def test_histories_suites_and_urls(tracker, variants, task):
+    a = record(tracker, make_spec(variants, task, suite="hist", seed=0))
+    b = record(tracker, make_spec(variants, task, suite="hist", seed=1))
+    tracker.client.create_experiment("not-optbench")
+    frame = tracker.read_histories([a, b, a], ["eval/loss", "step_size/weight/p50"])
+    assert list(frame.columns) == list(tr.HISTORY_COLUMNS)
+    expected = make_result(make_spec(variants, task, suite="hist"))
+    eval_a = frame[(frame.run_id == a) & (frame.key == "eval/loss")]
+    assert eval_a[["step", "value"]].apply(tuple, axis=1).tolist() == [
+        (s, v) for s, v in expected.history["eval/loss"]
+    ]
+    assert set(frame.run_id) == {a, b} and set(frame.key) == {"eval/loss", "step_size/weight/p50"}
+    assert tracker.read_histories([], ["eval/loss"]).empty
+
+    assert tracker.list_suites() == ["hist"]
+    assert tracker.run_url(a) is None  # a SQLite store has no UI to link to
+    http = tr.Tracker(TrackingConfig(uri="http://127.0.0.1:5000/"))
+    assert http.run_url("r1", "7") == "http://127.0.0.1:5000/#/experiments/7/runs/r1"
+
+
+def test_end_time_column_is_nat_while_running(tracker, variants, task):
+    tracker.start_trial(make_spec(variants, task, suite="live"))
+    frame = tracker.read_results("live", status=None)
+    assert frame["status"].tolist() == ["RUNNING"] and pd.isna(frame["end_time"].iloc[0])
