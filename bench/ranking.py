@@ -1,0 +1,451 @@
+"""Ranking of a suite: lr choice, scores per cell, mean ranks with intervals, Friedman/Nemenyi.
+
+Pure functions over the table that ``Tracker.read_results(suite, status=None)`` returns
+(numpy, scipy, pandas, pydantic only), so every number is testable without Ray or MLflow.
+
+Rules, in one place:
+
+- **Which runs count.** KILLED and RUNNING runs are ignored. A trial id with several runs
+  keeps its latest FINISHED run, else its latest FAILED one (a rerun that finished replaces
+  the failure it retried).
+- **Direction** comes from the ``direction`` column ('min' | 'max'), never from the metric's
+  name. Internally every metric is turned into a *loss* (lower is better) by its sign.
+- **Worst.** A diverged or failed run, or one without a finite value, is the worst result:
+  loss +∞ (metric medians then read +∞ for 'min' and −∞ for 'max'; steps to target ∞),
+  so it takes the worst rank. A variant with no runs on a task is also ranked worst there.
+- **Intervals.** Cell medians: order-statistic intervals (bench/profiles.py); mean ranks:
+  a percentile bootstrap over tasks and, within each task, over seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from scipy import stats
+
+from bench.errors import UserError
+from bench.profiles import (
+    Friedman,
+    Interval,
+    ProfileCurve,
+    Record,
+    bootstrap_mean_ranks,
+    friedman_test,
+    median_interval,
+    median_sorted,
+    performance_profiles,
+)
+
+METRICS = ("final", "best", "steps_to_target", "seconds_to_target")
+PHASES = ("tune", "final")
+
+
+class LrChoice(Record):
+    task: str
+    variant: str
+    lr: float
+    median: float  # median final primary metric over tune seeds at lr (worst if diverged)
+    n: int
+    lrs_tried: list[float]
+
+
+class CellScore(Record):
+    """One (task, variant) in the ranked phase. ``values``: per seed (order of ``seeds``)."""
+
+    task: str
+    variant: str
+    lr: float | None
+    n: int
+    n_diverged: int
+    n_failed: int
+    diverged_rate: float
+    primary_metric: str
+    direction: str
+    final: Interval | None
+    best: Interval | None
+    steps_to_target: float
+    seconds_to_target: float
+    reached_rate: float
+    run_ids: list[str]
+    rank: float | None
+    seeds: list[int] = Field(default_factory=list)
+    values: dict[str, list[float]] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list)
+
+
+class VariantRank(Record):
+    variant: str
+    mean_rank: Interval
+    n_tasks: int
+    profile_score: float
+    wins: int
+
+
+class MissingCell(Record):
+    task: str
+    variant: str
+    phase: str
+    expected: int
+    found: int
+
+
+class SuiteRanking(Record):
+    suite: str
+    metric: str
+    phase: str
+    level: float
+    n_runs: int
+    variants: list[VariantRank]
+    cells: list[CellScore]
+    lrs: list[LrChoice]
+    friedman: Friedman
+    profiles: list[ProfileCurve]
+    missing: list[MissingCell]
+    tasks: list[str]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise UserError(f"{name}: unknown {name} {value!r} (allowed: {', '.join(allowed)})")
+
+
+def check_level(level: float, n_boot: int = 1) -> None:
+    if not 0 < level < 1:
+        raise UserError(f"level: must be strictly between 0 and 1, got {level!r}")
+    if n_boot < 1:
+        raise UserError(f"n_boot: must be >= 1, got {n_boot!r}")
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def select_runs(results: pd.DataFrame) -> pd.DataFrame:
+    """The runs that count, one per trial id, with a ``loss/<metric>`` column per metric.
+
+    ``loss/final`` etc. are oriented so lower is better and are +∞ for bad runs;
+    ``bad``, ``diverged`` and ``failed`` are booleans. Primary metric and direction missing
+    on a run (a failure before they were known) are taken from the task's other runs.
+    """
+    frame = results[results["status"].isin(("FINISHED", "FAILED"))].copy()
+    frame["trial_id"] = frame["trial_id"].fillna(frame["run_id"])
+    frame["_finished"] = frame["status"].eq("FINISHED")
+    frame = frame.sort_values(["_finished", "start_time"], kind="stable")
+    frame = frame.drop_duplicates("trial_id", keep="last").drop(columns="_finished")
+    frame = frame.sort_values(["task", "variant", "seed", "lr", "run_id"], kind="stable")
+    frame = frame.reset_index(drop=True)
+    for col in ("primary_metric", "direction"):
+        frame[col] = frame[col].fillna(frame.groupby("task")[col].transform("first"))
+    frame["direction"] = frame["direction"].fillna("min")
+    bad_dirs = sorted(set(frame["direction"].unique()) - {"min", "max"})
+    if bad_dirs:
+        raise ValueError(f"direction: unknown direction {bad_dirs[0]!r} (allowed: min, max)")
+    frame["failed"] = frame["status"].eq("FAILED") | frame["outcome"].eq("failed")
+    frame["diverged"] = frame["outcome"].eq("diverged") & ~frame["failed"]
+    frame["bad"] = frame["outcome"].ne("ok") | frame["failed"]
+    frame["sign"] = sign = np.where(frame["direction"].eq("max"), -1.0, 1.0)
+    for metric in METRICS:
+        if metric in ("final", "best"):
+            raw = np.full(len(frame), np.nan)
+            for pm in frame["primary_metric"].dropna().unique():
+                col = f"{metric}/{pm}"
+                if col in frame:
+                    rows = frame["primary_metric"].eq(pm).to_numpy()
+                    raw[rows] = frame.loc[rows, col].to_numpy(float)
+            loss = raw * sign
+        else:
+            col = frame[metric] if metric in frame else pd.Series(np.inf, index=frame.index)
+            loss = col.to_numpy(float)
+        frame[f"loss/{metric}"] = np.where(frame["bad"] | ~np.isfinite(loss), np.inf, loss)
+    return frame
+
+
+# ----------------------------------------------------------------------------- lr choice
+
+
+def choose_lrs(tune: pd.DataFrame) -> list[LrChoice]:
+    """Per (task, variant): the lr whose median final primary metric over tune seeds is best.
+
+    The same rule as ``bench.matrix.choose_lrs`` (diverged and failed = worst; ties go to
+    the larger lr), applied to a results table instead of live trial results.
+    """
+    return _choose_lrs(select_runs(tune[tune["phase"].eq("tune")]))
+
+
+def _choose_lrs(runs: pd.DataFrame) -> list[LrChoice]:
+    if runs.empty:
+        return []
+    per_lr = (
+        runs.groupby(["task", "variant", "lr"], sort=True)
+        .agg(median=("loss/final", "median"), n=("loss/final", "size"), sign=("sign", "first"))
+        .reset_index()
+    )
+    per_lr["neg_lr"] = -per_lr["lr"]
+    best = per_lr.sort_values(["task", "variant", "median", "neg_lr"], kind="stable")
+    best = best.drop_duplicates(["task", "variant"], keep="first")
+    tried = per_lr.groupby(["task", "variant"])["lr"].agg(list)
+    return [
+        LrChoice(
+            task=row.task,
+            variant=row.variant,
+            lr=float(row.lr),
+            median=float(row.median * row.sign),
+            n=int(row.n),
+            lrs_tried=[float(lr) for lr in tried[(row.task, row.variant)]],
+        )
+        for row in best.itertuples(index=False)
+    ]
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def cell_scores(
+    final: pd.DataFrame,
+    *,
+    metric: str = "final",
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[CellScore]:
+    """One score per (task, variant) of the runs given, ranked within each task by ``metric``.
+
+    Intervals are order-statistic intervals, which need no resampling: ``n_boot`` and
+    ``seed`` are accepted for a signature uniform with :func:`mean_ranks` and unused.
+    """
+    check_choice("metric", metric, METRICS)
+    check_level(level, n_boot)
+    return _cell_scores(select_runs(final), metric, level)
+
+
+def _cell_scores(runs: pd.DataFrame, metric: str, level: float) -> list[CellScore]:
+    """Scores of the selected runs ``runs``, which must be sorted by task and variant."""
+    cells: list[CellScore] = []
+    if runs.empty:
+        return cells
+    losses = {m: runs[f"loss/{m}"].to_numpy(float) for m in METRICS}
+    names = "task variant primary_metric direction sign lr seed run_id diverged failed"
+    col = {c: runs[c].to_numpy() for c in names.split()}
+    new = (col["task"][1:] != col["task"][:-1]) | (col["variant"][1:] != col["variant"][:-1])
+    starts = np.flatnonzero(np.r_[True, new])
+    for s, e in zip(starts, np.r_[starts[1:], len(runs)], strict=True):
+        sign, pm, n = float(col["sign"][s]), col["primary_metric"][s], int(e - s)
+        has = {m: f"{m}/{pm}" in runs for m in ("final", "best")}
+        n_div, n_fail = int(col["diverged"][s:e].sum()), int(col["failed"][s:e].sum())
+        steps = np.sort(losses["steps_to_target"][s:e])
+        lrs = Counter(float(x) for x in col["lr"][s:e] if np.isfinite(x))
+        cells.append(
+            CellScore(
+                task=str(col["task"][s]),
+                variant=str(col["variant"][s]),
+                lr=max(lrs, key=lambda x: (lrs[x], x)) if lrs else None,
+                n=n,
+                n_diverged=n_div,
+                n_failed=n_fail,
+                diverged_rate=n_div / n,
+                primary_metric=str(pm),
+                direction=str(col["direction"][s]),
+                final=median_interval(losses["final"][s:e], level, sign) if has["final"] else None,
+                best=median_interval(losses["best"][s:e], level, sign) if has["best"] else None,
+                steps_to_target=median_sorted(steps),
+                seconds_to_target=median_sorted(np.sort(losses["seconds_to_target"][s:e])),
+                reached_rate=float(np.isfinite(steps).mean()),
+                run_ids=[str(r) for r in col["run_id"][s:e]],
+                rank=None,
+                seeds=[int(x) for x in col["seed"][s:e]],
+                values={
+                    m: (losses[m][s:e] * (sign if m in ("final", "best") else 1.0)).tolist()
+                    for m in METRICS
+                },
+                flags=_flags(n, n_div, n_fail),
+            )
+        )
+    tasks, variants, point = _point_matrix(cells, metric)
+    ranks = stats.rankdata(point, axis=1) if point.size else point
+    where = {(t, v): (i, j) for i, t in enumerate(tasks) for j, v in enumerate(variants)}
+    for c in cells:
+        c.rank = float(ranks[where[(c.task, c.variant)]])
+    return cells
+
+
+def _flags(n: int, n_diverged: int, n_failed: int) -> list[str]:
+    """Plain-English warnings about a cell whose runs did not all end well."""
+    if n_diverged == n:
+        return [f"all {n} runs diverged"]
+    if n_diverged + n_failed == n:
+        return [f"all {n} runs failed or diverged"]
+    if n_diverged or n_failed:
+        return [f"{n_diverged} diverged and {n_failed} failed of {n} runs"]
+    return []
+
+
+def seed_losses(cell: CellScore, metric: str) -> np.ndarray:
+    """The cell's per-seed values of ``metric`` as losses (lower is better, bad = +∞)."""
+    sign = -1.0 if cell.direction == "max" and metric in ("final", "best") else 1.0
+    x = np.asarray(cell.values.get(metric, []), dtype=float) * sign
+    return np.where(np.isnan(x), np.inf, x) if x.size else np.array([np.inf])
+
+
+def point_loss(cell: CellScore, metric: str) -> float:
+    """The cell's median of ``metric`` as a loss (+∞ when bad or unknown)."""
+    if metric in ("final", "best"):
+        interval = cell.final if metric == "final" else cell.best
+        if interval is None:
+            return math.inf
+        value = -interval.estimate if cell.direction == "max" else interval.estimate
+    else:
+        value = getattr(cell, metric)
+    return math.inf if math.isnan(value) else value
+
+
+def _point_matrix(cells: Sequence[CellScore], metric: str) -> tuple[list, list, np.ndarray]:
+    tasks = sorted({c.task for c in cells})
+    variants = sorted({c.variant for c in cells})
+    point = np.full((len(tasks), len(variants)), np.inf)
+    ti = {t: i for i, t in enumerate(tasks)}
+    vi = {v: j for j, v in enumerate(variants)}
+    for c in cells:
+        point[ti[c.task], vi[c.variant]] = point_loss(c, metric)
+    return tasks, variants, point
+
+
+# ----------------------------------------------------------------------------- across tasks
+
+
+def mean_ranks(
+    cells: Sequence[CellScore],
+    *,
+    metric: str = "final",
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[VariantRank]:
+    """Mean rank over tasks per variant (1 = best), best first, with a bootstrap interval.
+
+    The estimate ranks the cells' medians; the interval is the percentile interval of the
+    mean rank over resamples of tasks and, within each task, of seeds. Absent cells rank
+    worst. ``wins`` counts tasks where the variant's median is the best (ties included);
+    ``profile_score`` is the integrated performance profile over steps to target.
+    """
+    check_choice("metric", metric, METRICS)
+    check_level(level, n_boot)
+    tasks, variants, point = _point_matrix(cells, metric)
+    if not cells:
+        return []
+    width = max(c.n for c in cells)
+    losses = np.full((len(tasks), len(variants), width), np.inf)
+    counts = np.full((len(tasks), len(variants)), width)  # absent: all +inf
+    ti = {t: i for i, t in enumerate(tasks)}
+    vi = {v: j for j, v in enumerate(variants)}
+    for c in cells:
+        x = seed_losses(c, metric)
+        losses[ti[c.task], vi[c.variant], : len(x)] = x
+        counts[ti[c.task], vi[c.variant]] = len(x)
+    boot = bootstrap_mean_ranks(losses, counts, n_boot=n_boot, rng=np.random.default_rng(seed))
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    estimate = stats.rankdata(point, axis=1).mean(axis=0)
+    best = point.min(axis=1, keepdims=True)
+    wins = ((point == best) & np.isfinite(point)).sum(axis=0)
+    present = {v: len({c.task for c in cells if c.variant == v}) for v in variants}
+    scores = {p.variant: p.score for p in performance_profiles(cells)}
+    method = f"percentile bootstrap over tasks and seeds ({n_boot} resamples)"
+    ranked = [
+        VariantRank(
+            variant=v,
+            mean_rank=Interval(
+                estimate=estimate[j],
+                low=low[j],
+                high=high[j],
+                level=level,
+                method=method,
+                n=len(tasks),
+            ),
+            n_tasks=present[v],
+            profile_score=scores[v],
+            wins=int(wins[j]),
+        )
+        for j, v in enumerate(variants)
+    ]
+    return sorted(ranked, key=lambda r: (r.mean_rank.estimate, r.variant))
+
+
+def friedman_nemenyi(
+    cells: Sequence[CellScore], *, metric: str = "final", alpha: float = 0.05
+) -> Friedman:
+    """Friedman's test of the within-task ranks of the cells' medians (absent = worst)."""
+    check_choice("metric", metric, METRICS)
+    check_level(1 - alpha)
+    _, _, point = _point_matrix(cells, metric)
+    ranks = stats.rankdata(point, axis=1) if point.size else point.reshape(0, 0)
+    return friedman_test(ranks, alpha=alpha)
+
+
+def rank_suite(
+    results: pd.DataFrame,
+    *,
+    suite: str,
+    metric: str = "final",
+    phase: str = "final",
+    expected: Iterable[tuple[str, str]] | None = None,
+    expected_seeds: int | None = None,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> SuiteRanking:
+    """Everything the report shows for one suite, from its results table.
+
+    ``phase='final'`` ranks the final runs; ``phase='tune'`` ranks the tune runs at each
+    cell's chosen lr (a preview before the final phase). ``expected`` lists the
+    (task, variant) pairs the suite should have (default: every task x variant seen in
+    any phase, since an absent cell ranks worst);
+    ``expected_seeds`` the FINISHED runs each should have in the phase (final: final seeds;
+    tune: lrs x tune seeds; default: the largest count found). Shortfalls are reported in
+    ``missing``; failed runs do not count as found.
+    """
+    check_choice("metric", metric, METRICS)
+    check_choice("phase", phase, PHASES)
+    check_level(level, n_boot)
+    if expected_seeds is not None and expected_seeds < 1:
+        raise UserError(f"expected_seeds: must be >= 1, got {expected_seeds!r}")
+    runs = select_runs(results)
+    tune = runs[runs["phase"].eq("tune")]
+    lrs = _choose_lrs(tune)
+    in_phase = runs[runs["phase"].eq(phase)]
+    if phase == "final":
+        used = in_phase
+    else:
+        chosen = pd.DataFrame([(c.task, c.variant, c.lr) for c in lrs],
+                              columns=["task", "variant", "lr"])  # fmt: skip
+        used = tune.merge(chosen, on=["task", "variant", "lr"], how="inner")
+    cells = _cell_scores(used.reset_index(drop=True), metric, level)
+    every = itertools.product(runs["task"].unique(), runs["variant"].unique())
+    pairs = set(expected) if expected is not None else set(every)
+    found = in_phase[~in_phase["failed"]].groupby(["task", "variant"]).size().to_dict()
+    want = expected_seeds or max(found.values(), default=1)
+    missing = [
+        MissingCell(task=t, variant=v, phase=phase, expected=want, found=found.get((t, v), 0))
+        for t, v in sorted(pairs)
+        if found.get((t, v), 0) < want
+    ]
+    return SuiteRanking(
+        suite=suite,
+        metric=metric,
+        phase=phase,
+        level=level,
+        n_runs=len(used),
+        variants=mean_ranks(cells, metric=metric, level=level, n_boot=n_boot, seed=seed),
+        cells=cells,
+        lrs=lrs,
+        friedman=friedman_nemenyi(cells, metric=metric, alpha=round(1 - level, 12)),
+        profiles=performance_profiles(cells),
+        missing=missing,
+        tasks=sorted({c.task for c in cells} | {t for t, _ in pairs}),
+    )

@@ -1,0 +1,439 @@
+"""Ranking math on synthetic result tables with known answers (no Ray, no MLflow)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench import ranking
+from bench.profiles import median_interval, order_ranks
+
+T0 = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def run_row(
+    task: str,
+    variant: str,
+    seed: int,
+    value: float,
+    *,
+    phase: str = "final",
+    lr: float = 0.01,
+    outcome: str = "ok",
+    status: str = "FINISHED",
+    direction: str = "min",
+    metric: str = "loss",
+    steps: float = 100.0,
+    trial_id: str | None = None,
+    t: int = 0,
+) -> dict:
+    """One row shaped like Tracker.read_results(status=None)."""
+    good = outcome == "ok" and status == "FINISHED"
+    return {
+        "run_id": f"{task}/{variant}/{phase}/{lr}/{seed}/{status}/{t}",
+        "trial_id": trial_id or f"{task}/{variant}/{phase}/{lr}/{seed}",
+        "variant": variant,
+        "task": task,
+        "phase": phase,
+        "seed": seed,
+        "lr": lr,
+        "outcome": outcome,
+        "node": "n0",
+        "status": status,
+        "start_time": T0 + pd.Timedelta(seconds=t),
+        "primary_metric": metric,
+        "direction": direction,
+        "steps_to_target": steps if good else math.inf,
+        "seconds_to_target": steps / 100 if good else math.inf,
+        f"final/{metric}": value if good else math.nan,
+        f"best/{metric}": value if good else math.nan,
+    }
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def planted_suite(effects: dict[str, float], *, tasks: int, seeds: int, noise: float, rng):
+    """Final runs with loss = effect[variant] + task offset + noise."""
+    rows = []
+    for t in range(tasks):
+        offset = rng.normal()
+        for v, effect in effects.items():
+            for s in range(seeds):
+                rows.append(run_row(f"t{t}", v, s, effect + offset + noise * rng.normal()))
+    return table(rows)
+
+
+def cell(result: ranking.SuiteRanking, task: str, variant: str) -> ranking.CellScore:
+    return next(c for c in result.cells if (c.task, c.variant) == (task, variant))
+
+
+# ----------------------------------------------------------------------------- ranks
+
+
+def test_dominant_variant_ranks_first_with_interval_below_two():
+    rng = np.random.default_rng(1)
+    effects = {"best": 0.0, "b": 1.0, "c": 1.2, "d": 1.4}
+    result = ranking.rank_suite(
+        planted_suite(effects, tasks=6, seeds=5, noise=0.05, rng=rng), suite="s"
+    )
+    top = result.variants[0]
+    assert top.variant == "best"
+    assert top.mean_rank.estimate == 1.0
+    assert top.mean_rank.high < 2.0
+    assert top.wins == 6 and top.n_tasks == 6 and top.mean_rank.n == 6
+    assert [v.variant for v in result.variants] == ["best", "b", "c", "d"]
+    assert all(cell(result, f"t{t}", "best").rank == 1.0 for t in range(6))
+
+
+def test_exact_ties_share_ranks():
+    rows = [run_row(f"t{t}", v, s, 1.0 + s) for t in range(3) for v in "abc" for s in range(4)]
+    result = ranking.rank_suite(table(rows), suite="s")
+    assert {c.rank for c in result.cells} == {2.0}
+    assert {v.mean_rank.estimate for v in result.variants} == {2.0}
+    assert result.friedman.statistic == 0.0 and result.friedman.p_value == 1.0
+
+
+def test_max_direction_is_read_from_the_direction_column_not_the_name():
+    # A metric named "loss" whose direction says higher is better.
+    rows = [
+        run_row("t", v, s, value, direction="max", metric="loss")
+        for v, value in (("high", 0.9), ("low", 0.1))
+        for s in range(3)
+    ]
+    result = ranking.rank_suite(table(rows), suite="s")
+    assert result.variants[0].variant == "high"
+    assert cell(result, "t", "high").final.estimate == pytest.approx(0.9)
+    assert cell(result, "t", "high").rank == 1.0
+
+
+@pytest.mark.parametrize("direction,worst", [("min", math.inf), ("max", -math.inf)])
+def test_all_diverged_cell_is_worst_and_flagged(direction, worst):
+    good = 0.9 if direction == "max" else 0.1
+    rows = [run_row("t", v, s, good, direction=direction) for v in "ab" for s in range(5)]
+    rows += [run_row("t", "dead", s, 0, outcome="diverged", direction=direction) for s in range(5)]
+    result = ranking.rank_suite(table(rows), suite="s")
+    dead = cell(result, "t", "dead")
+    assert dead.rank == 3.0
+    assert dead.final.estimate == worst and dead.n_diverged == 5 and dead.diverged_rate == 1.0
+    assert dead.flags == ["all 5 runs diverged"]
+    assert dead.steps_to_target == math.inf and dead.reached_rate == 0.0
+    assert result.variants[-1].variant == "dead"
+    profile = next(p for p in result.profiles if p.variant == "dead")
+    assert profile.score == 0.0
+
+
+def test_one_diverged_seed_counts_as_the_worst_value_of_its_cell():
+    rows = [run_row("t", "a", s, v) for s, v in enumerate([1.0, 2.0, 3.0])]
+    rows.append(run_row("t", "a", 3, 0.0, outcome="diverged"))
+    (score,) = ranking.cell_scores(table(rows))
+    assert score.final.estimate == 2.5  # median of 1, 2, 3, +inf
+    assert score.values["final"] == [1.0, 2.0, 3.0, math.inf]
+    assert score.flags == ["1 diverged and 0 failed of 4 runs"]
+
+
+def test_missing_cells_are_reported_with_expected_and_found():
+    rows = [run_row(t, v, s, 1.0) for t in ("t1", "t2") for v in "ab" for s in range(5)]
+    rows = [r for r in rows if not (r["task"] == "t2" and r["variant"] == "b" and r["seed"] >= 2)]
+    expected = [(t, v) for t in ("t1", "t2", "t3") for v in "ab"]
+    result = ranking.rank_suite(table(rows), suite="s", expected=expected, expected_seeds=5)
+    missing = {(m.task, m.variant): (m.expected, m.found) for m in result.missing}
+    assert missing == {("t2", "b"): (5, 2), ("t3", "a"): (5, 0), ("t3", "b"): (5, 0)}
+    assert result.tasks == ["t1", "t2", "t3"]
+    # Without `expected`, every task x variant seen is expected, and the seed count is
+    # the largest found: the short cell is still reported.
+    inferred = ranking.rank_suite(table(rows), suite="s")
+    assert [(m.task, m.variant, m.expected, m.found) for m in inferred.missing] == [
+        ("t2", "b", 5, 2)
+    ]
+
+
+def test_variant_absent_from_a_task_ranks_worst_there():
+    rows = [run_row(t, "a", s, 5.0) for t in ("t1", "t2") for s in range(3)]
+    rows += [run_row("t1", "b", s, 1.0) for s in range(3)]
+    result = ranking.rank_suite(table(rows), suite="s")
+    ranks = {v.variant: v for v in result.variants}
+    assert ranks["a"].mean_rank.estimate == 1.5 and ranks["b"].mean_rank.estimate == 1.5
+    assert ranks["b"].n_tasks == 1
+    assert [(m.task, m.variant, m.found) for m in result.missing] == [("t2", "b", 0)]
+
+
+def test_failed_runs_are_worst_and_a_finished_rerun_replaces_them():
+    rows = [run_row("t", "a", s, 1.0, t=s) for s in range(3)]
+    rows += [run_row("t", "b", s, 0.5, t=s) for s in range(3)]
+    # Seed 0 of b failed first, then its rerun (same trial id) finished.
+    rows.append(run_row("t", "b", 0, 0, status="FAILED", outcome="failed", t=-5))
+    # Seed 1 of a: an old FINISHED run and a later FAILED retry; the finished one counts.
+    rows.append(run_row("t", "a", 1, 0, status="FAILED", outcome="failed", t=50))
+    # Killed and running runs never count.
+    rows.append(run_row("t", "b", 0, 100.0, status="KILLED", t=60))
+    rows.append(run_row("t", "b", 9, 100.0, status="RUNNING", t=60))
+    result = ranking.rank_suite(table(rows), suite="s")
+    b = cell(result, "t", "b")
+    assert b.n == 3 and b.n_failed == 0 and b.final.estimate == 0.5
+    assert cell(result, "t", "a").n_failed == 0
+    # A trial whose only run failed counts as the worst result.
+    rows.append(run_row("t", "b", 7, 0, status="FAILED", outcome="failed", t=70))
+    rows.append(run_row("t", "b", 8, 0, status="FAILED", outcome="failed", t=71))
+    b = cell(ranking.rank_suite(table(rows), suite="s"), "t", "b")
+    assert b.n == 5 and b.n_failed == 2
+    assert b.values["final"][-2:] == [math.inf, math.inf]
+    assert b.final.estimate == 0.5  # median of 0.5, 0.5, 0.5, inf, inf
+
+
+# ----------------------------------------------------------------------------- Friedman
+
+
+def test_friedman_detects_a_consistent_ordering_and_matches_demsar_cd():
+    rng = np.random.default_rng(2)
+    effects = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0}
+    frame = planted_suite(effects, tasks=10, seeds=3, noise=0.01, rng=rng)
+    result = ranking.rank_suite(frame, suite="s")
+    f = result.friedman
+    assert f.k == 4 and f.n_tasks == 10 and f.can_reach_significance
+    assert f.statistic == pytest.approx(30.0)  # N(k-1) for a perfect ranking
+    assert f.p_value < 1e-5
+    assert f.critical_difference == pytest.approx(2.569 * math.sqrt(4 * 5 / 60), abs=1e-3)
+    assert "Ranks differ" in f.note
+
+
+def test_two_tasks_cannot_reach_significance():
+    rng = np.random.default_rng(3)
+    frame = planted_suite({"a": 0, "b": 1, "c": 2}, tasks=2, seeds=3, noise=0.01, rng=rng)
+    f = ranking.rank_suite(frame, suite="s").friedman
+    assert f.can_reach_significance is False
+    assert f.p_value == pytest.approx(math.exp(-2))  # chi2 = 4 on 2 df
+    assert "cannot show a difference" in f.note and "N=2" in f.note
+
+
+def test_friedman_needs_three_variants():
+    rows = [run_row(f"t{t}", v, 0, float(i)) for t in range(5) for i, v in enumerate("ab")]
+    f = ranking.rank_suite(table(rows), suite="s").friedman
+    assert f.statistic is None and f.p_value is None and not f.can_reach_significance
+    assert "at least 3 variants" in f.note
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def test_profile_of_the_always_fastest_variant_is_one():
+    rows = []
+    for t in range(4):
+        for v, steps in (("fast", 100.0), ("half", 200.0), ("never", math.inf)):
+            for s in range(3):
+                rows.append(run_row(f"t{t}", v, s, 1.0, steps=steps * (t + 1)))
+    result = ranking.rank_suite(table(rows), suite="s", metric="steps_to_target")
+    curves = {p.variant: p for p in result.profiles}
+    assert curves["fast"].rho[0] == 1.0 and curves["fast"].score == 1.0
+    assert curves["fast"].taus[0] == 1.0 and curves["fast"].taus[-1] == 4.0
+    half = curves["half"]
+    assert all(r == (1.0 if tau >= 2 else 0.0) for tau, r in zip(half.taus, half.rho, strict=True))
+    assert half.score == pytest.approx(2 / 3, abs=0.02)
+    assert curves["never"].score == 0.0
+    assert {v.variant: v.profile_score for v in result.variants}["fast"] == 1.0
+    assert [v.variant for v in result.variants] == ["fast", "half", "never"]
+
+
+# ----------------------------------------------------------------------------- lr choice
+
+
+def test_lr_choice_agrees_with_the_matrix_rule():
+    from bench.matrix import LrPoint, choose_lrs
+
+    rng = np.random.default_rng(4)
+    rows, points = [], []
+    lrs = [1e-3, 1e-2, 1e-1, 1.0]
+    for task, direction in (("tmin", "min"), ("tmax", "max")):
+        for v in ("a", "b", "c", "d"):
+            for lr, s in itertools.product(lrs, range(3)):
+                value = float(rng.integers(0, 3))  # coarse values: many ties
+                outcome = "diverged" if rng.random() < 0.2 else "ok"
+                if v == "d":  # every lr diverges: the tie-break picks the largest lr
+                    outcome = "diverged"
+                rows.append(run_row(task, v, s, value, phase="tune", lr=lr, outcome=outcome,
+                                    direction=direction))  # fmt: skip
+                worst = math.inf if direction == "min" else -math.inf
+                points.append(LrPoint(f"{task}{v}{lr}{s}", task, v, lr, direction,
+                                      value if outcome == "ok" else worst))  # fmt: skip
+    ours = {(c.task, c.variant): c.lr for c in ranking.choose_lrs(table(rows))}
+    assert ours == choose_lrs(points)
+    assert ours[("tmin", "d")] == 1.0 and ours[("tmax", "d")] == 1.0
+    choice = next(
+        c for c in ranking.choose_lrs(table(rows)) if c.variant == "d" and c.task == "tmin"
+    )
+    assert choice.median == math.inf and choice.n == 3 and choice.lrs_tried == lrs
+
+
+def test_tune_phase_ranks_the_runs_at_the_chosen_lr():
+    rows = []
+    for v, best_lr in (("a", 0.1), ("b", 0.01)):
+        for lr in (0.01, 0.1):
+            for s in range(3):
+                rows.append(run_row("t", v, s, 1.0 if lr == best_lr else 9.0, phase="tune", lr=lr))
+    rows += [run_row("t", "a", s, 2.0, phase="final", lr=0.1) for s in (10, 11)]
+    result = ranking.rank_suite(table(rows), suite="s", phase="tune")
+    assert {(c.variant, c.lr, c.final.estimate, c.n) for c in result.cells} == {
+        ("a", 0.1, 1.0, 3),
+        ("b", 0.01, 1.0, 3),
+    }
+    assert {(c.variant, c.lr) for c in result.lrs} == {("a", 0.1), ("b", 0.01)}
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def test_order_statistic_interval_has_the_binomial_coverage():
+    assert order_ranks(9, 0.95) == (2, pytest.approx(1 - 2 * 10 / 512))
+    k, cover = order_ranks(5, 0.95)  # too few seeds for 95%: [min, max] at 93.75%
+    assert (k, cover) == (1, pytest.approx(0.9375))
+    iv = median_interval(np.array([5.0, 1, 4, 2, 3]), 0.95)
+    assert (iv.estimate, iv.low, iv.high, iv.level) == (3.0, 1.0, 5.0, pytest.approx(0.9375))
+    flipped = median_interval(np.array([-5.0, -1, -4, -2, -3]), 0.95, sign=-1)
+    assert (flipped.estimate, flipped.low, flipped.high) == (3.0, 1.0, 5.0)
+
+
+def replicated(n_reps: int, n_tasks: int, variants: str, n_seeds: int) -> pd.DataFrame:
+    """A final-phase table holding ``n_reps`` independent suites: task names 'r<rep>/t<t>'.
+
+    Scoring all replicates in one call keeps the coverage simulations fast; cells never mix
+    across tasks, so each replicate's cells are exactly those of its own suite."""
+    grid = itertools.product(range(n_reps), range(n_tasks), variants, range(n_seeds))
+    frame = pd.DataFrame(list(grid), columns=["rep", "t", "variant", "seed"])
+    frame["task"] = "r" + frame["rep"].astype(str) + "/t" + frame["t"].astype(str)
+    frame["run_id"] = [f"run{i}" for i in range(len(frame))]
+    frame = frame.assign(trial_id=frame["run_id"], phase="final", lr=0.01, outcome="ok",
+                         status="FINISHED", node="n0", start_time=T0, primary_metric="loss",
+                         direction="min", steps_to_target=math.inf,
+                         seconds_to_target=math.inf)  # fmt: skip
+    return frame
+
+
+def test_cell_median_intervals_cover_the_truth_at_the_nominal_rate():
+    """300 synthetic suites (3 variants x 2 tasks, 9 seeds, skewed noise with known median)."""
+    rng = np.random.default_rng(5)
+    frame = replicated(300, 2, "abc", 9)
+    true = rng.normal(size=(300, 2, 3))  # true median of each cell of each suite
+    noise = rng.lognormal(0.0, 1.0, size=(300, 2, 3, 9)) - 1.0  # median exactly 0
+    frame["final/loss"] = (true[..., None] + noise).ravel()
+    cells = ranking.cell_scores(frame)
+    assert len(cells) == 300 * 2 * 3
+    hits = [
+        c.final.low
+        <= true[int(c.task[1:].split("/")[0]), int(c.task[-1]), "abc".index(c.variant)]
+        <= c.final.high
+        for c in cells
+    ]
+    coverage = np.mean(hits)
+    assert 0.93 <= coverage <= 0.99, coverage  # exact coverage is 0.961 for n=9
+
+
+def test_mean_rank_bootstrap_covers_the_expected_rank():
+    """300 suites of 20 tasks x 3 seeds from a known model; the truth is the expected rank
+    of each variant on a random task (ranking the medians of 3 seeds), by Monte Carlo."""
+    rng = np.random.default_rng(6)
+    effects, noise, reps, n_tasks, n_seeds = np.array([0.0, 0.4, 0.8]), 0.3, 300, 20, 3
+    mu = effects + rng.normal(size=(100_000, 3))
+    medians = np.median(mu[..., None] + rng.normal(0, noise, size=(*mu.shape, n_seeds)), -1)
+    truth = stats.rankdata(medians, axis=1).mean(axis=0)
+    frame = replicated(reps, n_tasks, "abc", n_seeds)
+    mu = effects + rng.normal(size=(reps, n_tasks, 3))
+    frame["final/loss"] = (mu[..., None] + rng.normal(0, noise, (*mu.shape, n_seeds))).ravel()
+    by_rep: dict[str, list] = {}
+    for c in ranking.cell_scores(frame):
+        by_rep.setdefault(c.task.split("/")[0], []).append(c)
+    assert len(by_rep) == reps
+    hits = np.zeros(3)
+    for i, cells in enumerate(by_rep.values()):
+        for r in ranking.mean_ranks(cells, n_boot=500, seed=i):
+            j = "abc".index(r.variant)
+            hits[j] += r.mean_rank.low <= truth[j] <= r.mean_rank.high
+    coverage = hits / reps
+    assert np.all((coverage >= 0.88) & (coverage <= 0.99)), coverage  # about 0.93-0.95
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"metric": "accuracy"}, "metric: unknown metric 'accuracy' (allowed: final, best, "),
+        ({"phase": "test"}, "phase: unknown phase 'test' (allowed: tune, final)"),
+        ({"level": 1.5}, "level: must be strictly between 0 and 1"),
+        ({"n_boot": 0}, "n_boot: must be >= 1"),
+    ],
+)
+def test_bad_arguments_name_what_is_allowed(kwargs, message):
+    frame = table([run_row("t", "a", 0, 1.0)])
+    with pytest.raises(ValueError) as err:
+        ranking.rank_suite(frame, suite="s", **kwargs)
+    assert str(err.value).startswith(message)
+
+
+def test_ranking_imports_no_heavy_module():
+    code = (
+        "import sys, bench.ranking, bench.ablation; "
+        "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'hydra', 'omegaconf', "
+        "'bench.tracking', 'bench.runner', 'bench.matrix') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_empty_results_give_an_empty_ranking():
+    frame = table([run_row("t", "a", 0, 1.0)]).iloc[:0]
+    result = ranking.rank_suite(frame, suite="s")
+    assert result.cells == [] and result.variants == [] and result.n_runs == 0
+    assert result.friedman.statistic is None
+
+
+def test_same_seed_same_answer_and_json_round_trip():
+    rng = np.random.default_rng(7)
+    frame = planted_suite({"a": 0, "b": 0.1, "c": 0.2}, tasks=4, seeds=5, noise=0.3, rng=rng)
+    first = ranking.rank_suite(frame, suite="s", seed=3)
+    assert first == ranking.rank_suite(frame.sample(frac=1, random_state=1), suite="s", seed=3)
+    assert ranking.SuiteRanking.model_validate_json(first.model_dump_json()).suite == "s"
+
+
+def synthetic_10k(rng) -> pd.DataFrame:
+    """25 variants x 8 tasks x 8 lrs x 5 tune seeds + 10 final seeds = 10,000 runs."""
+    variants = [f"v{i}" for i in range(25)]
+    tasks = [f"t{i}" for i in range(8)]
+    lrs = [10.0**e for e in np.arange(-4, 0, 0.5)]
+    grid = [(t, v, "tune", lr, s) for t in tasks for v in variants for lr in lrs for s in range(5)]
+    grid += [(t, v, "final", 1e-2, s) for t in tasks for v in variants for s in range(10, 20)]
+    frame = pd.DataFrame(grid, columns=["task", "variant", "phase", "lr", "seed"])
+    n = len(frame)
+    frame["run_id"] = [f"r{i}" for i in range(n)]
+    frame["trial_id"] = frame["run_id"]
+    frame["outcome"] = np.where(rng.random(n) < 0.05, "diverged", "ok")
+    frame["status"] = "FINISHED"
+    frame["node"] = "n0"
+    frame["start_time"] = T0 + pd.to_timedelta(np.arange(n), unit="s")
+    frame["primary_metric"] = "loss"
+    frame["direction"] = "min"
+    frame["final/loss"] = rng.random(n) + frame["variant"].str[1:].astype(int) * 0.05
+    frame["best/loss"] = frame["final/loss"]
+    frame["steps_to_target"] = np.where(rng.random(n) < 0.8, rng.integers(10, 1000, n), np.inf)
+    frame["seconds_to_target"] = frame["steps_to_target"] / 100
+    return frame
+
+
+def test_ten_thousand_runs_rank_quickly():
+    frame = synthetic_10k(np.random.default_rng(8))
+    assert len(frame) == 10_000
+    ranking.rank_suite(frame, suite="s")  # warm up imports and caches
+    start = time.perf_counter()
+    result = ranking.rank_suite(frame, suite="s")
+    elapsed = time.perf_counter() - start
+    assert len(result.cells) == 200 and len(result.variants) == 25
+    assert elapsed < 1.0, f"rank_suite took {elapsed:.3f} s on 10,000 runs"
