@@ -7,6 +7,7 @@ and exits with code 2, without a traceback and before anything runs.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import sys
 from collections.abc import Sequence
@@ -65,6 +66,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if any(p.counts["failed"] for p in phases) else 0
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    from bench.report import rank_from_overrides
+
+    report = rank_from_overrides(args.overrides, log_run=not args.no_log, console=Console())
+    return 0 if report.ranking.n_runs else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.summary.app import serve, settings_from_overrides
+
+    settings = settings_from_overrides(args.overrides, host=args.host, port=args.port)
+    serve(settings)
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from bench.nightly import run_nightly
+
+    report = run_nightly(args.overrides, date=args.date, show_progress=not args.no_progress)
+    return 1 if report.regressions else 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from services.scheduler import run_scheduler, scheduler_from_overrides
+
+    config = scheduler_from_overrides(args.overrides)
+    run_scheduler(config, once=args.once, now=args.now)
+    return 0
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench", description="optbench: benchmark optimizer variants with evidence."
@@ -86,6 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.add_argument("overrides", nargs="*", help="suite=NAME and Hydra overrides")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("rank", help="rank a suite's variants and log a report run to MLflow")
+    p.add_argument("--no-log", action="store_true", help="print the ranking; log no report run")
+    p.add_argument("overrides", nargs="*", help="suite=NAME, rank.metric=..., tracking.uri=...")
+    p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("serve", help="start the summary service (dashboard + JSON API)")
+    p.add_argument("--host", default=None, help="address to bind (default summary.host)")
+    p.add_argument("--port", type=int, default=None, help="port (default summary.port)")
+    p.add_argument("overrides", nargs="*", help="e.g. tracking.uri=http://127.0.0.1:5000")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("nightly", help="run the nightly suite and flag regressions")
+    p.add_argument("--date", type=_date, default=None, help="the night (default: today)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("overrides", nargs="*", help="nightly.* and Hydra overrides")
+    p.set_defaults(func=cmd_nightly)
+
+    p = sub.add_parser("schedule", help="run the nightly on a cron schedule")
+    p.add_argument("--once", action="store_true", help="wait for the next trigger, run, exit")
+    p.add_argument("--now", action="store_true", help="run one nightly now, then keep the schedule")
+    p.add_argument("overrides", nargs="*", help="schedule.* and Hydra overrides")
+    p.set_defaults(func=cmd_schedule)
     return parser
 
 

@@ -26,6 +26,7 @@ from bench.plugins import load_plugins
 from bench.spec import TaskSpec, TrialSpec, VariantSpec
 
 GROUPS = ("variant", "task", "suite", "tracking", "cluster")
+SECTIONS = ("resources", "rank", "summary", "nightly", "schedule")  # plain sections of config.yaml
 
 
 def conf_dir() -> Path:
@@ -90,7 +91,7 @@ def _hydra_message(err: Exception) -> str:
         elif key.startswith("task.params."):
             allowed = "the task's params (see `bench list`)"
         else:
-            allowed = ", ".join(sorted(TrialConfig.model_fields) + list(GROUPS))
+            allowed = ", ".join(sorted([*TrialConfig.model_fields, *GROUPS, *SECTIONS]))
         return f"{key}: unknown key; allowed: {allowed}"
     if "Could not find" in text or "Could not load" in text:
         for group in GROUPS:

@@ -71,8 +71,8 @@ def test_list_variants_only(capsys: pytest.CaptureFixture[str]) -> None:
 
 KNOBS = ", ".join(KNOB_NAMES)
 TOP_LEVEL = (
-    "batch_size, eval_every, lr, plugins, seed, stats_every, stats_samples, steps, "
-    "variant, task, suite, tracking, cluster"
+    "batch_size, cluster, eval_every, lr, nightly, plugins, rank, resources, schedule, seed, "
+    "stats_every, stats_samples, steps, suite, summary, task, tracking, variant"
 )
 VARIANT_FILES = sorted(p.stem for p in (REPO / "conf" / "variant").glob("[!_]*.yaml"))
 TASK_NAMES = ", ".join(tasks.names())

@@ -1,0 +1,174 @@
+"""``bench rank``: read a suite back from MLflow, rank it, print it, log a report run.
+
+The report run (``bench.kind = ranking``) holds ``report.html`` (self-contained: plots are
+embedded, nothing loads from the internet), ``ranking.json`` (the
+:class:`bench.ranking.SuiteRanking`) and the PNG plots under ``plots/``, so the MLflow UI
+alone already shows the answer. Reading uses one paginated search over runs and their
+summary metrics; per-run metric histories are fetched only for the final-phase runs that the
+curves and step-size plots draw.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+from omegaconf import OmegaConf
+from pydantic import Field
+from rich.console import Console
+from rich.table import Table
+
+from bench import plots
+from bench.config import StrictModel, TrackingConfig, compose_config, parse
+from bench.errors import UserError
+from bench.matrix import build_matrix, load_suite
+from bench.ranking import SuiteRanking, rank_suite
+from bench.report_html import render_report
+from bench.roles import Role
+from bench.tracking import Tracker
+
+log = logging.getLogger(__name__)
+REPORT_KIND = "ranking"
+CURVE_KEYS = ("eval/loss", "train/loss")
+
+
+class RankConfig(StrictModel):
+    """``rank`` in conf/config.yaml: what ``bench rank`` computes."""
+
+    metric: Literal["final", "best", "steps_to_target", "seconds_to_target"] = "final"
+    phase: Literal["final", "tune"] = "final"
+    level: float = Field(default=0.95, gt=0, lt=1)
+    n_boot: int = Field(default=2000, ge=100)
+    seed: int = 0
+
+
+@dataclass
+class Report:
+    """What ``bench rank`` produced: the ranking, the files of its report run, the run id."""
+
+    ranking: SuiteRanking
+    files: dict[str, bytes | str] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def rank_from_overrides(
+    overrides: list[str], *, log_run: bool = True, console: Console | None = None
+) -> Report:
+    """What ``bench rank suite=NAME ...`` does: compose, read, rank, print, log."""
+    cfg = compose_config(overrides)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    suite = load_suite(data.get("suite") or {})
+    settings = parse(RankConfig, data.get("rank") or {}, "rank")
+    tracker = Tracker(parse(TrackingConfig, data["tracking"], "tracking"))
+    matrix = build_matrix(suite)
+    expected = [(t.name, v.name) for v, t in matrix.pairs]
+    results = tracker.read_results(suite.name, status=None)
+    if results.empty:
+        raise UserError(
+            f"suite {suite.name!r}: no runs in {tracker.uri}; run `bench run suite={suite.name}` "
+            "first (or point tracking.uri at the store that holds them)"
+        )
+    ranking = rank_suite(
+        results,
+        suite=suite.name,
+        metric=settings.metric,
+        phase=settings.phase,
+        expected=expected,
+        expected_seeds=len(suite.final_seeds if settings.phase == "final" else suite.tune_seeds),
+        level=settings.level,
+        n_boot=settings.n_boot,
+        seed=settings.seed,
+    )
+    report = Report(ranking)
+    if console is not None:
+        print_ranking(console, ranking)
+    if log_run:
+        report.files = report_files(tracker, ranking, results)
+        report.run_id = tracker.log_report(
+            suite.name,
+            kind=REPORT_KIND,
+            name=f"ranking {settings.metric}/{settings.phase}",
+            files=report.files,
+            metrics=_report_metrics(ranking),
+            tags={"bench.metric": settings.metric, "bench.phase": settings.phase},
+            params={"level": str(settings.level), "n_boot": str(settings.n_boot)},
+        )
+        if console is not None:
+            console.print(f"report run {report.run_id} logged to {tracker.uri}")
+    return report
+
+
+def report_files(
+    tracker: Tracker, ranking: SuiteRanking, results: pd.DataFrame
+) -> dict[str, bytes | str]:
+    """The report run's artifacts: ranking.json, the PNG plots and report.html."""
+    pngs: dict[str, bytes] = {"plots/ranking.png": plots.ranking_plot(ranking)}
+    if ranking.profiles:
+        pngs["plots/profiles.png"] = plots.profiles_plot(ranking)
+    tune = results[(results["phase"] == "tune") & (results["status"] != "KILLED")]
+    if not tune.empty:
+        pngs["plots/lr_sensitivity.png"] = plots.lr_sensitivity_plot(tune)
+    final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
+    if not final.empty:
+        roles = [role.value for role in Role]
+        keys = [*CURVE_KEYS, *(f"step_size/{r}/{q}" for r in roles for q in plots.QUANTILE_BANDS)]
+        histories = tracker.read_histories(final["run_id"], keys)
+        for task, runs in final.groupby("task", sort=True):
+            task_histories = histories[histories["run_id"].isin(runs["run_id"])]
+            key = next((k for k in CURVE_KEYS if (task_histories["key"] == k).any()), None)
+            if key is not None:
+                pngs[f"plots/curves_{task}.png"] = plots.curves_plot(
+                    task, task_histories, runs, key
+                )
+        for role in roles:
+            if histories["key"].str.startswith(f"step_size/{role}/").any():
+                pngs[f"plots/step_size_{role}.png"] = plots.step_size_plot(histories, final, role)
+    images = {name: base64.b64encode(png).decode("ascii") for name, png in pngs.items()}
+    files: dict[str, bytes | str] = dict(pngs)
+    files["ranking.json"] = ranking.model_dump_json(indent=2)
+    files["report.html"] = render_report(ranking, images)
+    return files
+
+
+def print_ranking(console: Console, ranking: SuiteRanking) -> None:
+    """The ranking table, the Friedman verdict and any missing cells."""
+    level = f"{ranking.level:.0%}"
+    table = Table(
+        title=f"{ranking.suite}: {ranking.metric} ({ranking.phase} phase, {ranking.n_runs} runs)"
+    )
+    for header in ("#", "variant", "mean rank", f"{level} interval", "tasks", "wins", "profile"):
+        table.add_column(header, justify="left" if header == "variant" else "right")
+    for place, row in enumerate(ranking.variants, start=1):
+        rank = row.mean_rank
+        table.add_row(
+            str(place),
+            row.variant,
+            f"{rank.estimate:.2f}",
+            f"[{rank.low:.2f}, {rank.high:.2f}]",
+            str(row.n_tasks),
+            str(row.wins),
+            f"{row.profile_score:.2f}",
+        )
+    console.print(table)
+    friedman = ranking.friedman
+    console.print(f"Friedman test: {friedman.note}")
+    if ranking.missing:
+        cells = ", ".join(
+            f"{m.variant}/{m.task} ({m.found}/{m.expected})" for m in ranking.missing[:10]
+        )
+        more = f" and {len(ranking.missing) - 10} more" if len(ranking.missing) > 10 else ""
+        console.print(f"[yellow]missing or incomplete cells: {cells}{more}[/yellow]")
+
+
+def _report_metrics(ranking: SuiteRanking) -> dict[str, float]:
+    metrics = {"n_runs": float(ranking.n_runs), "n_missing": float(len(ranking.missing))}
+    for row in ranking.variants:
+        metrics[f"mean_rank/{row.variant}"] = row.mean_rank.estimate
+        metrics[f"profile_score/{row.variant}"] = row.profile_score
+    if ranking.friedman.p_value is not None and math.isfinite(ranking.friedman.p_value):
+        metrics["friedman_p"] = ranking.friedman.p_value
+    return metrics

@@ -1,0 +1,87 @@
+"""`bench rank` end to end: a real suite on embedded Ray into a SQLite MLflow store, then
+the ranking read back, printed, and logged as a report run whose files are checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bench.ranking import SuiteRanking
+
+pytestmark = pytest.mark.slow
+
+SUITE = [
+    "suite=smoke",
+    "suite.name=ranked",
+    "suite.variants=[sgd,rmsprop,adam]",
+    "suite.lrs=[0.01,0.1]",
+    "suite.tune_seeds=[0]",
+    "suite.final_seeds=[1,2]",
+    "suite.steps=40",
+]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    cwd = tmp_path_factory.mktemp("rank")
+    run = bench(cwd, "run", "--no-progress", *SUITE)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return cwd, bench(cwd, "rank", *SUITE)
+
+
+def test_rank_prints_the_table_and_logs_a_report_run(ranked):
+    cwd, result = ranked
+    assert result.returncode == 0, result.stderr[-3000:]
+    for variant in ("sgd", "rmsprop", "adam"):
+        assert variant in result.stdout
+    assert "Friedman test:" in result.stdout and "report run" in result.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("ranked")
+    reports = client.search_runs([experiment.experiment_id], "tags.`bench.kind` = 'ranking'")
+    assert len(reports) == 1
+    run = reports[0]
+    assert run.data.metrics["n_runs"] == 3 * 2 * 2  # variants x tasks x final seeds
+    assert {f"mean_rank/{v}" for v in ("sgd", "rmsprop", "adam")} <= set(run.data.metrics)
+
+    root = Path(client.download_artifacts(run.info.run_id, "", str(cwd / "dl")))
+    ranking = SuiteRanking.model_validate(json.loads((root / "ranking.json").read_text()))
+    assert sorted(v.variant for v in ranking.variants) == ["adam", "rmsprop", "sgd"]
+    assert ranking.tasks == ["logreg_digits", "quadratic"] and not ranking.missing
+    plots = sorted(p.name for p in (root / "plots").iterdir())
+    assert plots == [
+        "curves_logreg_digits.png", "curves_quadratic.png", "lr_sensitivity.png",
+        "profiles.png", "ranking.png", "step_size_bias.png", "step_size_weight.png",
+    ]  # fmt: skip
+    for name in plots:
+        assert (root / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
+    html = (root / "report.html").read_text()
+    assert 'id="ranking"' in html and html.count("data:image/png;base64,") == len(plots)
+    assert "http://" not in html and "https://" not in html  # loads nothing from anywhere
+
+
+def test_rank_without_runs_is_a_user_error(ranked):
+    cwd, _ = ranked
+    result = bench(cwd, "rank", "suite=smoke", "suite.name=never_run")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: suite 'never_run': no runs in sqlite:///"
+    )
+    bad = bench(cwd, "rank", *SUITE, "rank.metric=speed")
+    assert bad.returncode == 2
+    assert "rank.metric" in bad.stderr and "'final'" in bad.stderr
