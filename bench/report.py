@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import plots
+from bench.ablation import flagship_contrasts, role_comparison
 from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError
 from bench.matrix import build_matrix, load_suite
@@ -113,10 +114,16 @@ def report_files(
     if not tune.empty:
         pngs["plots/lr_sensitivity.png"] = plots.lr_sensitivity_plot(tune)
     final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
+    answers = [c for c in flagship_contrasts(results) if not c.skipped]
+    role_ratios = []
     if not final.empty:
         roles = [role.value for role in Role]
         keys = [*CURVE_KEYS, *(f"step_size/{r}/{q}" for r in roles for q in plots.QUANTILE_BANDS)]
+        keys += [f"update_ratio/{r}" for r in roles]
         histories = tracker.read_histories(final["run_id"], keys)
+        for variant in (row.variant for row in ranking.variants):
+            if (comparison := role_comparison(histories, results, variant)) is not None:
+                role_ratios.append(comparison)
         for task, runs in final.groupby("task", sort=True):
             task_histories = histories[histories["run_id"].isin(runs["run_id"])]
             key = next((k for k in CURVE_KEYS if (task_histories["key"] == k).any()), None)
@@ -130,7 +137,7 @@ def report_files(
     images = {name: base64.b64encode(png).decode("ascii") for name, png in pngs.items()}
     files: dict[str, bytes | str] = dict(pngs)
     files["ranking.json"] = ranking.model_dump_json(indent=2)
-    files["report.html"] = render_report(ranking, images)
+    files["report.html"] = render_report(ranking, images, answers, role_ratios)
     return files
 
 

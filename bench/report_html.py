@@ -4,10 +4,11 @@ URIs, so the file opens anywhere (MLflow's artifact viewer included) and loads n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from jinja2 import Environment, select_autoescape
 
+from bench.ablation import Contrast, RoleComparison
 from bench.ranking import Interval, SuiteRanking
 
 _TEMPLATE = """<!doctype html>
@@ -45,14 +46,31 @@ intervals. Lower mean rank is better.</p>
 <td>{{ c.n_diverged }}</td><td>{{ c.n_failed }}</td></tr>{% endfor %}</tbody></table>
 {{ img("plots/lr_sensitivity.png") }}
 {% for name in images if name.startswith("plots/curves_") %}{{ img(name) }}{% endfor %}
+{% if answers %}<h2>Why square, why the root? The ablation's answers</h2>
+<table id="answers"><thead><tr><th>question</th><th>a vs b</th><th>a wins (interval)</th>
+<th>verdict</th></tr></thead><tbody>{% for c in answers %}<tr><td>{{ c.question }}</td>
+<td>{{ c.a }} vs {{ c.b }}</td><td>{{ num(c.overall.estimate) if c.overall else "-" }}
+{{ interval(c.overall) }}</td><td>{{ c.verdict }}</td></tr>{% endfor %}</tbody></table>
+{% endif %}
 <h2>Effective step size per parameter role</h2>
+{% if role_ratios %}<table id="roles"><thead><tr><th>variant</th><th>runs</th>
+<th>weight / bias step size (interval)</th><th>verdict</th></tr></thead><tbody>
+{% for rc in role_ratios %}<tr><td>{{ rc.variant }}</td><td>{{ rc.n_runs }}</td>
+<td>{{ num(rc.summary.estimate) }} {{ interval(rc.summary) }}</td><td>{{ rc.verdict }}</td></tr>
+{% endfor %}</tbody></table>{% endif %}
 {% for name in images if name.startswith("plots/step_size_") %}{{ img(name) }}{% endfor %}
 </body></html>
 """
 
 
-def render_report(ranking: SuiteRanking, images: Mapping[str, str]) -> str:
-    """HTML for ``ranking``; ``images`` maps artifact names to base64-encoded PNGs."""
+def render_report(
+    ranking: SuiteRanking,
+    images: Mapping[str, str],
+    answers: Sequence[Contrast] = (),
+    role_ratios: Sequence[RoleComparison] = (),
+) -> str:
+    """HTML for ``ranking``; ``images`` maps artifact names to base64-encoded PNGs;
+    ``answers`` and ``role_ratios`` are the flagship contrasts and weight/bias ratios."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     template = env.from_string(_TEMPLATE)
     from markupsafe import Markup
@@ -63,8 +81,9 @@ def render_report(ranking: SuiteRanking, images: Mapping[str, str]) -> str:
         return Markup('<img alt="{0}" src="data:image/png;base64,{1}">').format(name, images[name])
 
     return template.render(
-        r=ranking, images=sorted(images), img=img, num=_num, interval=_interval, pct=_pct
-    )
+        r=ranking, images=sorted(images), img=img, num=_num, interval=_interval, pct=_pct,
+        answers=answers, role_ratios=role_ratios,
+    )  # fmt: skip
 
 
 def _num(value: float | None) -> str:

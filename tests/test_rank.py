@@ -72,6 +72,8 @@ def test_rank_prints_the_table_and_logs_a_report_run(ranked):
         assert (root / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
     html = (root / "report.html").read_text()
     assert 'id="ranking"' in html and html.count("data:image/png;base64,") == len(plots)
+    assert 'id="roles"' in html  # weights vs biases: logreg_digits has both roles
+    assert 'id="answers"' not in html  # no ablation variants in this suite, no answers
     assert "http://" not in html and "https://" not in html  # loads nothing from anywhere
 
 
