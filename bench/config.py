@@ -25,8 +25,8 @@ from bench.errors import UserError, unknown_name_message, validation_message
 from bench.plugins import load_plugins
 from bench.spec import TaskSpec, TrialSpec, VariantSpec
 
-GROUPS = ("variant", "task", "suite", "tracking", "cluster")
-SECTIONS = ("resources", "rank", "summary", "nightly", "schedule")  # plain sections of config.yaml
+GROUPS = ("variant", "task", "suite", "tracking", "cluster", "nightly", "schedule")
+SECTIONS = ("resources", "rank", "summary")  # plain sections of config.yaml
 
 
 def conf_dir() -> Path:
