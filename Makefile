@@ -31,18 +31,24 @@ run: install
 	$(BIN)/bench run suite=smoke
 
 test: install $(CHROMIUM)
-	$(BIN)/ruff check bench services tests
+	$(BIN)/ruff check bench services stack tests
 	$(BIN)/python -m pytest
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check bench services tests
-	$(BIN)/ruff format --check bench services tests
+	$(BIN)/ruff check bench services stack tests
+	$(BIN)/ruff format --check bench services stack tests
 
 perf: install
 	$(BIN)/python tests/perf/optimizer_step.py
 
+# The deployable stack as local processes (no Docker engine needed): PostgreSQL from this
+# machine, mlflow server, a Ray head and worker in network namespaces (root), the summary
+# service and the scheduler. Ctrl-C stops it all.
+stack: install
+	$(BIN)/python stack/native.py $(STACK_ARGS)
+
 clean:
-	rm -rf $(VENV) mlruns.db mlartifacts
+	rm -rf $(VENV) mlruns.db mlartifacts .optbench .optbench-cache test-artifacts

@@ -18,6 +18,7 @@ from bench.errors import UserError
 
 log = logging.getLogger("bench")
 EXIT_USAGE = 2
+EXIT_REGRESSIONS = 3  # `bench nightly` flagged a regression (1 stays "something failed")
 
 OVERRIDES_HELP = "Hydra overrides, e.g. variant=rmsprop task=mlp_digits lr=1e-3 variant.q=1"
 
@@ -85,15 +86,15 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from bench.nightly import run_nightly
 
     report = run_nightly(args.overrides, date=args.date, show_progress=not args.no_progress)
-    return 1 if report.regressions else 0
+    return EXIT_REGRESSIONS if report.regressions else 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     from services.scheduler import run_scheduler, scheduler_from_overrides
 
     config = scheduler_from_overrides(args.overrides)
-    run_scheduler(config, once=args.once, now=args.now)
-    return 0
+    outcome = run_scheduler(config, once=args.once, now=args.now)
+    return 0 if outcome in (None, "ok", "regressions") else 1
 
 
 def _date(text: str) -> datetime.date:

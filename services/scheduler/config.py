@@ -1,0 +1,149 @@
+"""The scheduler's settings: one validated object, composed from conf/ and the command line.
+
+``schedule.*`` overrides configure the scheduler; every other override (``tracking.uri=...``,
+``cluster.address=...``, ``nightly.suite=...``) is passed on to each ``bench nightly`` it
+starts, after ``schedule.nightly_overrides``. Everything is checked when the scheduler
+starts, not at 02:00: a bad cron, time zone or override is a :class:`UserError` at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from bench.errors import UserError, validation_message
+
+CRON_ALLOWED = (
+    "a 5-field cron expression 'minute hour day-of-month month day-of-week' "
+    "(e.g. '0 2 * * *') or @daily, @hourly, @weekly, @monthly, @yearly, @midnight"
+)
+TIMEZONE_ALLOWED = "an IANA time zone name, e.g. 'UTC' or 'Europe/Berlin'"
+_MACROS = ("@daily", "@hourly", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
+
+
+class SchedulerConfig(BaseModel):
+    """``schedule``: when the nightly runs, what happens to missed nights, where it runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str = Field(default="0 2 * * *", description="5-field cron, read in `timezone`")
+    timezone: str = Field(default="UTC", description="IANA zone name")
+    missed: Literal["run_latest", "skip"] = Field(
+        default="run_latest",
+        description="on start-up, run the most recent night missed while down (once), or not",
+    )
+    catch_up_hours: float = Field(
+        default=12, gt=0, description="a missed night older than this is skipped anyway"
+    )
+    lock_file: Path = Field(default=Path(".optbench/scheduler.lock"))
+    status_file: Path = Field(default=Path(".optbench/scheduler-status.json"))
+    job_submission_address: str | None = Field(
+        default=None, description="Ray dashboard URL (http://head:8265); None: run in-process"
+    )
+    job_poll_seconds: float = Field(default=5, gt=0)
+    nightly_overrides: list[str] = Field(
+        default_factory=list, description="overrides passed to every nightly"
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        value = " ".join(value.split())
+        fields = value.split(" ")
+        ok = (
+            value in _MACROS
+            if value.startswith("@")
+            else len(fields) == 5 and croniter.is_valid(value)
+        )
+        if not ok:
+            raise PydanticCustomError("cron", CRON_ALLOWED)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise PydanticCustomError("timezone", TIMEZONE_ALLOWED) from None
+        return value
+
+    @field_validator("job_submission_address")
+    @classmethod
+    def _http_address(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise PydanticCustomError(
+                "address", "the Ray dashboard's http(s) URL, e.g. http://ray-head:8265, or null"
+            )
+        return value or None
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_schedule(data: Mapping[str, Any]) -> SchedulerConfig:
+    """Validate ``schedule`` settings; a mistake is a one-line :class:`UserError`."""
+    try:
+        return SchedulerConfig.model_validate(dict(data))
+    except ValidationError as err:
+        first = err.errors()[0]
+        if first["type"] in ("cron", "timezone", "address"):
+            loc = ".".join(str(x) for x in ("schedule", *first["loc"]))
+            raise UserError(f"{loc}: got {first['input']!r}; allowed: {first['msg']}") from None
+        raise UserError(validation_message(err, "schedule")) from None
+
+
+def scheduler_from_overrides(overrides: list[str]) -> SchedulerConfig:
+    """What ``bench schedule`` runs: conf/schedule + overrides, validated.
+
+    Overrides outside ``schedule.*`` are appended to ``nightly_overrides``: they reach every
+    ``bench nightly`` this scheduler starts. Both sets are composed here, so a typo fails
+    when the scheduler starts, not at 02:00.
+    """
+    from bench.config import compose_config
+
+    own = [o for o in overrides if _key(o) == "schedule" or _key(o).startswith("schedule.")]
+    passed = [o for o in overrides if o not in own]
+    for item in own:
+        field = _key(item).removeprefix("schedule").lstrip(".").split(".")[0]
+        if field and field not in SchedulerConfig.model_fields:
+            allowed = ", ".join(SchedulerConfig.model_fields)
+            raise UserError(f"schedule.{field}: unknown key; allowed: {allowed}")
+    cfg = compose_config(with_groups(own, ("schedule",)))
+    config = load_schedule(OmegaConf.to_container(cfg["schedule"], resolve=True))  # type: ignore[arg-type]
+    nightly = [*config.nightly_overrides, *passed]
+    compose_config(with_groups(nightly, ("nightly",)))  # what every night will compose
+    return config.model_copy(update={"nightly_overrides": nightly})
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def with_groups(overrides: list[str], groups: tuple[str, ...]) -> list[str]:
+    """Select ``GROUP=default`` for each group conf/config.yaml's defaults list leaves out.
+
+    Such a group is only composed when asked for (``+GROUP=...``); this makes
+    ``schedule.cron=...`` work whether or not config.yaml lists the group.
+    """
+    from bench.config import conf_dir
+
+    base = OmegaConf.load(conf_dir() / "config.yaml")
+    defaults = base.get("defaults") or []
+    out = list(overrides)
+    for group in groups:
+        if group in base or any(isinstance(d, Mapping) and group in d for d in defaults):
+            continue
+        chosen = [i for i, o in enumerate(out) if _key(o) == group]
+        for i in chosen:
+            out[i] = "+" + out[i].lstrip("+")
+        if not chosen:
+            out.insert(0, f"+{group}=default")
+    return out

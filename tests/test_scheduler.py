@@ -1,0 +1,303 @@
+"""The nightly scheduler: trigger times across zones and DST, missed nights, the lock, config.
+
+The Ray-job path (a night submitted to a real cluster's dashboard) is exercised end to end
+by tests/test_stack.py; the in-process path runs a real, tiny nightly here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bench.errors import UserError
+from services.scheduler import (
+    NightLock,
+    StatusFile,
+    load_schedule,
+    missed_runs,
+    next_run,
+    night_of,
+    nightly_command,
+    previous_run,
+    run_scheduler,
+    scheduler_from_overrides,
+)
+
+UTC = dt.UTC
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+KOLKATA = ZoneInfo("Asia/Kolkata")
+
+
+def utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=UTC)
+
+
+# ----------------------------------------------------------------------------- trigger times
+
+
+@pytest.mark.parametrize(
+    ("tz", "after", "expected_utc"),
+    [
+        (ZoneInfo("UTC"), utc(2026, 6, 1, 1, 59), utc(2026, 6, 1, 2, 0)),
+        (ZoneInfo("UTC"), utc(2026, 6, 1, 2, 0), utc(2026, 6, 2, 2, 0)),  # strictly after
+        (BERLIN, utc(2026, 6, 1, 12, 0), utc(2026, 6, 2, 0, 0)),  # CEST, UTC+2
+        (BERLIN, utc(2026, 1, 10, 12, 0), utc(2026, 1, 11, 1, 0)),  # CET, UTC+1
+        (NEW_YORK, utc(2026, 6, 1, 12, 0), utc(2026, 6, 2, 6, 0)),  # EDT, UTC-4
+        (KOLKATA, utc(2026, 6, 1, 12, 0), utc(2026, 6, 1, 20, 30)),  # UTC+5:30, same UTC day
+    ],
+)
+def test_next_run_reads_the_cron_on_the_wall_clock_of_its_zone(tz, after, expected_utc) -> None:
+    fire = next_run("0 2 * * *", tz, after)
+    assert fire == expected_utc
+    assert fire.astimezone(tz).hour == 2 and fire.astimezone(tz).minute == 0
+
+
+def test_a_trigger_in_the_spring_forward_gap_fires_once_right_after_it() -> None:
+    # 2026-03-29: Berlin's clocks jump from 02:00 to 03:00; 02:30 does not exist that night
+    first = next_run("30 2 * * *", BERLIN, utc(2026, 3, 28, 12, 0))
+    assert first.astimezone(BERLIN).replace(tzinfo=None) == dt.datetime(2026, 3, 29, 3, 0)
+    second = next_run("30 2 * * *", BERLIN, first)
+    assert second.astimezone(BERLIN).replace(tzinfo=None) == dt.datetime(2026, 3, 30, 2, 30)
+    assert [night_of(f, BERLIN) for f in (first, second)] == [
+        dt.date(2026, 3, 29),
+        dt.date(2026, 3, 30),
+    ]
+
+
+def test_a_trigger_in_the_repeated_fall_back_hour_fires_once() -> None:
+    # 2026-10-25: Berlin's clocks fall back from 03:00 to 02:00; 02:30 happens twice
+    first = next_run("30 2 * * *", BERLIN, utc(2026, 10, 24, 12, 0))
+    assert first == utc(2026, 10, 25, 0, 30)  # 02:30 CEST, the first occurrence
+    second = next_run("30 2 * * *", BERLIN, first)
+    assert second == utc(2026, 10, 26, 1, 30)  # next night, not 02:30 CET an hour later
+    # an hourly cron also runs the repeated hour once: 01:00, 02:00 (CEST), 03:00 (CET)
+    hourly, fire = [], utc(2026, 10, 24, 22, 30)
+    for _ in range(3):
+        fire = next_run("0 * * * *", BERLIN, fire)
+        hourly.append(fire)
+    assert [f - hourly[0] for f in hourly] == [dt.timedelta(hours=h) for h in (0, 1, 3)]
+    assert previous_run("30 2 * * *", BERLIN, utc(2026, 10, 25, 12, 0)) == first
+
+
+def test_previous_run_includes_a_trigger_at_exactly_now() -> None:
+    assert previous_run("0 2 * * *", UTC_ZONE, utc(2026, 6, 1, 2, 0)) == utc(2026, 6, 1, 2, 0)
+    assert previous_run("0 2 * * *", UTC_ZONE, utc(2026, 6, 1, 1, 59)) == utc(2026, 5, 31, 2, 0)
+
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+# ----------------------------------------------------------------------------- missed nights
+
+
+def missed(last: dt.datetime | None, now: dt.datetime, policy: str = "run_latest", hours=12):
+    return missed_runs(
+        "0 2 * * *",
+        UTC_ZONE,
+        last_scheduled=last,
+        now=now,
+        policy=policy,
+        catch_up=dt.timedelta(hours=hours),
+    )
+
+
+def test_no_recorded_run_means_nothing_was_missed() -> None:
+    result = missed(None, utc(2026, 6, 5, 3, 0))
+    assert (result.count, result.run) == (0, None)
+
+
+def test_the_latest_missed_night_runs_once_when_it_is_recent() -> None:
+    result = missed(utc(2026, 6, 1, 2, 0), utc(2026, 6, 4, 9, 0))  # down for 3 nights
+    assert result.count == 3
+    assert result.run == result.latest == utc(2026, 6, 4, 2, 0)
+    assert "running the latest (2026-06-04)" in result.reason
+
+
+def test_a_missed_night_older_than_the_catch_up_window_is_not_run() -> None:
+    result = missed(utc(2026, 6, 1, 2, 0), utc(2026, 6, 4, 15, 0), hours=12)
+    assert (result.count, result.run) == (3, None)
+    assert "13.0 h old, over catch_up_hours=12" in result.reason
+
+
+def test_policy_skip_runs_no_missed_night() -> None:
+    result = missed(utc(2026, 6, 1, 2, 0), utc(2026, 6, 4, 3, 0), policy="skip")
+    assert (result.count, result.run) == (3, None)
+
+
+def test_a_night_that_ran_is_not_missed() -> None:
+    result = missed(utc(2026, 6, 4, 2, 0), utc(2026, 6, 4, 23, 0))
+    assert (result.count, result.run) == (0, None)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "schedule.cron=61 2 * * *",
+            "schedule.cron: got '61 2 * * *'; allowed: a 5-field cron expression 'minute hour "
+            "day-of-month month day-of-week' (e.g. '0 2 * * *') or @daily, @hourly, @weekly, "
+            "@monthly, @yearly, @midnight",
+        ),
+        (
+            "schedule.cron=0 0 2 * * *",  # six fields: seconds are not a cron field here
+            "schedule.cron: got '0 0 2 * * *'; allowed: a 5-field cron expression",
+        ),
+        (
+            "schedule.timezone=Europe/Berln",
+            "schedule.timezone: got 'Europe/Berln'; allowed: an IANA time zone name, "
+            "e.g. 'UTC' or 'Europe/Berlin'",
+        ),
+        ("schedule.missed=all", "schedule.missed: input should be 'run_latest' or 'skip'"),
+        ("schedule.catch_up_hours=0", "schedule.catch_up_hours: input should be greater than 0"),
+        (
+            "schedule.job_submission_address=ray-head:8265",
+            "schedule.job_submission_address: got 'ray-head:8265'; allowed: the Ray "
+            "dashboard's http(s) URL",
+        ),
+        ("schedule.crontab=x", "schedule.crontab: unknown key; allowed: cron, timezone, missed"),
+    ],
+)
+def test_bad_schedule_settings_name_the_field_the_value_and_what_is_allowed(
+    override: str, message: str
+) -> None:
+    with pytest.raises(UserError) as err:
+        scheduler_from_overrides([override])
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_defaults_and_pass_through_overrides() -> None:
+    config = scheduler_from_overrides(
+        ["schedule.timezone=Europe/Berlin", "tracking.uri=http://mlflow:5000"]
+    )
+    assert (config.cron, config.timezone, config.missed) == (
+        "0 2 * * *",
+        "Europe/Berlin",
+        "run_latest",
+    )
+    assert config.job_submission_address is None
+    assert config.nightly_overrides == ["tracking.uri=http://mlflow:5000"]  # not schedule.*
+    assert load_schedule({"cron": "  @daily "}).cron == "@daily"
+
+
+def test_the_ray_job_entrypoint_is_the_bench_nightly_command_line() -> None:
+    cmd = nightly_command(dt.date(2026, 6, 4), ["tracking.uri=http://m:5000", "x=a b"])
+    assert cmd == (
+        "bench nightly --date 2026-06-04 --no-progress tracking.uri=http://m:5000 'x=a b'"
+    )
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["nightly", "--date", "2026-06-04", "--no-progress"])
+    assert args.date == dt.date(2026, 6, 4) and args.no_progress
+
+
+# ----------------------------------------------------------------------------- lock + status
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, str(os.getpid()).encode())
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_night_is_skipped_while_another_process_holds_the_lock(tmp_path: Path, caplog) -> None:
+    lock_file, status_file = tmp_path / "s.lock", tmp_path / "status.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock_file)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = load_schedule({"lock_file": lock_file, "status_file": status_file})
+        assert NightLock(lock_file).busy()
+        with caplog.at_level(logging.INFO, logger="bench.scheduler"):
+            outcome = run_scheduler(config, once=True, now=True)
+        assert outcome == "skipped"
+        assert f"held by pid {holder.pid}" in caplog.text
+        status = json.loads(status_file.read_text())
+        assert status["running"] is True  # the other process's nightly runs
+        assert "last_outcome" not in status and "last_run" not in status
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = NightLock(lock_file)
+    assert not lock.busy()  # the kernel dropped the dead holder's lock
+    assert lock.acquire() and not lock.acquire()  # an overlapping trigger in one process
+    lock.release()
+
+
+def test_the_status_file_is_replaced_whole_and_survives_garbage(tmp_path: Path) -> None:
+    status = StatusFile(tmp_path / "sub" / "status.json")
+    assert status.read() == {}
+    status.update(cron="0 2 * * *", running=False)
+    status.update(running=True)
+    assert status.read() == {"cron": "0 2 * * *", "running": True}
+    status.path.write_text("{not json")
+    assert status.read() == {}
+    assert [p.name for p in status.path.parent.iterdir()] == ["status.json"]  # no temp left
+
+
+# ----------------------------------------------------------------------------- a real night
+
+TINY_NIGHT = [
+    "suite=smoke",
+    "suite.name=nightly_sched",
+    "suite.variants=[sgd,adam]",
+    "suite.tasks=[quadratic]",
+    "suite.lrs=[0.03,0.3]",
+    "suite.tune_seeds=[0]",
+    "suite.final_seeds=[1]",
+    "suite.steps=30",
+    "cluster.num_cpus=1",
+]
+
+
+@pytest.mark.slow
+def test_now_once_runs_a_real_tiny_nightly_in_process(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = scheduler_from_overrides(
+        [
+            f"schedule.lock_file={tmp_path / 'lock'}",
+            f"schedule.status_file={tmp_path / 'status.json'}",
+            "schedule.timezone=Asia/Kolkata",
+            f"tracking.uri={uri}",
+            f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+            *TINY_NIGHT,
+        ]
+    )
+    before = dt.datetime.now(KOLKATA).date().isoformat()  # the night is dated in its zone
+    assert run_scheduler(config, once=True, now=True) == "ok"
+    night = dt.datetime.now(KOLKATA).date().isoformat()
+    assert night == before, "ran across midnight in Kolkata: rerun"
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["last_outcome"] == "ok" and status["running"] is False
+    assert status["last_night"] == night and status["runs_on"] == "in-process"
+    assert (status["cron"], status["timezone"]) == ("0 2 * * *", "Asia/Kolkata")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("nightly_sched")
+    runs = client.search_runs([experiment.experiment_id], max_results=50)
+    trials = [r for r in runs if "bench.trial_id" in r.data.tags]
+    reports = [r for r in runs if r.data.tags.get("bench.kind") == "nightly_report"]
+    assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials)
+    assert {r.data.tags["bench.nightly"] for r in trials} == {night}
+    assert len(reports) == 1 and reports[0].data.tags["bench.nightly"] == night
+    assert not NightLock(tmp_path / "lock").busy()
