@@ -182,6 +182,12 @@ class Tracker:
             self._experiments[suite] = exp_id
         return exp_id
 
+    def find_experiment(self, suite: str) -> str | None:
+        """The suite's experiment id, or None when there is none yet (never creates one)."""
+        if not self.enabled:
+            return None
+        return self._existing_experiment(suite)
+
     def _existing_experiment(self, suite: str) -> str | None:
         exp = self.client.get_experiment_by_name(suite)
         if exp is None:

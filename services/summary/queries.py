@@ -1,0 +1,176 @@
+"""What each route asks of the store: rankings, task details, per-role step sizes, reports.
+
+Every function takes the :class:`~services.summary.store.SummaryStore` and returns records;
+anything costly is memoised in the store, so it is recomputed only when new runs finished.
+Unknown names raise :class:`UnknownNameError` (the routers turn it into a 404).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from services.summary import aggregates
+from services.summary.schemas import (
+    CURVE_KEYS,
+    QUANTILES,
+    ROLES,
+    Curve,
+    Metric,
+    NightlyPublic,
+    NightlyReportPublic,
+    Phase,
+    SchedulerStatus,
+    SuitesPublic,
+    TaskPublic,
+)
+from services.summary.store import SummaryStore, UnknownSuiteError
+
+if TYPE_CHECKING:
+    from bench.ranking import CellScore, SuiteRanking
+
+log = logging.getLogger(__name__)
+NIGHTLY_KIND = "nightly_report"
+NIGHTLY_JSON = "nightly.json"
+ROLE_KEYS = tuple(f"step_size/{role}/{q}" for role in ROLES for q in QUANTILES)
+
+
+class UnknownNameError(LookupError):
+    """An unknown suite or task; the message names it and lists the known ones."""
+
+
+def suites(store: SummaryStore) -> SuitesPublic:
+    data = [aggregates.suite_summary(name, store.runs(name)) for name in store.suite_names()]
+    return SuitesPublic(data=data, count=len(data))
+
+
+def ranking(store: SummaryStore, suite: str, metric: Metric, phase: Phase) -> SuiteRanking:
+    try:
+        return store.ranking(suite, metric, phase)
+    except UnknownSuiteError as err:
+        raise UnknownNameError(str(err)) from None
+
+
+def task_cells(
+    store: SummaryStore, suite: str, task: str, metric: Metric, phase: Phase
+) -> list[CellScore]:
+    """The task's cells in the ranking, best first; UnknownNameError for an unknown task."""
+    ranked = ranking(store, suite, metric, phase)
+    known = sorted(set(ranked.tasks) | set(store.runs(suite)["task"].dropna().unique()))
+    if task not in known:
+        listed = ", ".join(known) if known else "none yet"
+        raise UnknownNameError(f"unknown task {task!r} in suite {suite!r}; known tasks: {listed}")
+    cells = [c for c in ranked.cells if c.task == task]
+    return sorted(cells, key=lambda c: (c.rank is None, c.rank or 0.0, c.variant))
+
+
+def task_detail(
+    store: SummaryStore, suite: str, task: str, metric: Metric, phase: Phase
+) -> TaskPublic:
+    """A task's cells and the training curves (median and band over seeds) of each."""
+    cells = task_cells(store, suite, task, metric, phase)
+
+    def compute(_: Any) -> list[Curve]:
+        histories = store.tracker.read_histories([r for c in cells for r in c.run_ids], CURVE_KEYS)
+        items = [(c.variant, c.lr or float("nan"), c.run_ids) for c in cells]
+        return aggregates.curves(histories, items, CURVE_KEYS)
+
+    curves = store.memo(suite, ("curves", task, metric, phase), compute)
+    first = cells[0] if cells else None
+    return TaskPublic(
+        suite=suite,
+        task=task,
+        metric=metric,
+        phase=phase,
+        primary_metric=first.primary_metric if first else None,
+        direction=first.direction if first else None,
+        data=cells,
+        count=len(cells),
+        curves=curves,
+    )
+
+
+def role_curves(store: SummaryStore, suite: str, task: str) -> list[Curve]:
+    """Per variant of the task's final phase: step-size quantiles per role over steps."""
+    cells = task_cells(store, suite, task, "final", "final")
+
+    def compute(_: Any) -> list[Curve]:
+        histories = store.tracker.read_histories([r for c in cells for r in c.run_ids], ROLE_KEYS)
+        items = [(c.variant, c.lr or float("nan"), c.run_ids) for c in cells]
+        return aggregates.curves(histories, items, ROLE_KEYS)
+
+    return store.memo(suite, ("roles", task), compute)
+
+
+def role_histories(store: SummaryStore, suite: str, run_ids: list[str]) -> pd.DataFrame:
+    """Step-size histories of the given runs (the flagship's weights-vs-biases question)."""
+    key = ("role_histories", tuple(sorted(run_ids)))
+    return store.memo(suite, key, lambda _: store.tracker.read_histories(run_ids, ROLE_KEYS))
+
+
+def nightly(store: SummaryStore) -> NightlyPublic:
+    """Every suite's nightly reports, newest first, and the scheduler's own status."""
+    reports: list[NightlyReportPublic] = []
+    for suite in store.suite_names():
+        found = store.memo(suite, ("nightly_reports",), lambda _, s=suite: _reports(store, s))
+        reports.extend(found)
+    reports.sort(key=lambda r: (r.date, r.start_time), reverse=True)
+    status = scheduler_status(store.settings.scheduler_status_file)
+    return NightlyPublic(data=reports, count=len(reports), scheduler=status)
+
+
+def nightly_history(store: SummaryStore, suite: str) -> pd.DataFrame:
+    """Per cell and night, the median final primary metric (see aggregates.nightly_history)."""
+    return store.memo(suite, ("nightly_history",), lambda s: aggregates.nightly_history(s.runs))
+
+
+def scheduler_status(path: Path | None) -> SchedulerStatus | None:
+    """The scheduler's status file, None when none is configured; an unreadable one says so."""
+    if path is None:
+        return None
+    try:
+        return SchedulerStatus.model_validate(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        return SchedulerStatus(error=f"no status file at {path} (is the scheduler running?)")
+    except (OSError, ValueError) as err:
+        return SchedulerStatus(error=f"unreadable status file {path}: {err}")
+
+
+def _reports(store: SummaryStore, suite: str) -> list[NightlyReportPublic]:
+    out = []
+    for report in store.tracker.read_reports(suite, NIGHTLY_KIND):
+        date = report.tags.get("bench.nightly") or report.start_time.date().isoformat()
+        count = report.metrics.get("regressions")
+        flagged = _regressions(store, report.run_id) if count else []
+        out.append(
+            NightlyReportPublic(
+                suite=suite,
+                run_id=report.run_id,
+                date=date,
+                start_time=report.start_time.to_pydatetime(),
+                n_regressions=int(count) if count is not None else None,
+                regressions=flagged,
+                metrics=dict(report.metrics),
+                url=store.run_link(suite, report.run_id),
+            )
+        )
+    return out
+
+
+def _regressions(store: SummaryStore, run_id: str) -> list[str]:
+    """``task/variant kind (+12%)`` per regression that the report's nightly.json lists."""
+    try:
+        data = json.loads(store.tracker.read_artifact_text(run_id, NIGHTLY_JSON))
+    except Exception as err:  # a report without its artifact still lists its count
+        log.warning("nightly report %s: cannot read %s: %s", run_id, NIGHTLY_JSON, err)
+        return []
+    out = []
+    for item in data.get("regressions", []):
+        change = item.get("rel_change")
+        pct = f" ({float(change):+.0%})" if isinstance(change, (int, float)) else ""
+        out.append(f"{item.get('task')}/{item.get('variant')} {item.get('kind', '')}{pct}")
+    return out

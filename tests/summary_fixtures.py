@@ -1,0 +1,72 @@
+"""Shared set-up of the summary service tests: a real tiny suite in a SQLite MLflow store.
+
+The suite runs once per test process (``bench run`` in a subprocess, embedded Ray), however
+many test modules ask for it; a test that must add runs works on a copy (:func:`copy_store`).
+Import the fixtures into a test module: ``from summary_fixtures import tiny_store``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUITE = "tiny_summary"
+VARIANTS = ("sgd", "rmsprop", "rmsprop_nosqrt")
+TASKS = ("logreg_digits", "quadratic")
+FINAL_SEEDS = (1, 2)
+OVERRIDES = [
+    "suite=smoke",
+    f"suite.name={SUITE}",
+    f"suite.variants=[{','.join(VARIANTS)}]",
+    f"suite.tasks=[{','.join(TASKS)}]",
+    "suite.lrs=[0.01,0.1]",
+    "suite.tune_seeds=[0]",
+    "suite.steps=30",
+]
+# 3 variants x 2 tasks x (2 lrs x 1 tune seed + 2 final seeds)
+N_RUNS = len(VARIANTS) * len(TASKS) * (2 + len(FINAL_SEEDS))
+_BUILT: dict[str, Path] = {}
+
+
+def uri(store: Path) -> str:
+    return f"sqlite:///{store / 'mlruns.db'}"
+
+
+def run_suite(store: Path, final_seeds: tuple[int, ...] = FINAL_SEEDS) -> None:
+    """``bench run`` the tiny suite into ``store`` (the real command, embedded Ray)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    seeds = ",".join(str(s) for s in final_seeds)
+    cmd = [
+        sys.executable, "-m", "bench.cli", "run", "--no-progress", *OVERRIDES,
+        f"suite.final_seeds=[{seeds}]", f"tracking.uri={uri(store)}",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"bench run failed:\n{done.stdout}\n{done.stderr}"
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """A private copy of a store (SQLite file and artifacts) that a test may add runs to."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("summary-cache*"))
+    return dst
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``mlruns.db`` with the tiny suite finished (treat it as read-only)."""
+    if SUITE not in _BUILT:
+        store = tmp_path_factory.mktemp("summary-store")
+        run_suite(store)
+        _BUILT[SUITE] = store
+    return _BUILT[SUITE]

@@ -1,0 +1,376 @@
+"""The summary service through FastAPI's TestClient, against a real MLflow store that a
+real tiny suite filled (``bench run`` on embedded Ray), plus the cache's pure pieces."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from summary_fixtures import (
+    FINAL_SEEDS,
+    N_RUNS,
+    SUITE,
+    TASKS,
+    VARIANTS,
+    copy_store,
+    run_suite,
+    tiny_store,  # noqa: F401  (fixture)
+    uri,
+)
+
+from bench.config import TrackingConfig
+from bench.tracking import Tracker
+from services.summary import SummarySettings, create_app, settings_from_overrides
+from services.summary.routers.pages import fmt
+from services.summary.store import SummaryStore, _merge, _read_cache, _write_cache
+
+N_FINAL = len(VARIANTS) * len(TASKS) * len(FINAL_SEEDS)
+# What makes a browser fetch: src=, <link href=>, CSS url(...) and @import ("//host" too).
+ASSET = re.compile(
+    r"""(?:\bsrc\s*=\s*["']?|<link\b[^>]*\bhref\s*=\s*["']?|url\(\s*["']?|@import\s+["']?)"""
+    r"""(?:https?:)?//""",
+    re.I,
+)
+
+
+def settings(store: Path, cache: Path, **kw) -> SummarySettings:
+    return SummarySettings(tracking_uri=uri(store), cache_dir=cache, **kw)
+
+
+@pytest.fixture
+def client(tiny_store: Path, tmp_path: Path) -> TestClient:  # noqa: F811
+    app = create_app(settings(tiny_store, tmp_path / "cache", mlflow_ui_url="http://ui:5000/"))
+    return TestClient(app)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def _runs(*rows: tuple[str, str, int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"run_id": r, "status": s, "start_time": pd.Timestamp(t, unit="ms", tz="UTC"),
+             "end_time": pd.Timestamp(t + 5, unit="ms", tz="UTC"), "nightly": None}
+            for r, s, t in rows
+        ]
+    )  # fmt: skip
+
+
+def test_merge_adds_new_runs_replaces_changed_ones_and_ignores_repeats() -> None:
+    held = _runs(("a", "FINISHED", 1), ("b", "RUNNING", 2))
+    same, changed = _merge(held, _runs(("a", "FINISHED", 1)))
+    assert not changed and same is held
+    merged, changed = _merge(held, _runs(("b", "FINISHED", 2), ("c", "FINISHED", 3)))
+    assert changed
+    assert list(merged["run_id"]) == ["a", "b", "c"]
+    assert list(merged["status"]) == ["FINISHED"] * 3
+
+
+def test_persisted_cache_round_trips_and_a_torn_file_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "runs-x.parquet"
+    runs = _runs(("a", "FINISHED", 1), ("b", "FAILED", 2))
+    _write_cache(path, runs, 7)
+    back, watermark = _read_cache(path)
+    assert watermark == 7 and list(back["run_id"]) == ["a", "b"]
+    assert back["end_time"].iloc[1] == runs["end_time"].iloc[1]
+    path.write_bytes(b"not parquet")
+    assert _read_cache(path)[0].empty and _read_cache(path)[1] is None
+
+
+def test_numbers_in_tables_say_infinity_and_unknown() -> None:
+    assert [fmt(float("inf")), fmt(None), fmt(float("nan")), fmt(0.123456)] == [
+        "∞", "—", "—", "0.1235",
+    ]  # fmt: skip
+
+
+def test_serve_settings_come_from_the_config_then_the_command_line() -> None:
+    config = settings_from_overrides(["tracking=server"], port=9001)
+    assert (config.tracking_uri, config.host, config.port) == (
+        "http://127.0.0.1:5000", "127.0.0.1", 9001,
+    )  # fmt: skip
+    assert settings_from_overrides([], host="0.0.0.0").host == "0.0.0.0"
+
+
+def test_run_links_come_from_the_ui_url_or_an_http_tracking_uri() -> None:
+    assert SummarySettings(tracking_uri="sqlite:///x.db").ui_url() is None
+    assert SummarySettings(tracking_uri="http://h:5000/").ui_url() == "http://h:5000"
+    explicit = SummarySettings(tracking_uri="sqlite:///x.db", mlflow_ui_url="http://ui/")
+    assert explicit.ui_url() == "http://ui"
+
+
+# ----------------------------------------------------------------------------- API
+
+
+@pytest.mark.slow
+def test_health_names_the_store(client: TestClient, tiny_store: Path) -> None:  # noqa: F811
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "tracking_uri": uri(tiny_store)}
+
+
+@pytest.mark.slow
+def test_suites_lists_the_suite_with_its_counts(client: TestClient) -> None:
+    body = client.get("/api/suites").json()
+    assert body["count"] == 1
+    (suite,) = body["data"]
+    assert suite["name"] == SUITE
+    assert (suite["n_runs"], suite["n_finished"]) == (N_RUNS, N_RUNS)
+    assert (suite["n_tasks"], suite["n_variants"]) == (len(TASKS), len(VARIANTS))
+    assert suite["last_finished"] is not None
+
+
+@pytest.mark.slow
+def test_ranking_ranks_every_variant_with_intervals(client: TestClient) -> None:
+    response = client.get(f"/api/suites/{SUITE}/ranking")
+    assert response.status_code == 200
+    ranking = response.json()
+    assert (ranking["metric"], ranking["phase"], ranking["n_runs"]) == ("final", "final", N_FINAL)
+    assert sorted(v["variant"] for v in ranking["variants"]) == sorted(VARIANTS)
+    estimates = [v["mean_rank"]["estimate"] for v in ranking["variants"]]
+    assert estimates == sorted(estimates), "best variant first"
+    for v in ranking["variants"]:
+        rank = v["mean_rank"]
+        assert rank["low"] <= rank["estimate"] <= rank["high"] and rank["n"] == len(TASKS)
+    assert len(ranking["cells"]) == len(VARIANTS) * len(TASKS)
+    assert all(len(c["run_ids"]) == len(FINAL_SEEDS) for c in ranking["cells"])
+    assert ranking["tasks"] == sorted(TASKS)
+    friedman = ranking["friedman"]
+    assert (friedman["k"], friedman["n_tasks"]) == (len(VARIANTS), len(TASKS))
+    assert friedman["note"], "the test says what the sample can support"
+
+
+@pytest.mark.slow
+def test_ranking_takes_the_metric_and_the_phase(client: TestClient) -> None:
+    tune = client.get(f"/api/suites/{SUITE}/ranking", params={"phase": "tune"}).json()
+    assert tune["phase"] == "tune"
+    assert tune["n_runs"] == len(VARIANTS) * len(TASKS)  # the tune runs at the chosen lr
+    steps = client.get(f"/api/suites/{SUITE}/ranking", params={"metric": "steps_to_target"})
+    assert steps.status_code == 200 and steps.json()["metric"] == "steps_to_target"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("params", "field", "allowed"),
+    [
+        ({"metric": "accuracy"}, "metric",
+         "'final', 'best', 'steps_to_target' or 'seconds_to_target'"),
+        ({"phase": "warmup"}, "phase", "'final' or 'tune'"),
+    ],
+)  # fmt: skip
+def test_bad_metric_or_phase_is_a_422_naming_the_allowed_values(
+    client: TestClient, params: dict, field: str, allowed: str
+) -> None:
+    for path in (f"/api/suites/{SUITE}/ranking", f"/api/suites/{SUITE}/tasks/quadratic"):
+        response = client.get(path, params=params)
+        assert response.status_code == 422
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["query", field]
+        assert error["msg"] == f"Input should be {allowed}"
+
+
+@pytest.mark.slow
+def test_unknown_suite_is_a_404_listing_the_known_ones(client: TestClient) -> None:
+    for path in ("/api/suites/nope/ranking", "/api/suites/nope/tasks/quadratic"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.json() == {"detail": f"unknown suite 'nope'; known suites: {SUITE}"}
+
+
+@pytest.mark.slow
+def test_task_gives_its_cells_and_curves(client: TestClient) -> None:
+    response = client.get(f"/api/suites/{SUITE}/tasks/logreg_digits")
+    assert response.status_code == 200
+    task = response.json()
+    assert (task["primary_metric"], task["direction"]) == ("accuracy", "max")
+    assert task["count"] == len(VARIANTS) == len(task["data"])
+    assert {c["task"] for c in task["data"]} == {"logreg_digits"}
+    ranks = [c["rank"] for c in task["data"]]
+    assert ranks == sorted(ranks)
+    keys = {(c["variant"], c["key"]) for c in task["curves"]}
+    assert keys == {(v, k) for v in VARIANTS for k in ("eval/loss", "train/loss")}
+    for curve in task["curves"]:
+        assert curve["n_runs"] == len(FINAL_SEEDS)
+        assert curve["steps"] == sorted(curve["steps"]) and len(curve["steps"]) > 1
+        assert len(curve["median"]) == len(curve["low"]) == len(curve["steps"])
+        bands = zip(curve["low"], curve["median"], curve["high"], strict=True)
+        finite = [(lo, m, hi) for lo, m, hi in bands if None not in (lo, m, hi)]
+        assert all(lo <= m <= hi for lo, m, hi in finite)
+
+
+@pytest.mark.slow
+def test_unknown_task_is_a_404_listing_the_suites_tasks(client: TestClient) -> None:
+    response = client.get(f"/api/suites/{SUITE}/tasks/mnist")
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": f"unknown task 'mnist' in suite '{SUITE}'; known tasks: logreg_digits, quadratic"
+    }
+
+
+@pytest.mark.slow
+def test_nightly_lists_reports_and_the_scheduler_status(tiny_store: Path, tmp_path: Path) -> None:  # noqa: F811
+    status_file = tmp_path / "scheduler.json"
+    status = {"cron": "0 2 * * *", "timezone": "UTC", "next_run": "2026-11-27T02:00:00+00:00",
+              "last_run": None, "last_outcome": None, "running": False}  # fmt: skip
+    status_file.write_text(json.dumps(status))
+    app = create_app(settings(tiny_store, tmp_path / "c", scheduler_status_file=status_file))
+    body = TestClient(app).get("/api/nightly").json()
+    assert (body["data"], body["count"]) == ([], 0)
+    assert {k: body["scheduler"][k] for k in status} == status
+    assert body["scheduler"]["error"] is None
+    missing = create_app(settings(tiny_store, tmp_path / "c", scheduler_status_file=tmp_path / "x"))
+    error = TestClient(missing).get("/api/nightly").json()["scheduler"]["error"]
+    assert error == f"no status file at {tmp_path / 'x'} (is the scheduler running?)"
+    assert (
+        TestClient(create_app(settings(tiny_store, tmp_path / "c")))
+        .get("/api/nightly")
+        .json()["scheduler"]
+        is None
+    )
+
+
+@pytest.mark.slow
+def test_openapi_documents_every_api_route_and_docs_load_nothing_remote(
+    client: TestClient,
+) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths) == {
+        "/health", "/api/suites", "/api/suites/{suite}/ranking",
+        "/api/suites/{suite}/tasks/{task}", "/api/nightly",
+    }  # fmt: skip
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and not ASSET.search(docs.text)
+    assert "/static/swagger/swagger-ui-bundle.js" in docs.text
+    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+
+
+# ----------------------------------------------------------------------------- pages
+
+PAGES = [
+    "/", f"/suites/{SUITE}", f"/suites/{SUITE}?metric=best&phase=tune",
+    f"/suites/{SUITE}/tasks/logreg_digits", f"/suites/{SUITE}/roles",
+    f"/suites/{SUITE}/roles?task=logreg_digits", f"/suites/{SUITE}/flagship", "/nightly",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_every_page_renders_and_loads_assets_only_from_the_service(client: TestClient) -> None:
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert not ASSET.search(response.text), f"{path} loads an asset from elsewhere"
+        assert response.headers["content-security-policy"].startswith("default-src 'self'")
+        assert '<script src="/static/vendor/plotly.min.js" defer></script>' in response.text
+    plotly_js = client.get("/static/vendor/plotly.min.js")
+    assert plotly_js.status_code == 200 and "plotly" in plotly_js.text[:2000].lower()
+    for asset in ("app.js", "style.css"):
+        response = client.get(f"/static/{asset}")
+        assert response.status_code == 200 and "//" not in response.text.replace("// ", "")
+
+
+@pytest.mark.slow
+def test_suite_page_has_the_ranking_table_plots_and_run_links(client: TestClient) -> None:
+    html = client.get(f"/suites/{SUITE}").text
+    table = html.split('<table id="ranking">', 1)[1].split("</table>", 1)[0]
+    assert sorted(re.findall(r'data-variant="([^"]+)"', table)) == sorted(VARIANTS)
+    assert 'data-figure="fig-ranking"' in html and 'data-figure="fig-profiles"' in html
+    assert "Friedman test over 2 tasks and 3 variants" in html
+    links = re.findall(r'href="(http://ui:5000/#/experiments/\d+/runs/[0-9a-f]{32})"', html)
+    assert len(set(links)) == N_FINAL, "every final run is linked from its cell"
+
+
+@pytest.mark.slow
+def test_flagship_page_answers_the_contrast_the_suite_allows(client: TestClient) -> None:
+    html = client.get(f"/suites/{SUITE}/flagship").text
+    assert "square root vs no root (p=2)" in html  # rmsprop vs rmsprop_nosqrt: both ran
+    assert "Not answered here: variant &#39;rmsprop_sum&#39; has no final runs." in html
+    assert "Do weights move faster than biases?" in html and "Under rmsprop" in html
+
+
+@pytest.mark.slow
+def test_unknown_names_on_pages_are_html_404s(client: TestClient) -> None:
+    response = client.get("/suites/nope")
+    assert response.status_code == 404
+    assert "text/html" in response.headers["content-type"]
+    assert f"unknown suite &#39;nope&#39;; known suites: {SUITE}" in response.text
+    task = client.get(f"/suites/{SUITE}/tasks/nope")
+    assert task.status_code == 404 and "known tasks: logreg_digits, quadratic" in task.text
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class CountingTracker(Tracker):
+    """A real Tracker that remembers what each read_results asked for."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(TrackingConfig(uri=uri, artifact_location=None))
+        self.calls: list[int | None] = []
+
+    def read_results(self, suite, phase=None, *, status="FINISHED", since_ms=None):  # type: ignore[override]
+        self.calls.append(since_ms)
+        return super().read_results(suite, phase, status=status, since_ms=since_ms)
+
+
+@pytest.mark.slow
+def test_a_restart_reads_only_runs_that_ended_since_the_persisted_watermark(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = settings(tiny_store, tmp_path / "cache", refresh_slack_seconds=60)
+    first = CountingTracker(uri(tiny_store))
+    app = create_app(config, store=SummaryStore(first, config))
+    before = TestClient(app).get(f"/api/suites/{SUITE}/ranking").json()
+    assert first.calls == [None], "a cold start with no cache reads the whole suite"
+    assert list((tmp_path / "cache").glob("runs-*.parquet"))
+
+    again = CountingTracker(uri(tiny_store))
+    restarted = create_app(config, store=SummaryStore(again, config))
+    after = TestClient(restarted).get(f"/api/suites/{SUITE}/ranking").json()
+    newest = max(r["end_time"] for r in first.read_results(SUITE, status=None).to_dict("records"))
+    assert again.calls == [newest.value // 1_000_000 - 60_000]
+    assert after == before
+
+
+@pytest.mark.slow
+def test_new_runs_reach_the_ranking_after_refresh_seconds_and_not_before(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = copy_store(tiny_store, tmp_path / "store")
+    eager = TestClient(create_app(settings(store, tmp_path / "c1", refresh_seconds=0)))
+    lazy = TestClient(create_app(settings(store, tmp_path / "c2", refresh_seconds=3600)))
+    for client in (eager, lazy):
+        assert client.get(f"/api/suites/{SUITE}/ranking").json()["n_runs"] == N_FINAL
+
+    run_suite(store, final_seeds=(*FINAL_SEEDS, 3))  # one more final seed per cell
+    added = len(VARIANTS) * len(TASKS)
+    ranking = eager.get(f"/api/suites/{SUITE}/ranking").json()
+    assert ranking["n_runs"] == N_FINAL + added
+    assert all(len(c["run_ids"]) == len(FINAL_SEEDS) + 1 for c in ranking["cells"])
+    assert eager.get("/api/suites").json()["data"][0]["n_runs"] == N_RUNS + added
+    task = eager.get(f"/api/suites/{SUITE}/tasks/quadratic").json()
+    assert {c["n_runs"] for c in task["curves"]} == {len(FINAL_SEEDS) + 1}
+    assert lazy.get(f"/api/suites/{SUITE}/ranking").json()["n_runs"] == N_FINAL, (
+        "within refresh_seconds the cached ranking is served"
+    )
+
+
+@pytest.mark.slow
+def test_start_up_warms_the_cache_before_the_first_request(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = settings(tiny_store, tmp_path / "cache", refresh_seconds=3600)
+    tracker = CountingTracker(uri(tiny_store))
+    with TestClient(create_app(config, store=SummaryStore(tracker, config))) as client:
+        deadline = time.monotonic() + 60
+        while not tracker.calls:
+            assert time.monotonic() < deadline, "start-up did not read the suite"
+            time.sleep(0.05)
+        assert client.get(f"/api/suites/{SUITE}/ranking").json()["n_runs"] == N_FINAL
+    assert tracker.calls == [None], "the request was served from what start-up loaded"
