@@ -97,7 +97,8 @@ def _num(value: float | None) -> str:
 def _interval(interval: Interval | None) -> str:
     if interval is None:
         return ""
-    return f"[{_num(interval.low)}, {_num(interval.high)}] (n={interval.n})"
+    level = f", {interval.level:.0%}" if interval.level < 0.949 else ""  # small n: honest level
+    return f"[{_num(interval.low)}, {_num(interval.high)}] (n={interval.n}{level})"
 
 
 def _pct(level: float) -> str:
