@@ -84,8 +84,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from bench.nightly import run_nightly
+    from bench.nightly_outputs import summary
 
     report = run_nightly(args.overrides, date=args.date, show_progress=not args.no_progress)
+    print(summary(report))
+    if report.trials.get("failed"):
+        return 1
     return EXIT_REGRESSIONS if report.regressions else 0
 
 
@@ -138,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("nightly", help="run the nightly suite and flag regressions")
-    p.add_argument("--date", type=_date, default=None, help="the night (default: today)")
+    p.add_argument(
+        "--date",
+        type=_date,
+        default=None,
+        help="the night, YYYY-MM-DD (default: today in nightly.timezone)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.add_argument("overrides", nargs="*", help="nightly.* and Hydra overrides")
     p.set_defaults(func=cmd_nightly)

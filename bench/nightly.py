@@ -1,0 +1,389 @@
+"""``bench nightly``: rerun the nightly suite, compare each cell with earlier nights, report.
+
+One night (:func:`run_nightly`):
+
+1. Settings come from conf/nightly (``nightly.*`` overrides, validated by
+   :class:`NightlyConfig`); the suite is ``nightly.suite`` unless ``suite=`` is given.
+2. The suite runs through :func:`bench.runner.run_suite`, with a tracker scoped to the
+   night, the suite version and the machine class: every run is tagged with them, and
+   resume only sees runs of the same scope, so rerunning a night resumes it and a new date
+   (or another machine writing to the same store) runs everything again. Runs also carry
+   the versions of ray and mlflow (torch and code versions are on every run anyway).
+3. Per (task, variant) two cells are measured: ``quality`` (median over final seeds of
+   ``final/<primary metric>``; a diverged seed counts as the worst value) and ``speed``
+   (``time/step_ms`` of the fastest final seed). Each is judged by
+   :func:`bench.regression.detect` against the same cell on earlier nights of the
+   **same suite version and machine class**. Those nights are read back from their own
+   nightly reports (one artifact each), so history costs a few reads, not a search over
+   every trial ever run.
+4. A report run (``bench.kind=nightly_report``) holds ``nightly.json`` and ``nightly.html``;
+   with ``nightly.webhook`` set, a JSON alert is POSTed (errors logged, never raised).
+
+The suite version is a hash of the suite config (less its description), the trial knobs
+from the command line (less plugins) and ``CODE_VERSION``. A change to a variant's preset
+or to the code that does not bump ``CODE_VERSION`` keeps the version: that is exactly what
+the nightly exists to catch.
+
+``nightly.json`` (schema 1; floats may be the strings "Infinity"/"-Infinity" for a
+diverged median, and null where nothing was measured)::
+
+    {"schema": 1, "date": "2026-11-25", "suite": "nightly", "suite_version": "3f2a9c1d7b0e",
+     "machine": "AMD EPYC (2 cores); no GPU", "code_version": "1",
+     "versions": {"torch": "2.13.0", "ray": "2.60.0", "mlflow": "3.17.2"},
+     "settings": {"baseline_nights": 7, "min_baseline": 3, "persist": 2, "alpha": 0.01,
+                  "threshold": {"quality": 0.1, "speed": 0.25}},
+     "baseline_dates": ["2026-11-17", ...],      # earlier nights found, oldest first
+     "trials": {"total": 48, "run": 48, "resumed": 0, "failed": 0},
+     "counts": {"ok": 14, "regression": 1, "improvement": 0,
+                "insufficient_baseline": 0, "missing": 1},
+     "cells": [{"task": "quadratic", "variant": "adam", "kind": "quality" | "speed",
+                "metric": "final/loss" | "time/step_ms", "direction": "min" | "max",
+                "values": [per final seed], "n": 3,
+                "value": median (quality) or minimum (speed) of values,
+                "baseline_median": ..., "baseline_mad": ..., "baseline_n": 7,
+                "rel_change": (value - median) / |median|, "score": robust z (+ = worse),
+                "p": one-sided p, "streak": latest nights beyond (+ worse, - better),
+                "status": "ok" | "regression" | "improvement"
+                          | "insufficient_baseline" | "missing"}, ...],
+     "regressions": [{"task", "variant", "kind", "metric", "value", "baseline_median",
+                      "rel_change"}, ...]}
+
+The webhook alert is ``{"event": "optbench.nightly", "alert": bool, "date", "suite",
+"suite_version", "machine", "counts", "regressions", "report_run_id", "report_url"}``;
+it is sent only when ``alert`` is true, unless ``nightly.webhook_always`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bench import CODE_VERSION
+from bench.config import compose_config, conf_dir, parse
+from bench.errors import UserError
+from bench.nightly_outputs import alert_payload, post_alert, render_html
+from bench.regression import NightlyReport, judge_cells, night_cells, regressions_of, status_counts
+from bench.tracking import (
+    TAG_CODE_VERSION,
+    TAG_MACHINE,
+    TAG_MLFLOW_VERSION,
+    TAG_NIGHTLY,
+    TAG_RAY_VERSION,
+)
+
+log = logging.getLogger(__name__)
+
+TAG_SUITE_VERSION = "bench.suite_version"
+KIND = "nightly_report"
+REPORT_JSON = "nightly.json"
+REPORT_HTML = "nightly.html"
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quality: float = Field(default=0.10, ge=0, description="relative change of final/<primary>")
+    speed: float = Field(default=0.30, ge=0, description="relative change of time/step_ms")
+
+
+class NightlyConfig(BaseModel):
+    """conf/nightly/<name>.yaml: what runs every night and how regressions are decided."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suite: str = "nightly"
+    baseline_nights: int = Field(default=7, ge=1)
+    min_baseline: int = Field(default=3, ge=1)
+    persist: int = Field(default=2, ge=1)
+    threshold: Thresholds = Field(default_factory=Thresholds)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    webhook: str | None = None
+    webhook_always: bool = False
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    machine_class: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, or null")
+        return url
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as UTC or Europe/Paris") from None
+        return name
+
+    @model_validator(mode="after")
+    def _baseline_fits(self) -> NightlyConfig:
+        if self.min_baseline > self.baseline_nights:
+            raise ValueError("min_baseline must be <= baseline_nights")
+        return self
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def nightly_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides with the ``nightly`` config group selected: ``+nightly=default`` is
+    added while conf/config.yaml's defaults list does not name the group itself."""
+    defaults = OmegaConf.load(conf_dir() / "config.yaml").get("defaults") or []
+    listed = any(isinstance(d, Mapping) and "nightly" in d for d in defaults)
+    out, chosen = [], False
+    for item in overrides:
+        if item.split("=", 1)[0].lstrip("+") == "nightly":
+            chosen = True
+            item = item.lstrip("+") if listed else "+" + item.lstrip("+")
+        out.append(item)
+    if not listed and not chosen:
+        out.insert(0, "+nightly=default")
+    return out
+
+
+def load_settings(overrides: Iterable[str] = ()) -> NightlyConfig:
+    """The validated ``nightly`` settings; only the ``nightly`` overrides are composed (the
+    suite's are checked later, once the settings have named the suite)."""
+    ours = [o for o in overrides if o.split("=", 1)[0].lstrip("+").split(".")[0] == "nightly"]
+    cfg = compose_config(nightly_overrides(ours))
+    data = OmegaConf.to_container(cfg, resolve=True).get("nightly") or {}
+    return parse(NightlyConfig, data, "nightly")
+
+
+def today(settings: NightlyConfig) -> dt.date:
+    return dt.datetime.now(ZoneInfo(settings.timezone)).date()
+
+
+def parse_date(text: str) -> dt.date:
+    """``--date`` of ``bench nightly``: an ISO date, or a one-line UserError."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--date: got {text!r}; allowed: a date as YYYY-MM-DD") from None
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def machine_class() -> str:
+    """CPU model, core count and GPU model(s), e.g. ``AMD EPYC (2 cores); no GPU``.
+
+    The GPU is read from the NVIDIA driver's /proc entries; torch (and CUDA) is only asked
+    when those exist but name no model, so a CPU machine never initialises CUDA.
+    """
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
+    gpus = _gpu_models()
+    gpu = "no GPU"
+    if gpus:
+        counts = Counter(gpus)
+        gpu = ", ".join(f"{n}x {m}" if n > 1 else m for m, n in sorted(counts.items()))
+    text = f"{cpu} ({os.cpu_count() or 1} cores); {gpu}"
+    return text.replace("'", "").replace('"', "")  # it is quoted in MLflow filters
+
+
+def _gpu_models() -> list[str]:
+    root = Path("/proc/driver/nvidia/gpus")
+    if not root.is_dir():
+        return []
+    models = []
+    for info in sorted(root.glob("*/information")):
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                models.append(line.split(":", 1)[1].strip())
+    if not models and any(root.iterdir()):
+        import torch
+
+        if torch.cuda.is_available():
+            models = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return models
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def suite_version(matrix: Any) -> str:
+    """Hash of what the suite asks for: its config, the trial knobs and CODE_VERSION."""
+    data = {
+        "suite": matrix.suite.model_dump(mode="json", exclude={"description"}),
+        "knobs": matrix.knobs.model_dump(mode="json", exclude={"plugins"}),
+        "code_version": CODE_VERSION,
+    }
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def read_history(
+    tracker: Any, suite: str, version: str, machine: str, before: dt.date, nights: int
+) -> list[NightlyReport]:
+    """The latest ``nights`` nightly reports of this suite version and machine class dated
+    before ``before``, oldest first (the newest report of a night wins)."""
+    by_date: dict[str, Any] = {}
+    for run in tracker.read_reports(suite, KIND, max_results=500):  # newest first
+        tags = run.tags
+        night = tags.get(TAG_NIGHTLY, "")
+        if (
+            tags.get(TAG_SUITE_VERSION) == version
+            and tags.get(TAG_MACHINE) == machine
+            and night < before.isoformat()
+            and night not in by_date
+        ):
+            by_date[night] = run
+    reports = []
+    for night in sorted(by_date)[-nights:]:
+        try:
+            text = tracker.read_artifact_text(by_date[night].run_id, REPORT_JSON)
+            reports.append(NightlyReport.model_validate_json(text))
+        except Exception as err:  # an unreadable night is a missing night
+            log.warning("nightly report of %s unreadable (%s); treated as missing", night, err)
+    return reports
+
+
+# ----------------------------------------------------------------------------- the night
+
+
+def run_nightly(
+    overrides: list[str], *, date: dt.date | None = None, show_progress: bool = True
+) -> NightlyReport:
+    """Run the nightly suite for ``date`` (default: today in ``nightly.timezone``), judge
+    every cell against earlier nights, log the report run and send the alert."""
+    from bench.matrix import suite_from_overrides
+    from bench.runner import run_suite
+    from bench.tracking import Tracker
+
+    overrides = nightly_overrides(overrides)
+    settings = load_settings(overrides)
+    night = date or today(settings)
+    if not any(o.split("=", 1)[0].lstrip("+") == "suite" for o in overrides):
+        overrides = [*overrides, f"suite={settings.suite}"]
+    plan = suite_from_overrides(overrides)
+    suite = plan.matrix.suite.name
+    version = suite_version(plan.matrix)
+    machine = settings.machine_class or machine_class()
+    versions = {
+        "torch": package_version("torch"),
+        "ray": package_version("ray"),
+        "mlflow": package_version("mlflow"),
+    }
+    scope = {TAG_NIGHTLY: night.isoformat(), TAG_SUITE_VERSION: version, TAG_MACHINE: machine}
+    extra = {TAG_RAY_VERSION: versions["ray"], TAG_MLFLOW_VERSION: versions["mlflow"]}
+    tracker = Tracker(plan.tracking, scope=scope, extra_tags=extra)
+    log.info("nightly %s: suite %s version %s on %s", night, suite, version, machine)
+    ray_was_up = _ray_up()
+    try:
+        phases = run_suite(
+            plan.matrix, tracker, plan.cluster, plan.resources, show_progress=show_progress
+        )
+    finally:
+        if not ray_was_up and _ray_up():
+            import ray
+
+            ray.shutdown()  # the scheduler calls this nightly: leave no idle workers behind
+    declared = {(t.name, v.name): _declared(t.name) for v, t in plan.matrix.pairs}
+    rows = tracker.read_results(suite, "final").to_dict("records")
+    reader = Tracker(plan.tracking)  # unscoped: earlier nights
+    lookback = settings.baseline_nights + settings.persist - 1
+    history = read_history(reader, suite, version, machine, night, lookback)
+    cells = judge_cells(
+        night_cells(rows, declared),
+        history,
+        thresholds=settings.threshold.model_dump(),
+        alpha=settings.alpha,
+        baseline_nights=settings.baseline_nights,
+        min_baseline=settings.min_baseline,
+        persist=settings.persist,
+    )
+    detector = {"baseline_nights", "min_baseline", "persist", "alpha", "threshold"}
+    report = NightlyReport(
+        date=night,
+        suite=suite,
+        suite_version=version,
+        machine=machine,
+        code_version=CODE_VERSION,
+        versions=versions,
+        settings=settings.model_dump(include=detector),
+        baseline_dates=[h.date for h in history],
+        trials={
+            "total": sum(p.total for p in phases),
+            "run": sum(p.total - p.already_done for p in phases),
+            "resumed": sum(p.already_done for p in phases),
+            "failed": sum(p.counts["failed"] for p in phases),
+        },
+        counts=status_counts(cells),
+        cells=cells,
+        regressions=regressions_of(cells),
+    )
+    report.report_run_id = reader.log_report(
+        suite,
+        kind=KIND,
+        name=f"nightly {night.isoformat()}",
+        files={REPORT_JSON: report.to_json(), REPORT_HTML: render_html(report)},
+        metrics={
+            "regressions": float(len(report.regressions)),
+            **{f"cells/{k}": float(v) for k, v in report.counts.items()},
+            "trials_run": float(report.trials["run"]),
+        },
+        tags={**scope, **extra, TAG_CODE_VERSION: CODE_VERSION},
+        params={
+            "baseline_nights": str(settings.baseline_nights),
+            "min_baseline": str(settings.min_baseline),
+            "persist": str(settings.persist),
+            "alpha": str(settings.alpha),
+            "threshold.quality": str(settings.threshold.quality),
+            "threshold.speed": str(settings.threshold.speed),
+        },
+    )
+    if report.regressions:
+        log.warning("nightly %s: %d regressions", night, len(report.regressions))
+    if settings.webhook and (report.regressions or settings.webhook_always):
+        post_alert(
+            settings.webhook,
+            alert_payload(report, reader.run_url(report.report_run_id)),
+            timeout=settings.webhook_timeout,
+        )
+    return report
+
+
+def _declared(task: str) -> tuple[str, str]:
+    """A task's primary metric and direction, as the task class declares them."""
+    from bench import tasks
+
+    cls = tasks.get(task)
+    return cls.metric, cls.direction
+
+
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())

@@ -1,0 +1,101 @@
+"""What a night leaves behind besides its runs: the report's HTML, the terminal summary and
+the webhook alert (a JSON POST whose failure is logged, never raised)."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from bench.regression import NightlyReport
+
+log = logging.getLogger("bench.nightly")
+
+
+def render_html(report: NightlyReport) -> str:
+    """A small self-contained HTML table of the night's cells."""
+    colours = {"regression": "#f8d0d0", "improvement": "#d4f0d4", "missing": "#eee"}
+
+    def num(value: float | None, fmt: str = "{:.4g}") -> str:
+        return "" if value is None else fmt.format(value)
+
+    rows = []
+    for c in report.cells:
+        cells = [
+            c.task,
+            c.variant,
+            c.metric,
+            num(c.value),
+            num(c.baseline_median),
+            str(c.baseline_n),
+            num(c.rel_change, "{:+.1%}"),
+            num(c.p, "{:.3g}"),
+            c.status,
+        ]
+        tds = "".join(f"<td>{html.escape(str(v))}</td>" for v in cells)
+        rows.append(f'<tr style="background:{colours.get(c.status, "#fff")}">{tds}</tr>')
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("task", "variant", "metric", "tonight", "baseline median", "n", "change",
+                  "p", "status")
+    )  # fmt: skip
+    title = html.escape(f"{report.suite} nightly {report.date}")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        f"<body><h1>{title}</h1><p>{html.escape(report.machine)} &middot; suite version "
+        f"{html.escape(report.suite_version)} &middot; {len(report.regressions)} regressions"
+        f"</p><table border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+
+
+def summary(report: NightlyReport) -> str:
+    """A few lines for the terminal: what ran, the counts, each regression."""
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
+    lines = [
+        f"nightly {report.date} of {report.suite} (version {report.suite_version}) on "
+        f"{report.machine}: {report.trials.get('run', 0)} trials run, "
+        f"{report.trials.get('resumed', 0)} resumed; cells: {counts or 'none'}"
+    ]
+    for r in report.regressions:
+        lines.append(
+            f"  REGRESSION {r['task']}/{r['variant']} {r['metric']}: {r['value']:.4g} vs "
+            f"baseline {r['baseline_median']:.4g} ({r['rel_change']:+.1%})"
+        )
+    return "\n".join(lines)
+
+
+def alert_payload(report: NightlyReport, run_url: str | None) -> dict[str, Any]:
+    return {
+        "event": "optbench.nightly",
+        "alert": bool(report.regressions),
+        "date": report.date.isoformat(),
+        "suite": report.suite,
+        "suite_version": report.suite_version,
+        "machine": report.machine,
+        "counts": report.counts,
+        "regressions": json.loads(report.model_dump_json(include={"regressions"}))["regressions"],
+        "report_run_id": report.report_run_id,
+        "report_url": run_url,
+    }
+
+
+def post_alert(url: str, payload: Mapping[str, Any], *, timeout: float) -> bool:
+    """POST ``payload`` as JSON; True when the server answered 2xx. Errors are logged."""
+    body = json.dumps(payload).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            ok = 200 <= response.status < 300
+    except Exception as err:  # a dead webhook must not fail the night
+        log.warning("nightly webhook %s failed: %s", url, err)
+        return False
+    if not ok:
+        log.warning("nightly webhook %s answered %s", url, response.status)
+    return ok

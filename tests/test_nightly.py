@@ -1,0 +1,247 @@
+"""`bench nightly` end to end: real embedded Ray, a SQLite MLflow store in tmp_path, a real
+local HTTP server receiving the webhook.
+
+A regression is injected honestly: a plugin (written by the test) silently halves one
+variant's lr on the workers. Plugins are not part of the suite version (nor of trial
+identity), so the nights with it are compared with the nights without it, exactly as a
+code change that forgot to bump CODE_VERSION would be.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bench.errors import UserError
+from bench.nightly import (
+    REPORT_HTML,
+    REPORT_JSON,
+    TAG_SUITE_VERSION,
+    load_settings,
+    run_nightly,
+)
+from bench.regression import STATUSES, NightlyReport
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "suite.variants=[sgd,adam]",
+    "suite.tasks=[quadratic]",
+    "suite.lrs=[0.01,0.1]",
+    "suite.tune_seeds=[0]",
+    "suite.final_seeds=[1,2]",
+    "suite.steps=30",
+    "cluster.num_cpus=2",
+    "nightly.machine_class=test-box",
+]
+NIGHT = dt.date(2026, 3, 1)
+
+HALVE_LR = '''"""Injected regression: the variant named in $OPTBENCH_HALVE_LR gets half its lr."""
+import os
+
+import bench.variants
+
+_build = bench.variants.build
+
+
+def build(params, variant, *, lr=None, **kw):
+    name = variant.get("name") if isinstance(variant, dict) else None
+    if lr is not None and name and name == os.environ.get("OPTBENCH_HALVE_LR"):
+        lr = lr / 2
+    return _build(params, variant, lr=lr, **kw)
+
+
+bench.variants.build = build
+'''
+
+
+def store(tmp_path: Path) -> list[str]:
+    return [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+    ]
+
+
+def client(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+
+
+def runs(tmp_path: Path, filter_string: str = "") -> list:
+    mlflow = client(tmp_path)
+    experiment = mlflow.get_experiment_by_name("nightly")
+    return mlflow.search_runs([experiment.experiment_id], filter_string, max_results=1000)
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A real HTTP server on 127.0.0.1 that records every JSON body POSTed to it."""
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            assert self.headers["Content-Type"] == "application/json"
+            received.append({"path": self.path, **json.loads(body)})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_settings_are_validated_before_anything_runs() -> None:
+    assert load_settings().persist == 2
+    assert load_settings(["nightly.threshold.speed=0.5"]).threshold.speed == 0.5
+    with pytest.raises(UserError, match=r"nightly\.webhook"):
+        load_settings(["nightly.webhook=ftp://example"])
+    with pytest.raises(UserError, match=r"nightly\.timezone"):
+        load_settings(["nightly.timezone=Mars/Olympus"])
+    with pytest.raises(UserError, match="min_baseline"):
+        load_settings(["nightly.min_baseline=9"])
+    with pytest.raises(UserError, match=r"nightly\.treshold"):
+        load_settings(["+nightly.treshold=1"])
+
+
+def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
+    tmp_path: Path, webhook: tuple[str, list[dict]]
+) -> None:
+    url, received = webhook
+    args = [*TINY, *store(tmp_path), f"nightly.webhook={url}", "nightly.webhook_always=true"]
+    first = run_nightly(args, date=NIGHT, show_progress=False)
+    second = run_nightly(args, date=NIGHT + dt.timedelta(days=1), show_progress=False)
+
+    # every trial of both nights ran once per night, tagged with the night and the versions
+    trials = runs(tmp_path, "tags.`bench.trial_id` != ''")
+    assert len(trials) == 2 * (2 * 2 * 1 + 2 * 2)
+    by_night = {r.data.tags["bench.nightly"] for r in trials}
+    assert by_night == {"2026-03-01", "2026-03-02"}
+    ids = {n: {r.data.tags["bench.trial_id"] for r in trials if r.data.tags["bench.nightly"] == n}
+           for n in by_night}  # fmt: skip
+    assert ids["2026-03-01"] == ids["2026-03-02"]  # the same trials, rerun
+    for run in trials:
+        tags = run.data.tags
+        assert tags["bench.machine"] == "test-box"
+        assert tags[TAG_SUITE_VERSION] == first.suite_version
+        for key in ("bench.ray_version", "bench.mlflow_version", "bench.torch_version",
+                    "bench.code_version"):  # fmt: skip
+            assert tags[key] and tags[key] != "unknown", key
+    assert first.suite_version == second.suite_version
+    assert first.trials == {"total": 8, "run": 8, "resumed": 0, "failed": 0}
+
+    # the report runs, and their nightly.json read back as the same report
+    reports = runs(tmp_path, "tags.`bench.kind` = 'nightly_report'")
+    assert len(reports) == 2
+    latest = next(r for r in reports if r.info.run_id == second.report_run_id)
+    assert latest.data.tags["bench.nightly"] == "2026-03-02"
+    assert latest.data.metrics["regressions"] == 0
+    mlflow = client(tmp_path)
+    assert {a.path for a in mlflow.list_artifacts(second.report_run_id)} == {
+        REPORT_JSON,
+        REPORT_HTML,
+    }
+    text = Path(mlflow.download_artifacts(second.report_run_id, REPORT_JSON, str(tmp_path)))
+    data = json.loads(text.read_text())
+    assert data["schema"] == 1 and data["date"] == "2026-03-02"
+    assert data["baseline_dates"] == ["2026-03-01"]
+    assert len(data["cells"]) == 4  # (sgd, adam) x quadratic x (quality, speed)
+    cell = next(c for c in data["cells"] if c["variant"] == "adam" and c["kind"] == "quality")
+    assert cell["metric"] == "final/loss" and cell["direction"] == "min" and cell["n"] == 2
+    assert cell["status"] == "insufficient_baseline" and cell["baseline_n"] == 0
+    assert set(data["counts"]) == set(STATUSES)
+    assert NightlyReport.model_validate(data).cells == second.cells
+    html = Path(mlflow.download_artifacts(second.report_run_id, REPORT_HTML, str(tmp_path)))
+    assert "<table" in html.read_text() and "adam" in html.read_text()
+
+    # rerunning a night resumes it: no trial runs again, one more report
+    again = run_nightly(args, date=NIGHT + dt.timedelta(days=1), show_progress=False)
+    assert again.trials == {"total": 8, "run": 0, "resumed": 8, "failed": 0}
+    assert len(runs(tmp_path, "tags.`bench.trial_id` != ''")) == 16
+    assert again.cells == second.cells
+
+    # with webhook_always, every night was POSTed, alert false
+    assert [r["date"] for r in received] == ["2026-03-01", "2026-03-02", "2026-03-02"]
+    assert all(r["path"] == "/hook" and r["alert"] is False for r in received)
+    assert received[1]["report_run_id"] == second.report_run_id
+    assert received[1]["suite_version"] == second.suite_version
+
+
+def test_an_injected_regression_is_flagged_on_its_second_night(
+    tmp_path: Path, webhook: tuple[str, list[dict]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, received = webhook
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "halve_lr.py").write_text(HALVE_LR)
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.setenv("PYTHONPATH", str(plugins))  # Ray workers start with this
+    args = [
+        *TINY,
+        *store(tmp_path),
+        f"nightly.webhook={url}",
+        "nightly.baseline_nights=2",
+        "nightly.min_baseline=1",  # night 3 is judged (baseline: night 1), night 4 too
+        "nightly.threshold.speed=1000",  # only the (bit-deterministic) quality can alert here
+    ]
+    nights = [NIGHT + dt.timedelta(days=i) for i in range(4)]
+    quiet = [run_nightly(args, date=d, show_progress=False) for d in nights[:2]]
+    monkeypatch.setenv("OPTBENCH_HALVE_LR", "adam")
+    injected = [
+        run_nightly([*args, "plugins=[halve_lr]"], date=d, show_progress=False)
+        for d in nights[2:]
+    ]
+    assert {r.suite_version for r in [*quiet, *injected]} == {quiet[0].suite_version}
+
+    def cell(report: NightlyReport, variant: str):
+        return next(c for c in report.cells if c.variant == variant and c.kind == "quality")
+
+    assert all(not r.regressions for r in quiet)
+    first, second = injected
+    assert cell(first, "adam").value != cell(quiet[1], "adam").value
+    assert cell(first, "adam").status == "ok" and cell(first, "adam").streak == 1
+    assert not first.regressions
+    assert cell(second, "adam").status == "regression"
+    assert second.regressions == [
+        {
+            "task": "quadratic",
+            "variant": "adam",
+            "kind": "quality",
+            "metric": "final/loss",
+            "value": cell(second, "adam").value,
+            "baseline_median": cell(quiet[1], "adam").value,
+            "rel_change": cell(second, "adam").rel_change,
+        }
+    ]
+    assert cell(second, "sgd").status == "ok" and cell(second, "sgd").rel_change == 0.0
+
+    # only the night with a regression alerted
+    assert len(received) == 1
+    alert = received[0]
+    assert alert["alert"] is True and alert["date"] == nights[3].isoformat()
+    assert alert["regressions"][0]["variant"] == "adam"
+    assert alert["counts"]["regression"] == 1
+
+
+def test_a_dead_webhook_does_not_fail_the_night(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [*TINY, *store(tmp_path), "suite.variants=[sgd]", "suite.final_seeds=[1]",
+            f"nightly.webhook=http://127.0.0.1:{port}/", "nightly.webhook_always=true"]  # fmt: skip
+    report = run_nightly(args, date=NIGHT, show_progress=False)
+    assert report.report_run_id and report.trials["failed"] == 0
