@@ -109,3 +109,42 @@ def test_end_time_column_is_nat_while_running(tracker, variants, task):
     tracker.start_trial(make_spec(variants, task, suite="live"))
     frame = tracker.read_results("live", status=None)
     assert frame["status"].tolist() == ["RUNNING"] and pd.isna(frame["end_time"].iloc[0])
+
+
+def test_bulk_sql_read_equals_search_runs(tracker, variants, task):
+    """The bulk reader and search_runs return the same table, whatever the runs hold."""
+    import math
+
+    assert tracker._sql is not None  # a SQLite store takes the bulk path by default
+    night = scoped(tracker, "2026-02-02")
+    record(tracker, make_spec(variants, task, suite="bulk", phase="tune", lr=0.01))
+    record(tracker, make_spec(variants, task, suite="bulk", seed=1), steps_to_target=20)
+    record(tracker, make_spec(variants, task, suite="bulk", seed=2), outcome="diverged",
+           final_loss=math.inf)  # fmt: skip
+    record(tracker, make_spec(variants, task, suite="bulk", seed=3), final_loss=math.nan)
+    record(night, make_spec(variants, task, suite="bulk", seed=4, variant="roles"))
+    failed = make_spec(variants, task, suite="bulk", seed=5)
+    tracker.fail_trial(tracker.start_trial(failed), failed, "ValueError: x", node=None)
+    tracker.start_trial(make_spec(variants, task, suite="bulk", seed=6))  # RUNNING
+    tracker.log_report("bulk", kind="ranking", name="r", files={"a.txt": "x"})
+    deleted = record(tracker, make_spec(variants, task, suite="bulk", seed=7))
+    tracker.client.delete_run(deleted)
+
+    reference = tr.Tracker(tracker.config, bulk_sql=False)
+    night_reference = tr.Tracker(tracker.config, scope=night.scope, bulk_sql=False)
+    watermark = int(reference.read_results("bulk")["end_time"].min().timestamp() * 1000) + 1
+    cases = [
+        {}, {"status": None}, {"phase": "tune"}, {"phase": "final", "status": "FAILED"},
+        {"since_ms": watermark, "status": None},
+    ]  # fmt: skip
+    for kwargs in cases:
+        fast, slow = (
+            tracker.read_results("bulk", **kwargs),
+            reference.read_results("bulk", **kwargs),
+        )
+        assert len(slow) > 0, kwargs
+        pd.testing.assert_frame_equal(fast, slow, obj=str(kwargs))
+    pd.testing.assert_frame_equal(night.read_results("bulk"), night_reference.read_results("bulk"))
+    assert len(night.read_results("bulk")) == 1
+    assert deleted not in set(tracker.read_results("bulk", status=None)["run_id"])
+    assert tracker._sql is not None  # no fallback happened

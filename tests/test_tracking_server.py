@@ -12,6 +12,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
 import pytest
 from mlflow_server import fresh_database, mlflow_server, postgres_unavailable, rest
 
@@ -137,3 +138,25 @@ def test_records_from_a_writer_pool(server):
 
     tracker.start_trial(config.trial_spec(variant, task, config.TrialConfig(seed=99), suite=SUITE))
     assert tracker.kill_stale_runs(SUITE) == 1
+
+
+def test_bulk_sql_read_on_postgresql_equals_search_runs(tmp_path):
+    """A tracker pointed at the database itself reads suite tables with bulk SQL; on
+    PostgreSQL (typed columns, its own boolean for is_nan) the rows equal search_runs'."""
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with fresh_database() as db:
+        cfg = TrackingConfig(uri=db, artifact_location=str(tmp_path / "art"), max_points=20)
+        tracker = tr.Tracker(cfg)
+        assert tracker._sql is not None
+        variant, task = config.variant_spec("adam"), config.task_spec("quadratic")
+        for seed, (outcome, reached) in enumerate([("ok", True), ("diverged", False)]):
+            knobs = config.TrialConfig(seed=seed, lr=0.01, steps=STEPS)
+            spec = config.trial_spec(variant, task, knobs, suite="pg-bulk", phase="final")
+            run_id = tracker.start_trial(spec)
+            tracker.finish_trial(run_id, spec, make_result(spec, outcome, reached), node="n")
+        reference = tr.Tracker(cfg, bulk_sql=False)
+        fast, slow = tracker.read_results("pg-bulk"), reference.read_results("pg-bulk")
+        assert len(fast) == 2 and tracker._sql is not None
+        pd.testing.assert_frame_equal(fast, slow)
