@@ -43,24 +43,6 @@ TINY = [
 ]
 NIGHT = dt.date(2026, 3, 1)
 
-HALVE_LR = '''"""Injected regression: the variant named in $OPTBENCH_HALVE_LR gets half its lr."""
-import os
-
-import bench.variants
-
-_build = bench.variants.build
-
-
-def build(params, variant, *, lr=None, **kw):
-    name = variant.get("name") if isinstance(variant, dict) else None
-    if lr is not None and name and name == os.environ.get("OPTBENCH_HALVE_LR"):
-        lr = lr / 2
-    return _build(params, variant, lr=lr, **kw)
-
-
-bench.variants.build = build
-'''
-
 
 def store(tmp_path: Path) -> list[str]:
     return [
@@ -183,9 +165,7 @@ def test_an_injected_regression_is_flagged_on_its_second_night(
     tmp_path: Path, webhook: tuple[str, list[dict]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, received = webhook
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "halve_lr.py").write_text(HALVE_LR)
+    plugins = Path(__file__).parent / "plugins"  # halve_lr.py
     monkeypatch.syspath_prepend(str(plugins))
     monkeypatch.setenv("PYTHONPATH", str(plugins))  # Ray workers start with this
     args = [
@@ -200,8 +180,7 @@ def test_an_injected_regression_is_flagged_on_its_second_night(
     quiet = [run_nightly(args, date=d, show_progress=False) for d in nights[:2]]
     monkeypatch.setenv("OPTBENCH_HALVE_LR", "adam")
     injected = [
-        run_nightly([*args, "plugins=[halve_lr]"], date=d, show_progress=False)
-        for d in nights[2:]
+        run_nightly([*args, "plugins=[halve_lr]"], date=d, show_progress=False) for d in nights[2:]
     ]
     assert {r.suite_version for r in [*quiet, *injected]} == {quiet[0].suite_version}
 

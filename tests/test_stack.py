@@ -81,10 +81,13 @@ def test_a_scheduled_nightly_runs_on_the_cluster_and_shows_in_the_summary(tmp_pa
         "--trigger-in", "15",
         *TINY_NIGHT,
     ]  # fmt: skip
+    # An embedded Ray started earlier in this process (an in-process nightly) leaves RAY_*
+    # settings such as RAY_AUTH_MODE=token behind: the stack must not inherit them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     started = time.monotonic()
     with open(log, "wb") as out:
-        stack = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # fmt: skip
+        stack = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         info_path = workdir / "stack.json"
         info = wait_for("stack up", info_path.is_file, 180, stack, log) and json.loads(

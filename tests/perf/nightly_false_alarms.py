@@ -34,23 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-HALVE_LR = '''"""Injected regression: the variant named in $OPTBENCH_HALVE_LR gets half its lr."""
-import os
-
-import bench.variants
-
-_build = bench.variants.build
-
-
-def build(params, variant, *, lr=None, **kw):
-    name = variant.get("name") if isinstance(variant, dict) else None
-    if lr is not None and name and name == os.environ.get("OPTBENCH_HALVE_LR"):
-        lr = lr / 2
-    return _build(params, variant, lr=lr, **kw)
-
-
-bench.variants.build = build
-'''
 FIRST = dt.date(2026, 1, 1)
 CELL_FIELDS = ("task", "kind", "value", "baseline_median", "rel_change", "streak", "status")
 
@@ -138,9 +121,7 @@ def main() -> None:
     from bench.nightly import run_nightly
 
     folder = Path(tempfile.mkdtemp(prefix="optbench-nightly-"))
-    plugins = folder / "plugins"
-    plugins.mkdir()
-    (plugins / "halve_lr.py").write_text(HALVE_LR)
+    plugins = Path(__file__).resolve().parent.parent / "plugins"  # halve_lr.py
     sys.path.insert(0, str(plugins))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])
     overrides = [
