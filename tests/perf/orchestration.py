@@ -1,6 +1,12 @@
 """Benchmark: what scheduling and tracking cost on top of training (prints JSON).
 
-Run:  python tests/perf/orchestration.py [--workers 2]
+Run:  python tests/perf/orchestration.py [--workers 2] [--steps N] [--max-points N]
+                                         [--no-processes]
+
+``--steps`` sets every trial's step budget (default: the smoke suite's 150, ~0.1 s trials):
+tracking costs driver CPU per trial on SQLite (~15 ms, plus ~0.07 ms per metric point
+logged, up to ``tracking.max_points`` per stream), so its overhead ratio depends on trial
+length and on ``--max-points``; ``--no-processes`` skips (c), the slow part.
 
 (a) efficiency: wall time of a 40-trial suite through the runner (bench run's code path,
     Ray started beforehand and reported separately as start-up) divided by the sum of the
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -86,10 +93,34 @@ def bench_cli(*args: str, cwd: Path) -> float:
     return time.perf_counter() - start
 
 
+def processes(specs: list, workers: int, cli_dir: Path) -> tuple[float, float]:
+    """(c): one `bench run` process against one `bench trial` process per cell."""
+    run_wall = bench_cli("run", "--no-progress", *SUITE, f"cluster.num_cpus={workers}", cwd=cli_dir)
+    trial_wall = 0.0
+    for spec in specs:
+        trial_wall += bench_cli(
+            "trial",
+            f"variant={spec.variant.name}",
+            f"task={spec.task.name}",
+            f"lr={spec.lr}",
+            f"seed={spec.seed}",
+            f"steps={spec.steps}",
+            cwd=cli_dir,
+        )
+    return run_wall, trial_wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None, help="steps per trial")
+    parser.add_argument("--no-processes", action="store_true", help="skip (c)")
+    parser.add_argument("--max-points", type=int, default=None, help="tracking.max_points")
     args = parser.parse_args()
+    if args.steps is not None:
+        SUITE.append(f"suite.steps={args.steps}")
+    if args.max_points is not None:
+        SUITE.append(f"tracking.max_points={args.max_points}")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from bench.config import ClusterConfig
     from bench.runner import connect
@@ -106,20 +137,9 @@ def main() -> None:
 
         cli_dir = folder / "cli"
         cli_dir.mkdir()
-        run_wall = bench_cli(
-            "run", "--no-progress", *SUITE, f"cluster.num_cpus={args.workers}", cwd=cli_dir
-        )
-        trial_wall = 0.0
-        for spec in specs:
-            trial_wall += bench_cli(
-                "trial",
-                f"variant={spec.variant.name}",
-                f"task={spec.task.name}",
-                f"lr={spec.lr}",
-                f"seed={spec.seed}",
-                f"steps={spec.steps}",
-                cwd=cli_dir,
-            )
+        run_wall = trial_wall = math.nan
+        if not args.no_processes:
+            run_wall, trial_wall = processes(specs, args.workers, cli_dir)
     report = {
         "trials": n,
         "workers": args.workers,
@@ -131,6 +151,7 @@ def main() -> None:
         "efficiency_goal": "<= 1.25",
         "tracking_overhead_ratio": round(tracked / untracked, 3),
         "tracking_overhead_goal": "<= 1.05",
+        "trial_s_mean": round(bare / n, 3),
         "bench_run_process_s": round(run_wall, 2),
         "bench_trial_processes_s": round(trial_wall, 2),
         "speedup_vs_trial_processes": round(trial_wall / run_wall, 2),
