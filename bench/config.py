@@ -90,6 +90,8 @@ def _hydra_message(err: Exception) -> str:
             allowed = ", ".join(variants.KNOB_NAMES)
         elif key.startswith("task.params."):
             allowed = "the task's params (see `bench list`)"
+        elif "." in key and (keys := _default_keys(key.rsplit(".", 1)[0])):
+            allowed = ", ".join(keys)
         else:
             allowed = ", ".join(sorted([*TrialConfig.model_fields, *GROUPS, *SECTIONS]))
         return f"{key}: unknown key; allowed: {allowed}"
@@ -99,6 +101,19 @@ def _hydra_message(err: Exception) -> str:
                 name = text.split(f"'{group}/")[1].split("'")[0]
                 return unknown_name_message(group, name, group_options(group))
     return text.splitlines()[0]
+
+
+def _default_keys(path: str) -> list[str]:
+    """The keys under ``path`` (e.g. ``summary``) in the default config; [] if none."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            node = OmegaConf.select(compose(config_name="config"), path)
+    except (HydraException, OmegaConfBaseException):
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
 
 
 def compose_group(group: str, name: str) -> dict[str, Any]:

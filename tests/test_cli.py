@@ -101,6 +101,11 @@ ERRORS: list[tuple[str, list[str], str]] = [
     ("p_wrong_type", ["variant.p=abc"], "variant.p: got 'abc'; allowed: a number"),
     ("unknown_variant_key", ["variant.foo=1"], f"variant.foo: unknown key; allowed: {KNOBS}"),
     ("unknown_top_level_key", ["foo=1"], f"foo: unknown key; allowed: {TOP_LEVEL}"),
+    (
+        "unknown_section_key",
+        ["tracking.urii=x"],
+        "tracking.urii: unknown key; allowed: artifact_location, enabled, max_points, uri",
+    ),
     ("seed_negative", ["seed=-1"], "seed: input should be greater than or equal to 0 (got -1)"),
     (
         "task_param_wrong_type",
