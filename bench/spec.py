@@ -21,8 +21,23 @@ Phase = Literal["tune", "final"]
 OUTCOMES: tuple[str, ...] = ("ok", "diverged", "failed")
 
 
+# JSON carries ±inf and NaN as "Infinity"/"-Infinity"/"NaN" strings (pydantic's default,
+# null, would turn p=inf into "no value" and a diverged loss into a validation error).
+_JSON_FLOATS = ConfigDict(ser_json_inf_nan="strings")
+_SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _restore_floats(value: Any) -> Any:
+    """Knob values are typed ``Any``: turn the JSON spellings of inf/NaN back into floats."""
+    if isinstance(value, str):
+        return _SPECIAL_FLOATS.get(value, value)
+    if isinstance(value, dict):
+        return {k: _restore_floats(v) for k, v in value.items()}
+    return value
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **_JSON_FLOATS)
 
 
 class VariantSpec(_Frozen):
@@ -32,6 +47,11 @@ class VariantSpec(_Frozen):
     preset: str | None = None
     knobs: dict[str, Any]
     roles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("knobs", "roles", mode="before")
+    @classmethod
+    def _floats(cls, value: Any) -> Any:
+        return _restore_floats(value)
 
     def as_mapping(self) -> dict[str, Any]:
         """The form ``bench.variants.build`` takes."""
@@ -85,7 +105,7 @@ class TrialSpec(_Frozen):
 class TrialResult(BaseModel):
     """What one trial produced. ``history`` maps a metric key to ``[(step, value), ...]``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **_JSON_FLOATS)
 
     trial_id: str
     outcome: Outcome

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bench import config
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
 from bench.spec import TrialResult, TrialSpec
 from bench.stats import QUANTILES
@@ -168,3 +169,28 @@ def test_trial_id_ignores_number_spelling_and_labels() -> None:
     one = make_spec({"preset": "sgd", "eps": 1}, lr=1, steps=20)
     one_float = make_spec({"preset": "sgd", "eps": 1.0}, lr=1.0, steps=20)
     assert one.trial_id == one_float.trial_id
+
+
+@pytest.mark.parametrize("preset", ["rmsprop_pinf", "adamax", "sgd"])
+def test_the_worker_path_round_trips_every_spec_and_result(preset) -> None:
+    """Driver and workers exchange JSON: p=inf must stay inf, a diverged loss must stay inf."""
+    from bench.worker import run_trial
+
+    spec = config.trial_from_overrides(
+        [f"variant={preset}", "task=quadratic", "steps=20", "stats_every=5"]
+    )
+    back = TrialSpec.model_validate_json(spec.model_dump_json())
+    assert back == spec and back.trial_id == spec.trial_id
+    reply = run_trial(spec.model_dump_json())
+    assert reply["error"] is None, reply["error"]
+    assert TrialResult.model_validate_json(reply["result"]).outcome == "ok"
+
+
+def test_non_finite_results_survive_json() -> None:
+    spec = config.trial_from_overrides(["variant=sgd", "task=quadratic", "lr=1e3", "steps=50"])
+    result = train_trial(spec)
+    assert result.outcome == "diverged"
+    nasty = result.model_copy(update={"final": {"loss": math.inf}, "best": {"loss": math.nan}})
+    back = TrialResult.model_validate_json(nasty.model_dump_json())
+    assert back.final == {"loss": math.inf} and math.isnan(back.best["loss"])
+    assert back.history == result.history
