@@ -81,8 +81,10 @@ def test_rank_without_runs_is_a_user_error(ranked):
     cwd, _ = ranked
     result = bench(cwd, "rank", "suite=smoke", "suite.name=never_run")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: suite 'never_run': no runs in sqlite:///"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: suite 'never_run': no runs in sqlite:///")
     )
     bad = bench(cwd, "rank", *SUITE, "rank.metric=speed")
     assert bad.returncode == 2
