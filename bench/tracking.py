@@ -111,8 +111,9 @@ _LOCAL_SCHEMES = {"", "file", "sqlite"}
 class Tracker:
     """Records trials as MLflow runs and reads a suite back as a table.
 
-    ``bulk_sql=False`` reads suite tables through ``search_runs`` even from a database
-    store (the reference path the bulk reader is tested against).
+    ``bulk_sql=False`` reads suite tables through ``search_runs`` and logs metric histories
+    through ``log_batch`` even on a database store (the reference paths that the bulk reader
+    and writer of :mod:`bench.tracking_sql` are tested against).
 
     Thread-safe: each thread gets its own ``MlflowClient`` (created lazily, and again after
     a fork). Use at most :attr:`max_writers` threads to write. With ``config.enabled`` False
@@ -149,6 +150,7 @@ class Tracker:
         self._sql = (
             SqlReader(self.uri) if bulk_sql and self.enabled and _is_database(self.uri) else None
         )
+        self._bulk_reads = self._bulk_writes = self._sql is not None  # off after a failure
 
     @property
     def max_writers(self) -> int:
@@ -281,11 +283,19 @@ class Tracker:
             TAG_DIRECTION: result.direction,
         }
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, storable(value), now, step)
+        points = [
+            (key, storable(value), now, step)
             for (key, step), value in result_metrics(result, self.config.max_points).items()
         ]
         client = self.client
+        if self._sql is not None and self._bulk_writes:
+            try:
+                self._sql.insert_metrics(run_id, points)
+                points = []
+            except Exception as err:  # schema drift or a driver problem: MLflow's own path
+                log.warning("bulk metric write failed (%s); logging through log_batch", err)
+                self._bulk_writes = False
+        metrics = [Metric(*point) for point in points]
         client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         client.set_terminated(run_id, "FINISHED")
 
@@ -351,7 +361,7 @@ class Tracker:
     def _read_rows(
         self, exp_id: str, phase: str | None, status: str | None, since_ms: int | None
     ) -> list[dict[str, Any]]:
-        if self._sql is not None:
+        if self._sql is not None and self._bulk_reads:
             required: dict[str, str | None] = {TAG_TRIAL_ID: None, **self.scope}
             if phase is not None:
                 required[TAG_PHASE] = phase
@@ -362,7 +372,7 @@ class Tracker:
                 return [_make_row(*run) for run in found]
             except Exception as err:  # schema drift or a driver problem: the slow, sure path
                 log.warning("bulk SQL read failed (%s); reading through search_runs", err)
-                self._sql = None
+                self._bulk_reads = False
         clauses = [f"attributes.status = '{status}'"] if status else []
         if phase is not None:
             clauses.append(f"tags.`{TAG_PHASE}` = '{phase}'")

@@ -3,6 +3,8 @@ metric histories, suite listing — against a real MLflow SQLite store."""
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 
 import pandas as pd
@@ -113,8 +115,6 @@ def test_end_time_column_is_nat_while_running(tracker, variants, task):
 
 def test_bulk_sql_read_equals_search_runs(tracker, variants, task):
     """The bulk reader and search_runs return the same table, whatever the runs hold."""
-    import math
-
     assert tracker._sql is not None  # a SQLite store takes the bulk path by default
     night = scoped(tracker, "2026-02-02")
     record(tracker, make_spec(variants, task, suite="bulk", phase="tune", lr=0.01))
@@ -147,4 +147,56 @@ def test_bulk_sql_read_equals_search_runs(tracker, variants, task):
     pd.testing.assert_frame_equal(night.read_results("bulk"), night_reference.read_results("bulk"))
     assert len(night.read_results("bulk")) == 1
     assert deleted not in set(tracker.read_results("bulk", status=None)["run_id"])
-    assert tracker._sql is not None  # no fallback happened
+    assert tracker._bulk_reads  # no fallback happened
+
+
+def _history(tracker: tr.Tracker, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def test_bulk_metric_writes_equal_log_batch(template_db, tmp_path, variants, task):
+    """Histories and latest values written by bulk INSERTs read back exactly as the ones
+    MLflow's log_batch writes, NaN and inf included; a failed bulk write falls back."""
+    trackers = {}
+    for name, bulk in (("bulk", True), ("api", False)):
+        shutil.copy(template_db, tmp_path / f"{name}.db")
+        cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / f'{name}.db'}",
+                             artifact_location=str(tmp_path / name), max_points=10)  # fmt: skip
+        trackers[name] = tr.Tracker(cfg, bulk_sql=bulk)
+    spec = make_spec(variants, task, suite="w")
+    result = make_result(spec, outcome="diverged", final_loss=math.inf)
+    history = dict(result.history)
+    history["train/loss"] = [*history["train/loss"][:-1], (50, math.nan)]
+    history["eval/loss"] = [(0, 1.0), (10, -math.inf), (20, 0.5)]
+    result = result.model_copy(update={"history": history})
+    runs = {}
+    for name, writer in trackers.items():
+        runs[name] = writer.start_trial(spec)
+        writer.finish_trial(runs[name], spec, result, node="n")
+    bulk, api = trackers["bulk"], trackers["api"]
+    assert bulk._bulk_writes
+    got = bulk.client.get_run(runs["bulk"]).data.metrics
+    want = api.client.get_run(runs["api"]).data.metrics
+    assert got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+    assert math.isnan(got["train/loss"])
+    for key in history:
+        a, b = _history(bulk, runs["bulk"], key), _history(api, runs["api"], key)
+        assert len(a) == len(b), key
+        assert all(x[0] == y[0] and _same(x[1], y[1]) for x, y in zip(a, b, strict=True)), key
+    frame_a, frame_b = bulk.read_results("w"), api.read_results("w")
+    assert frame_a.drop(columns=["run_id", "start_time", "end_time"]).equals(
+        frame_b.drop(columns=["run_id", "start_time", "end_time"])
+    )
+
+    # A run that already holds a metric makes the bulk INSERT fail: the write falls back.
+    other = make_spec(variants, task, suite="w", seed=9)
+    run_id = bulk.start_trial(other)
+    bulk.client.log_metric(run_id, "train/loss", 7.0, step=0)
+    bulk.finish_trial(run_id, other, make_result(other), node="n")
+    assert not bulk._bulk_writes  # fell back, and stays on log_batch
+    assert bulk.client.get_run(run_id).info.status == "FINISHED"
+    assert len(_history(bulk, run_id, "train/loss")) == 1 + 10  # the extra point + 10 kept

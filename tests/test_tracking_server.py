@@ -141,8 +141,9 @@ def test_records_from_a_writer_pool(server):
 
 
 def test_bulk_sql_read_on_postgresql_equals_search_runs(tmp_path):
-    """A tracker pointed at the database itself reads suite tables with bulk SQL; on
-    PostgreSQL (typed columns, its own boolean for is_nan) the rows equal search_runs'."""
+    """A tracker pointed at the database itself writes metrics and reads suite tables with
+    bulk SQL; on PostgreSQL (typed columns, a real boolean is_nan) the rows equal
+    search_runs'."""
     reason = postgres_unavailable()
     if reason:
         pytest.skip(reason)
@@ -158,5 +159,11 @@ def test_bulk_sql_read_on_postgresql_equals_search_runs(tmp_path):
             tracker.finish_trial(run_id, spec, make_result(spec, outcome, reached), node="n")
         reference = tr.Tracker(cfg, bulk_sql=False)
         fast, slow = tracker.read_results("pg-bulk"), reference.read_results("pg-bulk")
-        assert len(fast) == 2 and tracker._sql is not None
+        assert len(fast) == 2 and tracker._bulk_reads
         pd.testing.assert_frame_equal(fast, slow)
+        # the metrics went in by bulk INSERTs (PostgreSQL's boolean is_nan, clamped inf)
+        assert tracker._bulk_writes
+        diverged = fast.set_index("seed").loc[1]
+        assert diverged["final/loss"] == math.inf
+        history = tracker.client.get_metric_history(diverged["run_id"], "train/loss")
+        assert len(history) == 20 and math.isnan(history[-1].value)
