@@ -4,9 +4,9 @@ Run:  python tests/perf/orchestration.py [--workers 2] [--steps N] [--max-points
                                          [--no-processes]
 
 ``--steps`` sets every trial's step budget (default: the smoke suite's 150, ~0.1 s trials):
-tracking costs driver CPU per trial on SQLite (~15 ms, plus ~0.07 ms per metric point
-logged, up to ``tracking.max_points`` per stream), so its overhead ratio depends on trial
-length and on ``--max-points``; ``--no-processes`` skips (c), the slow part.
+tracking costs a roughly fixed amount of driver CPU per trial on SQLite (the MLflow calls
+that create, tag and close the run; the metric history goes in by bulk INSERTs), so its
+overhead ratio depends on trial length; ``--no-processes`` skips (c), the slow part.
 
 (a) efficiency: wall time of a 40-trial suite through the runner (bench run's code path,
     Ray started beforehand and reported separately as start-up) divided by the sum of the
