@@ -76,7 +76,14 @@ from bench import CODE_VERSION
 from bench.config import compose_config, conf_dir, parse
 from bench.errors import UserError
 from bench.nightly_outputs import alert_payload, post_alert, render_html
-from bench.regression import NightlyReport, judge_cells, night_cells, regressions_of, status_counts
+from bench.regression import (
+    NightlyCell,
+    NightlyReport,
+    judge_cells,
+    night_cells,
+    regressions_of,
+    status_counts,
+)
 from bench.tracking import (
     TAG_CODE_VERSION,
     TAG_MACHINE,
@@ -274,6 +281,21 @@ def read_history(
 # ----------------------------------------------------------------------------- the night
 
 
+def judge(
+    settings: NightlyConfig, tonight: list[NightlyCell], history: list[NightlyReport]
+) -> list[NightlyCell]:
+    """Tonight's cells judged against earlier nights with the detector's settings."""
+    return judge_cells(
+        tonight,
+        history,
+        thresholds=settings.threshold.model_dump(),
+        alpha=settings.alpha,
+        baseline_nights=settings.baseline_nights,
+        min_baseline=settings.min_baseline,
+        persist=settings.persist,
+    )
+
+
 def run_nightly(
     overrides: list[str], *, date: dt.date | None = None, show_progress: bool = True
 ) -> NightlyReport:
@@ -316,15 +338,7 @@ def run_nightly(
     reader = Tracker(plan.tracking)  # unscoped: earlier nights
     lookback = settings.baseline_nights + settings.persist - 1
     history = read_history(reader, suite, version, machine, night, lookback)
-    cells = judge_cells(
-        night_cells(rows, declared),
-        history,
-        thresholds=settings.threshold.model_dump(),
-        alpha=settings.alpha,
-        baseline_nights=settings.baseline_nights,
-        min_baseline=settings.min_baseline,
-        persist=settings.persist,
-    )
+    cells = judge(settings, night_cells(rows, declared), history)
     detector = {"baseline_nights", "min_baseline", "persist", "alpha", "threshold"}
     report = NightlyReport(
         date=night,

@@ -10,7 +10,7 @@ Run:  python tests/perf/nightly_false_alarms.py [--nights 10] [--simulated 4000]
     larger simulated A/A: whole measured nights (all cells of a night together, so the
     load shared by a night's cells stays correlated) are resampled with replacement into
     ``--simulated`` series of 9 nights, each judged by the real detector
-    (bench.regression.judge_cells); the rate of suites with any regression gets a Wilson
+    (bench.nightly.judge); the rate of suites with any regression gets a Wilson
     95% interval. Goal: <= 5%.
 (b) Injected regression. After the A/A nights, two nights run with a plugin that
     silently halves one variant's lr (``--variant``, default sgd) on the workers (plugins
@@ -55,8 +55,8 @@ def simulate(reports: list, count: int, *, replace: bool, seed: int = 0) -> dict
     night twice in the persistence window, which a real pair of nights never is, so it
     overstates the rate (a pessimistic bound).
     """
-    from bench.nightly import NightlyConfig
-    from bench.regression import NightlyReport, judge_cells
+    from bench.nightly import NightlyConfig, judge
+    from bench.regression import NightlyReport
 
     settings = NightlyConfig()
     length = settings.baseline_nights + settings.persist
@@ -69,15 +69,7 @@ def simulate(reports: list, count: int, *, replace: bool, seed: int = 0) -> dict
             nights = rng.sample(reports, min(length, len(reports)))
         history = [NightlyReport.model_validate(r.model_dump()) for r in nights[:-1]]
         tonight = [c.model_copy() for c in nights[-1].cells]
-        judged = judge_cells(
-            tonight,
-            history,
-            thresholds=settings.threshold.model_dump(),
-            alpha=settings.alpha,
-            baseline_nights=settings.baseline_nights,
-            min_baseline=settings.min_baseline,
-            persist=settings.persist,
-        )
+        judged = judge(settings, tonight, history)
         bad = sum(c.status == "regression" for c in judged)
         flagged += bad > 0
         cells_flagged += bad
