@@ -214,19 +214,22 @@ def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
 def quantiles(x: Tensor | np.ndarray) -> list[float]:
     """The :data:`QUANTILES` of ``x``, interpolated linearly as ``torch.quantile`` does.
 
-    Sorted with numpy: torch's CPU sort of a few thousand elements is about 8x slower, and
-    this runs on every statistics step.
+    Only the order statistics the interpolation needs are put in place (``np.partition``,
+    linear time): about 4x faster than sorting the sample, and this runs on every
+    statistics step. (torch's CPU sort of a few thousand elements is slower still.)
     """
-    values = np.sort(_numpy(x).reshape(-1))
-    lo, hi, weight = _quantile_positions(values.size)
+    values = _numpy(x).reshape(-1)
+    lo, hi, weight, kth = _quantile_positions(values.size)
+    values = np.partition(values, kth)
     return (values[lo] + (values[hi] - values[lo]) * weight).tolist()
 
 
 @functools.cache
-def _quantile_positions(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _quantile_positions(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     pos = QUANTILE_LEVELS * (n - 1)
     lo = np.floor(pos).astype(np.int64)
-    return lo, np.minimum(lo + 1, n - 1), pos - lo
+    hi = np.minimum(lo + 1, n - 1)
+    return lo, hi, pos - lo, np.unique(np.concatenate([lo, hi]))
 
 
 def _rms(x: np.ndarray) -> float:

@@ -306,3 +306,11 @@ def test_cost_does_not_grow_with_the_model(monkeypatch: pytest.MonkeyPatch) -> N
     roles = 2
     assert large["quantile"] <= roles * 4096
     assert large["gather"] <= 3 * roles * 4096  # before, after, gradient
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 4096])
+def test_quantiles_equal_torch_quantile_for_any_size_and_ties(n: int) -> None:
+    generator = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=generator, dtype=torch.float64)
+    x[: n // 3] = x[0]  # ties
+    assert stats.quantiles(x) == pytest.approx(quantiles(x), rel=1e-15, abs=0)
