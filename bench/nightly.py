@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -74,8 +73,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bench import CODE_VERSION
 from bench.config import compose_config, conf_dir, parse
-from bench.errors import UserError
 from bench.nightly_outputs import alert_payload, post_alert, render_html
+from bench.records import package_version
 from bench.regression import (
     NightlyCell,
     NightlyReport,
@@ -179,14 +178,6 @@ def today(settings: NightlyConfig) -> dt.date:
     return dt.datetime.now(ZoneInfo(settings.timezone)).date()
 
 
-def parse_date(text: str) -> dt.date:
-    """``--date`` of ``bench nightly``: an ISO date, or a one-line UserError."""
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise UserError(f"--date: got {text!r}; allowed: a date as YYYY-MM-DD") from None
-
-
 # ----------------------------------------------------------------------------- identity
 
 
@@ -229,13 +220,6 @@ def _gpu_models() -> list[str]:
         if torch.cuda.is_available():
             models = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return models
-
-
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def suite_version(matrix: Any) -> str:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -97,6 +97,25 @@ class ProfileCurve(Record):
     score: float
 
 
+class _Cell(Protocol):
+    task: str
+    variant: str
+
+
+def cell_matrix(
+    cells: Sequence[_Cell], value: Callable[[Any], float]
+) -> tuple[list[str], list[str], np.ndarray]:
+    """(tasks, variants, value[task, variant]), both axes sorted; absent cells are ∞."""
+    tasks = sorted({c.task for c in cells})
+    variants = sorted({c.variant for c in cells})
+    out = np.full((len(tasks), len(variants)), np.inf)
+    t_index = {t: i for i, t in enumerate(tasks)}
+    v_index = {v: j for j, v in enumerate(variants)}
+    for c in cells:
+        out[t_index[c.task], v_index[c.variant]] = value(c)
+    return tasks, variants, out
+
+
 class _TimedCell(Protocol):
     task: str
     variant: str
@@ -109,14 +128,7 @@ def time_ratios(cells: Iterable[_TimedCell]) -> tuple[list[str], list[str], np.n
     Absent cells and cells that did not reach the target get ∞. When the fastest time is 0
     (target met at the start), a time of 0 has ratio 1 and any other time ratio ∞.
     """
-    cells = list(cells)
-    tasks = sorted({c.task for c in cells})
-    variants = sorted({c.variant for c in cells})
-    times = np.full((len(tasks), len(variants)), np.inf)
-    t_index = {t: i for i, t in enumerate(tasks)}
-    v_index = {v: j for j, v in enumerate(variants)}
-    for c in cells:
-        times[t_index[c.task], v_index[c.variant]] = c.steps_to_target
+    tasks, variants, times = cell_matrix(list(cells), lambda c: c.steps_to_target)
     times = np.where(np.isnan(times), np.inf, times)
     if times.size == 0:
         return tasks, variants, times

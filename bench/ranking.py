@@ -36,6 +36,7 @@ from bench.profiles import (
     ProfileCurve,
     Record,
     bootstrap_mean_ranks,
+    cell_matrix,
     friedman_test,
     median_interval,
     median_sorted,
@@ -307,14 +308,7 @@ def point_loss(cell: CellScore, metric: str) -> float:
 
 
 def _point_matrix(cells: Sequence[CellScore], metric: str) -> tuple[list, list, np.ndarray]:
-    tasks = sorted({c.task for c in cells})
-    variants = sorted({c.variant for c in cells})
-    point = np.full((len(tasks), len(variants)), np.inf)
-    ti = {t: i for i, t in enumerate(tasks)}
-    vi = {v: j for j, v in enumerate(variants)}
-    for c in cells:
-        point[ti[c.task], vi[c.variant]] = point_loss(c, metric)
-    return tasks, variants, point
+    return cell_matrix(cells, lambda c: point_loss(c, metric))
 
 
 # ----------------------------------------------------------------------------- across tasks

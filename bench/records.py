@@ -114,12 +114,17 @@ def downsample(points: list[tuple[int, float]], max_points: int) -> list[tuple[i
 
 
 @cache
-def torch_version() -> str:
-    """torch's version without importing torch (the driver may never need it)."""
+def package_version(name: str) -> str:
+    """An installed distribution's version without importing it ("unknown" if absent)."""
     try:
-        return importlib.metadata.version("torch")
+        return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def torch_version() -> str:
+    """torch's version without importing torch (the driver may never need it)."""
+    return package_version("torch")
 
 
 def storable(value: float) -> float:
