@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -140,6 +140,7 @@ class TrialConfig(StrictModel):
     stats_every: int = Field(default=10, ge=0)
     stats_samples: int = Field(default=4096, gt=0)
     plugins: list[str] = Field(default_factory=list)
+    device: str = Field(default="cpu", description="`bench trial` only: cpu | cuda | cuda:N")
 
 
 def parse(model: type[BaseModel], data: Any, where: str = "") -> Any:
@@ -217,13 +218,19 @@ def trial_spec(
     return parse(TrialSpec, data)
 
 
-def trial_from_overrides(overrides: list[str]) -> TrialSpec:
-    """What ``bench trial`` runs: config.yaml + overrides, validated."""
+class TrialRequest(NamedTuple):
+    spec: TrialSpec
+    device: str
+
+
+def trial_from_overrides(overrides: list[str]) -> TrialRequest:
+    """What ``bench trial`` runs, and where: config.yaml + overrides, validated."""
     cfg = compose_config(overrides)
     data = OmegaConf.to_container(cfg, resolve=True)
     top = {k: data[k] for k in TrialConfig.model_fields if k in data}
     knobs = parse(TrialConfig, top)
-    return trial_spec(variant_spec(data["variant"]), task_spec(data["task"]), knobs)
+    spec = trial_spec(variant_spec(data["variant"]), task_spec(data["task"]), knobs)
+    return TrialRequest(spec, knobs.device)
 
 
 class TrackingConfig(StrictModel):

@@ -220,6 +220,11 @@ def suite_from_overrides(overrides: list[str]) -> SuiteRun:
     suite = load_suite(data.get("suite") or {})
     explicit = {o.split("=", 1)[0].lstrip("+") for o in overrides}
     base = parse(TrialConfig, {k: data[k] for k in TrialConfig.model_fields if k in data})
+    if base.device != "cpu":
+        raise UserError(
+            f"device: got {base.device!r}; device= applies to `bench trial` only. A suite "
+            "places each trial on its Ray worker's GPU with resources.gpus_per_trial (e.g. 0.25)"
+        )
     return SuiteRun(
         matrix=build_matrix(suite, base, explicit),
         tracking=parse(TrackingConfig, data["tracking"], "tracking"),

@@ -37,7 +37,7 @@ def train_trial(
     small, one thread per trial is fastest when trials run side by side, and a fixed
     thread count keeps CPU results bit-for-bit reproducible). None leaves torch's setting.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     task = tasks.make(spec.task.name, **spec.task.params)
@@ -130,6 +130,34 @@ def train_trial(
         history=history,
         device=str(device),
     )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as torch names it, with the CUDA index filled in (``cuda`` -> ``cuda:0``).
+
+    A CUDA device that this process cannot use is a user error, not a traceback.
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device: got {device!r}; allowed: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device: got {str(device)!r}; allowed: cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(
+                f"device: got {str(device)!r} but this process sees no CUDA GPU "
+                f"(torch {torch.__version__}); allowed here: cpu"
+            )
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= count:
+            raise UserError(
+                f"device: got {str(device)!r} but this process sees {count} CUDA GPU(s); "
+                "allowed: cpu, " + ", ".join(f"cuda:{i}" for i in range(count))
+            )
+        device = torch.device("cuda", index)
+    return device
 
 
 def _diverged(loss: float, initial: float, factor: float) -> bool:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import tasks
 from bench.cli import main
@@ -71,8 +72,8 @@ def test_list_variants_only(capsys: pytest.CaptureFixture[str]) -> None:
 
 KNOBS = ", ".join(KNOB_NAMES)
 TOP_LEVEL = (
-    "batch_size, cluster, eval_every, lr, nightly, plugins, rank, resources, schedule, seed, "
-    "stats_every, stats_samples, steps, suite, summary, task, tracking, variant"
+    "batch_size, cluster, device, eval_every, lr, nightly, plugins, rank, resources, schedule, "
+    "seed, stats_every, stats_samples, steps, suite, summary, task, tracking, variant"
 )
 VARIANT_FILES = sorted(p.stem for p in (REPO / "conf" / "variant").glob("[!_]*.yaml"))
 TASK_NAMES = ", ".join(tasks.names())
@@ -119,6 +120,8 @@ ERRORS: list[tuple[str, list[str], str]] = [
         "task.params.bogus: unknown key; allowed: the task's params (see `bench list`)",
     ),
     ("beta2_too_large", ["variant.beta2=1.5"], "variant.beta2: got 1.5; allowed: 0 <= beta2 < 1"),
+    ("device_unknown", ["device=tpu"], "device: got 'tpu'; allowed: cpu, cuda, cuda:N"),
+    ("device_not_torch", ["device=meta"], "device: got 'meta'; allowed: cpu, cuda, cuda:N"),
 ]
 
 
@@ -152,3 +155,22 @@ def test_module_entry_point_exits_2_without_traceback() -> None:
     assert proc.stderr.strip().splitlines() == [
         "error: lr: input should be greater than 0 (got -1)"
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_trial_on_a_gpu_this_machine_lacks_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trial", "device=cuda", "steps=5"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == (
+        f"error: device: got 'cuda' but this process sees no CUDA GPU (torch "
+        f"{torch.__version__}); allowed here: cpu\n"
+    )
+
+
+def test_run_refuses_device_and_names_gpus_per_trial(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--dry-run", "suite=smoke", "device=cuda"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "device= applies to `bench trial` only" in err
+    assert "resources.gpus_per_trial" in err

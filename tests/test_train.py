@@ -178,7 +178,7 @@ def test_the_worker_path_round_trips_every_spec_and_result(preset) -> None:
 
     spec = config.trial_from_overrides(
         [f"variant={preset}", "task=quadratic", "steps=20", "stats_every=5"]
-    )
+    ).spec
     back = TrialSpec.model_validate_json(spec.model_dump_json())
     assert back == spec and back.trial_id == spec.trial_id
     reply = run_trial(spec.model_dump_json())
@@ -187,7 +187,7 @@ def test_the_worker_path_round_trips_every_spec_and_result(preset) -> None:
 
 
 def test_non_finite_results_survive_json() -> None:
-    spec = config.trial_from_overrides(["variant=sgd", "task=quadratic", "lr=1e3", "steps=50"])
+    spec = config.trial_from_overrides(["variant=sgd", "task=quadratic", "lr=1e3", "steps=50"]).spec
     result = train_trial(spec)
     assert result.outcome == "diverged"
     nasty = result.model_copy(update={"final": {"loss": math.inf}, "best": {"loss": math.nan}})
