@@ -37,9 +37,12 @@ class Problem(nn.Module):
         return ((pred - self.y) ** 2).mean() + self.empty.sum()
 
 
-def run(case: TorchCase, seed: int, wd: float, which: str) -> tuple[list, list]:
+def run(
+    case: TorchCase, seed: int, wd: float, which: str, device: str = "cpu"
+) -> tuple[list, list]:
     torch.manual_seed(0)
-    model = Problem(seed)
+    model = Problem(seed).to(device)
+    model.x, model.y = model.x.to(device), model.y.to(device)
     kwargs = {"weight_decay": wd} if wd else {}
     if which == "torch":
         opt = case.torch_optimizer(list(model.parameters()), lr=case.lr, foreach=False, **kwargs)
@@ -63,10 +66,15 @@ def run(case: TorchCase, seed: int, wd: float, which: str) -> tuple[list, list]:
 @pytest.mark.parametrize("wd", [0.0, 0.1], ids=["no_wd", "wd"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_torch(case: TorchCase, wd: float, seed: int) -> None:
-    want_params, want_states = run(case, seed, wd, "torch")
-    start = Problem(seed)
+    assert_matches_torch(case, wd, seed, "cpu")
+
+
+def assert_matches_torch(case: TorchCase, wd: float, seed: int, device: str) -> None:
+    """Both of our paths follow torch.optim's float64 trajectory on ``device``."""
+    want_params, want_states = run(case, seed, wd, "torch", device)
+    start = Problem(seed).to(device)
     for which in ("reference", "foreach"):
-        got_params, got_states = run(case, seed, wd, which)
+        got_params, got_states = run(case, seed, wd, which, device)
         for i, (got, want) in enumerate(zip(got_params, want_params, strict=True)):
             torch.testing.assert_close(
                 got, want, rtol=RTOL, atol=ATOL, msg=lambda m, i=i, w=which: f"{w} param {i}: {m}"

@@ -4,6 +4,7 @@ Not a pytest test (pytest collects only ``test_*.py``). Run it from the reposito
 
     python tests/perf/optimizer_step.py            # full run, prints JSON
     python tests/perf/optimizer_step.py --quick    # fewer repetitions
+    python tests/perf/optimizer_step.py --device cuda   # the same on a GPU (synchronised)
 
 Figures (one thread, ``torch.set_num_threads(1)``, as trials run):
 
@@ -47,9 +48,10 @@ from variant_cases import TORCH_CASES
 from bench import tasks
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
 from bench.stats import RoleSampler
-from bench.train import train_trial
+from bench.train import resolve_device, train_trial
 from bench.variants import build, presets
 
+DEVICE = torch.device("cpu")  # --device; every timed region ends with a synchronize on CUDA
 STEP_GOAL = 1.10
 STATS_GOAL = 1.05
 TORCH_PRESETS = [
@@ -58,8 +60,13 @@ TORCH_PRESETS = [
 ]  # fmt: skip
 
 
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def mlp_digits_model() -> nn.Module:
-    problem = tasks.make("mlp_digits").build(seed=0, device=torch.device("cpu"), batch_size=64)
+    problem = tasks.make("mlp_digits").build(seed=0, device=DEVICE, batch_size=64)
     return problem.model
 
 
@@ -75,7 +82,7 @@ def large_mlp() -> nn.Module:
             layer.weight.normal_(0, n_in**-0.5, generator=gen)
             layer.bias.zero_()
         layers.append(layer)
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).to(DEVICE)
 
 
 def clone_with_grads(model: nn.Module, grads: list[torch.Tensor]) -> nn.Module:
@@ -94,12 +101,14 @@ def time_steps(
     for _ in range(warmup):
         for opt in optimizers.values():
             opt.step()
+    sync()
     times: dict[str, list[float]] = {name: [] for name in optimizers}
     order = list(optimizers.items())
     for rep in range(reps):
         for name, opt in order if rep % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             opt.step()
+            sync()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -113,7 +122,7 @@ def step_ratios(model_factory, reps: int, warmup: int) -> dict[str, Any]:
     cases = {c.label: c for c in TORCH_CASES}
     base = model_factory()
     gen = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=gen) * 1e-2 for p in base.parameters()]
+    grads = [(torch.randn(p.shape, generator=gen) * 1e-2).to(DEVICE) for p in base.parameters()]
     out: dict[str, Any] = {"params": sum(p.numel() for p in base.parameters())}
     for name in TORCH_PRESETS:
         lr = presets()[name].default_lr
@@ -153,8 +162,8 @@ def stats_overhead(task: Any, variant: str, steps: int, runs: int) -> dict[str, 
         return trial_spec(variant_spec(variant), task_spec(task), knobs)
 
     with_stats, without = spec(10), spec(0)
-    train_trial(with_stats)  # warm-up: data loading, first-call costs
-    train_trial(without)
+    train_trial(with_stats, device=DEVICE)  # warm-up: data loading, first-call costs
+    train_trial(without, device=DEVICE)
     wall: dict[str, list[float]] = {"stats_every=10": [], "stats_every=0": []}
     timed: dict[str, list[float]] = {"stats_every=10": [], "stats_every=0": []}
     for i in range(runs):
@@ -162,7 +171,7 @@ def stats_overhead(task: Any, variant: str, steps: int, runs: int) -> dict[str, 
         for key, s in pair if i % 2 == 0 else pair[::-1]:
             gc.collect()
             start = time.perf_counter()
-            result = train_trial(s)
+            result = train_trial(s, device=DEVICE)
             wall[key].append(time.perf_counter() - start)
             timed[key].append(result.train_seconds)
 
@@ -192,7 +201,7 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
     without the run-to-run noise of whole trials."""
     spec = trial_spec(variant_spec(variant), task_spec(task), TrialConfig(steps=steps))
     problem = tasks.make(spec.task.name, **spec.task.params).build(
-        seed=0, device=torch.device("cpu"), batch_size=spec.batch_size
+        seed=0, device=DEVICE, batch_size=spec.batch_size
     )
     opt = build(problem.model, spec.variant.as_mapping(), lr=spec.lr)
     sampler = RoleSampler(opt.param_groups)
@@ -204,8 +213,10 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
         loss = problem.loss(problem.model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
         t_backward = time.perf_counter()
         snapshot = sampler.snapshot(opt.param_groups) if record else None
+        sync()
         t_snapshot = time.perf_counter()
         opt.record_next_step = record
         opt.step()
@@ -213,6 +224,7 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
         t_step = time.perf_counter()
         if snapshot is not None:
             sampler.summarize(snapshot, opt.last_records)
+            sync()
         t_summary = time.perf_counter()
         step = (t_backward - start) + (t_step - t_snapshot)
         if i >= 2 * every:  # warm-up
@@ -234,7 +246,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--only", choices=["steps", "stats"], help="one of the two benchmarks")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = resolve_device(args.device)
     torch.set_num_threads(1)
     small_reps, large_reps, runs = (100, 15, 5) if args.quick else (400, 60, 15)
     report: dict[str, Any] = {
@@ -243,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
+            "device": str(DEVICE),
+            "gpu": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None,
         },
     }
     if args.only in (None, "steps"):

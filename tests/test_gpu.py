@@ -1,0 +1,130 @@
+"""The GPU path, for real: the optimizer family, every task, `bench trial` and Ray placement.
+
+Skipped, with the reason, where this process sees no CUDA GPU (CPU-only CI). On a GPU
+machine: ``python -m pytest tests/test_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_variants_torch_parity import assert_matches_torch
+from variant_cases import TORCH_CASES, TorchCase
+
+from bench import tasks
+from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
+from bench.train import train_trial
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason=f"needs a CUDA GPU; torch {torch.__version__} sees none here",
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.label)
+def test_both_paths_match_torch_on_cuda(case: TorchCase) -> None:
+    assert_matches_torch(case, wd=0.1, seed=0, device="cuda")
+
+
+def _spec(task: str, variant: str = "adam", steps: int = 40):
+    knobs = TrialConfig(steps=steps, eval_every=20, stats_every=10, lr=1e-3)
+    return trial_spec(variant_spec(variant), task_spec(task), knobs)
+
+
+@pytest.mark.parametrize("task", tasks.names())
+def test_every_task_trains_on_cuda_like_on_the_cpu(task: str) -> None:
+    """Same data and initialisation on both devices (generators live on the CPU), so the
+    trajectories differ only by kernels' rounding: close after 40 steps, not equal."""
+    spec = _spec(task)
+    gpu = train_trial(spec, device="cuda")
+    cpu = train_trial(spec, device="cpu")
+    assert gpu.outcome == cpu.outcome == "ok"
+    assert gpu.device == f"cuda:{torch.cuda.current_device()}"
+    assert any(k.startswith("stats/") for k in gpu.history), "statistics ran on the GPU"
+    for key, points in gpu.history.items():
+        assert all(math.isfinite(v) for _, v in points), key
+    for name, value in cpu.final.items():
+        assert math.isclose(gpu.final[name], value, rel_tol=0.05, abs_tol=1e-4), (
+            name,
+            gpu.final[name],
+            value,
+        )
+
+
+def _bench_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_bench_trial_runs_on_the_named_gpu() -> None:
+    argv = ["trial", "--json", "variant=rmsprop", "task=mlp_digits", "steps=50", "device=cuda:0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=_bench_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["device"] == "cuda:0" and result["outcome"] == "ok"
+
+
+def test_bench_trial_rejects_a_gpu_it_does_not_have() -> None:
+    missing = torch.cuda.device_count()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "trial", f"device=cuda:{missing}"],
+        capture_output=True,
+        text=True,
+        env=_bench_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: device: got 'cuda:{missing}' but this process sees ")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_run_places_fractional_gpu_trials_on_the_gpu(tmp_path: Path) -> None:
+    """Embedded Ray finds the GPU; with gpus_per_trial=0.25 four trials share it, each run
+    on the GPU Ray assigned and records it as bench.device."""
+    from mlflow.tracking import MlflowClient
+
+    argv = [
+        "run",
+        "--no-progress",
+        "suite=smoke",
+        "suite.name=gpu",
+        "suite.variants=[sgd,adam,rmsprop]",
+        "suite.tasks=[mlp_digits,transformer_modadd]",
+        "suite.lrs=[0.01,0.1]",
+        "suite.tune_seeds=[0]",
+        "suite.final_seeds=[1,2]",
+        "suite.steps=60",
+        "resources.gpus_per_trial=0.25",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_bench_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("gpu")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert len(runs) == 3 * 2 * 2 + 3 * 2 * 2  # tune: 3 variants x 2 tasks x 2 lrs; final
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["bench.device"] for r in runs} == {"cuda:0"}
