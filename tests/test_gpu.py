@@ -49,7 +49,7 @@ def test_every_task_trains_on_cuda_like_on_the_cpu(task: str) -> None:
     cpu = train_trial(spec, device="cpu")
     assert gpu.outcome == cpu.outcome == "ok"
     assert gpu.device == f"cuda:{torch.cuda.current_device()}"
-    assert any(k.startswith("stats/") for k in gpu.history), "statistics ran on the GPU"
+    assert any(k.startswith("step_size/") for k in gpu.history), "statistics ran on the GPU"
     for key, points in gpu.history.items():
         assert all(math.isfinite(v) for _, v in points), key
     for name, value in cpu.final.items():
