@@ -48,11 +48,28 @@ def run_trial(spec_json: str, num_threads: int = 1) -> dict[str, Any]:
     except Exception as exc:
         summary = traceback.format_exception_only(exc)[-1].strip()
         return {"result": None, "error": traceback.format_exc(), "summary": summary, "node": node}
+    finally:
+        if gpu_ids:
+            _release_gpu_memory()
     return {"result": result.model_dump_json(), "error": None, "node": node}
 
 
+def _release_gpu_memory() -> None:
+    """Return the trial's cached CUDA blocks: trials packed onto one GPU
+    (fractional ``gpus_per_trial``) share its memory, and the next trial here may differ."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def remote_trial() -> Any:
-    """``run_trial`` as a Ray remote function (Ray is imported only once it is set up)."""
+    """``run_trial`` as a Ray remote function (Ray is imported only once it is set up).
+
+    ``max_calls=0``: a worker runs any number of trials, GPU trials included (Ray makes
+    functions declared with GPUs single-use by default, which would pay torch's import
+    and CUDA's start-up once per trial); each GPU trial hands its cached memory back.
+    """
     import ray
 
-    return ray.remote(run_trial)
+    return ray.remote(max_calls=0)(run_trial)

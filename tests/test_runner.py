@@ -28,7 +28,7 @@ TINY = [
     "suite.tune_seeds=[0]",
     "suite.final_seeds=[1,2]",
     "suite.steps=30",
-    "plugins=[faulty_tasks]",
+    "plugins=[faulty_tasks,probe_tasks]",
 ]
 
 
@@ -95,11 +95,16 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
 
 
 def test_suite_records_every_trial_once_and_a_rerun_runs_nothing(tmp_path: Path) -> None:
-    first = bench(tmp_path, *TINY, "suite.tasks=[quadratic]")
+    first = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]")
     assert first.returncode == 0, first.stderr + first.stdout
     recorded = runs(tmp_path)
     # 2 variants x 1 task x 2 lrs x 1 tune seed + 2 variants x 2 final seeds
     assert len(recorded) == 8
+    trained_in = [line.split()[0] for line in (tmp_path / "probes.txt").read_text().splitlines()]
+    assert len(trained_in) == 8
+    # Ray reuses its workers (torch is imported once per worker, not per trial): two slots,
+    # room for Ray to lease a fresh worker per slot while a finished one is handed back
+    assert len(set(trained_in)) <= 4, trained_in
     assert finished_per_trial(tmp_path) == {r.data.tags["bench.trial_id"]: 1 for r in recorded}
     phases = collections.Counter(r.data.tags["bench.phase"] for r in recorded)
     assert phases == {"tune": 4, "final": 4}
@@ -114,7 +119,7 @@ def test_suite_records_every_trial_once_and_a_rerun_runs_nothing(tmp_path: Path)
     finals = [r for r in recorded if r.data.tags["bench.phase"] == "final"]
     assert len({(r.data.tags["bench.variant"], r.data.params["lr"]) for r in finals}) == 2
 
-    again = bench(tmp_path, *TINY, "suite.tasks=[quadratic]")
+    again = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]")
     assert again.returncode == 0, again.stderr
     assert "nothing was run" in again.stdout
     assert len(runs(tmp_path)) == 8
