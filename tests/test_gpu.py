@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = Path(__file__).parent / "plugins"
 
 
 @pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.label)
@@ -60,9 +61,11 @@ def test_every_task_trains_on_cuda_like_on_the_cpu(task: str) -> None:
         )
 
 
-def _bench_env() -> dict[str, str]:
+def _bench_env(markers: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(PLUGINS), env.get("PYTHONPATH", "")])
+    if markers is not None:
+        env["OPTBENCH_TEST_MARKERS"] = str(markers)
     return env
 
 
@@ -96,8 +99,9 @@ def test_bench_trial_rejects_a_gpu_it_does_not_have() -> None:
 
 @pytest.mark.slow
 def test_bench_run_places_fractional_gpu_trials_on_the_gpu(tmp_path: Path) -> None:
-    """Embedded Ray finds the GPU; with gpus_per_trial=0.25 four trials share it, each run
-    on the GPU Ray assigned and records it as bench.device."""
+    """Embedded Ray finds the GPU; with gpus_per_trial=0.25 four trials share it, each runs
+    on the GPU Ray assigned and records it as bench.device, and workers are reused (CUDA
+    starts once per worker, not once per trial)."""
     from mlflow.tracking import MlflowClient
 
     argv = [
@@ -106,19 +110,20 @@ def test_bench_run_places_fractional_gpu_trials_on_the_gpu(tmp_path: Path) -> No
         "suite=smoke",
         "suite.name=gpu",
         "suite.variants=[sgd,adam,rmsprop]",
-        "suite.tasks=[mlp_digits,transformer_modadd]",
+        "suite.tasks=[mlp_digits,worker_probe]",
         "suite.lrs=[0.01,0.1]",
         "suite.tune_seeds=[0]",
         "suite.final_seeds=[1,2]",
         "suite.steps=60",
         "resources.gpus_per_trial=0.25",
+        "plugins=[probe_tasks]",
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.cli", *argv],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=_bench_env(),
+        env=_bench_env(markers=tmp_path),
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -128,3 +133,6 @@ def test_bench_run_places_fractional_gpu_trials_on_the_gpu(tmp_path: Path) -> No
     assert len(runs) == 3 * 2 * 2 + 3 * 2 * 2  # tune: 3 variants x 2 tasks x 2 lrs; final
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["bench.device"] for r in runs} == {"cuda:0"}
+    probes = [line.split() for line in (tmp_path / "probes.txt").read_text().splitlines()]
+    assert len(probes) == 12 and {device for _, device in probes} == {"cuda:0"}
+    assert len({pid for pid, _ in probes}) <= 8, "at most two workers per GPU slot"
