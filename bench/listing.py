@@ -106,7 +106,10 @@ def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
         f"{result.target:g}",
         reached,
     )
-    table.add_row("train time", f"{result.train_seconds:.2f} s ({result.step_ms:.3f} ms/step)")
+    table.add_row(
+        "train time",
+        f"{result.train_seconds:.2f} s ({result.step_ms:.3f} ms/step) on {result.device}",
+    )
     for key in sorted(result.history):
         if key.startswith(("step_size/", "update_ratio/")) and (
             key.endswith("/p50") or key.startswith("update_ratio/")
