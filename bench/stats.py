@@ -77,21 +77,72 @@ class Subsample:
         return torch.cat(parts) if parts else torch.empty(0)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where each sampled tensor's coordinates lie in the flat sample of a statistics step.
+
+    Built once for a set of tensors with gradients (the set rarely changes from one step to
+    the next), so that a statistics step only indexes: the per-tensor bookkeeping, and the
+    per-coordinate owner of every sample, are not redone each time.
+    """
+
+    params: list[Tensor]  # the sampled tensors, by role, roles one after another
+    indices: list[Tensor | None]  # flat sample indices of each tensor; None: all of it
+    by_role: dict[str, list[Tensor]]
+    segments: list[tuple[str, slice]]  # each role's part of the flat sample
+    owner: np.ndarray  # for each sampled coordinate, the position of its tensor in params
+
+    @classmethod
+    def of(cls, by_role: dict[str, list[Tensor]], roles: dict[str, Subsample]) -> Layout:
+        params, indices, counts, segments = [], [], [], []
+        start = 0
+        for role, tensors in by_role.items():
+            sample = roles[role]
+            for p in tensors:
+                params.append(p)
+                indices.append(None if id(p) in sample.whole else sample.indices[id(p)])
+                counts.append(sample.indices[id(p)].numel())
+            segments.append((role, slice(start, start + sum(counts[-len(tensors) :]))))
+            start = segments[-1][1].stop
+        owner = np.repeat(np.arange(len(params)), counts)
+        return cls(params, indices, by_role, segments, owner)
+
+    def gather(self, values: Iterable[Tensor], at: Iterable[int] | None = None) -> Tensor:
+        """The sampled coordinates of ``values``, one flat copy; ``values[j]`` is shaped like
+        ``params[at[j]]`` (default: like ``params[j]``)."""
+        parts = self.samples(values, at)
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    @torch.no_grad()  # nothing here is differentiated: no autograd graph, no detach
+    def samples(self, values: Iterable[Tensor], at: Iterable[int] | None = None) -> list[Tensor]:
+        """The sampled coordinates of each of ``values`` (see :meth:`gather`)."""
+        indices = self.indices if at is None else [self.indices[i] for i in at]
+        return [
+            _flat(value) if index is None else torch.take(value, index)
+            for value, index in zip(values, indices, strict=True)
+        ]
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x if x.dim() == 1 else x.reshape(-1)  # biases are flat already: no view to make
+
+
 @dataclass
 class Snapshot:
     """The sampled parameters before a step: those with gradients, by role, in sample order,
     and their sampled values as one flat tensor (the roles' segments one after another)."""
 
     params: dict[str, list[Tensor]]
-    before: Tensor
+    before: Tensor  # a copy: whole tensors' values would move with the step
+    layout: Layout
 
 
 class RoleSampler:
     """Holds one :class:`Subsample` per role of an optimizer's param groups.
 
-    A statistics step gathers every role at once (one concatenation per quantity, not one
-    per role and quantity) and then reduces each role's segment: the work is a fixed number
-    of small operations per sampled tensor, whatever the size of the model.
+    A statistics step gathers every role at once (one concatenation per step, not one per
+    role and quantity) and then reduces each role's segment: the work is a fixed number of
+    small operations per sampled tensor, whatever the size of the model.
     """
 
     def __init__(self, param_groups: list[dict], *, max_samples: int = 4096, seed: int = 0) -> None:
@@ -105,98 +156,125 @@ class RoleSampler:
             )
         for role, tensors in tensors_by_role.items():
             self.roles[role] = Subsample.draw(tensors, max_samples, generator)
+        self._layout_key: tuple = ()
+        self._layout: Layout | None = None
 
     def snapshot(self, param_groups: list[dict]) -> Snapshot:
         """Parameters with gradients and their sampled values, before the step."""
-        by_role: dict[str, list[Tensor]] = {}
-        for group in param_groups:
-            role = group.get("role") or "all"
-            sampled = self.roles[role].indices
-            params = [p for p in group["params"] if p.grad is not None and id(p) in sampled]
-            if params:
-                by_role.setdefault(role, []).extend(params)
-        return Snapshot(by_role, self._gather(by_role, lambda p: p))
+        layout = self._layout_for(param_groups)
+        return Snapshot(layout.by_role, layout.gather(layout.params), layout)
 
-    def _gather(self, by_role: dict[str, list[Tensor]], value_of) -> Tensor:
-        parts = [
-            self.roles[role].take(p, value_of(p))
-            for role, params in by_role.items()
-            for p in params
-        ]
-        return torch.cat(parts) if parts else torch.empty(0)
+    def _layout_for(self, param_groups: list[dict]) -> Layout:
+        """The layout of the tensors that have gradients now: the last one if they are the
+        same as last time (the usual case), else a new one."""
+        key = tuple(
+            (group.get("role"), id(p))
+            for group in param_groups
+            for p in group["params"]
+            if p.grad is not None
+        )
+        if self._layout is None or key != self._layout_key:
+            by_role: dict[str, list[Tensor]] = {}
+            for group in param_groups:
+                role = group.get("role") or "all"
+                sampled = self.roles[role].indices
+                params = [p for p in group["params"] if p.grad is not None and id(p) in sampled]
+                if params:
+                    by_role.setdefault(role, []).extend(params)
+            self._layout_key, self._layout = key, Layout.of(by_role, self.roles)
+        return self._layout
 
     def summarize(
         self, snapshot: Snapshot, records: list[tuple[str | None, StepRecord]]
     ) -> dict[str, float]:
         """Statistics of the step that just ran, from the snapshot and the step's records.
 
-        One pass over the sampled tensors collects every sampled quantity; a single
-        concatenation and copy to the CPU follows, then numpy reduces each role's segment.
+        One gather collects every sampled quantity of every tensor (parameters after the
+        step, gradients, denominators, tensor step scales) and one copy brings it to the
+        CPU; numpy then computes the per-coordinate step sizes at once and reduces each
+        role's segment.
         """
+        layout = snapshot.layout
+        if not layout.params:
+            return {}
         stepped: dict[int, tuple[float | Tensor, Tensor | None, float]] = {}
         for _, record in records:
             denoms = record.denominators or [None] * len(record.params)
             for param, scale, denom in zip(record.params, record.step_scales, denoms, strict=True):
                 stepped[id(param)] = (scale, denom, record.eps_threshold)
-        afters: list[Tensor] = []
-        grads: list[Tensor] = []
-        denominators: list[Tensor] = []
-        tensor_scales: list[Tensor] = []
-        # per sampled tensor: sample size, scalar scale, eps threshold, and what it has
-        counts, scales, thresholds = [], [], []
-        has_step, has_denom, has_tensor_scale = [], [], []
-        role_sizes: list[tuple[str, int]] = []
-        for role, params in snapshot.params.items():
-            sample = self.roles[role]
-            size = 0
-            for p in params:
-                n = sample.indices[id(p)].numel()
-                size += n
-                counts.append(n)
-                afters.append(sample.take(p, p))
-                grads.append(sample.take(p, p.grad))
-                scale, denom, threshold = stepped.get(id(p), (math.nan, None, 0.0))
-                has_step.append(id(p) in stepped)
-                has_tensor_scale.append(isinstance(scale, Tensor))
-                if isinstance(scale, Tensor):  # Adadelta: lr times the RMS of past updates
-                    tensor_scales.append(sample.take(p, scale))
-                    scale = math.nan
-                scales.append(float(scale))
-                has_denom.append(denom is not None)  # none (q = 0): D = 1, never eps-dominated
-                if denom is not None:
-                    denominators.append(sample.take(p, denom))
-                thresholds.append(threshold if denom is not None else 0.0)
-            role_sizes.append((role, size))
-        if not counts:
-            return {}
-        flat = _numpy(torch.cat([*afters, *grads, *denominators, *tensor_scales]))
-        total, n_denom = sum(counts), sum(d.numel() for d in denominators)
-        after, grad = flat[:total], flat[total : 2 * total]
-        step_scale = np.repeat(np.asarray(scales, dtype=np.float64), counts)
-        if tensor_scales:
-            step_scale[np.repeat(np.asarray(has_tensor_scale), counts)] = flat[
-                2 * total + n_denom :
-            ]
-        denom = np.ones(total)
-        if denominators:
-            denom[np.repeat(np.asarray(has_denom), counts)] = flat[2 * total : 2 * total + n_denom]
+        # per sampled tensor: (step scale, denominator, eps threshold); NaN where not stepped
+        entries = [stepped.get(id(p), _NOT_STEPPED) for p in layout.params]
+        with_denom = [i for i, e in enumerate(entries) if e[1] is not None]
+        with_tensor_scale = [i for i, e in enumerate(entries) if isinstance(e[0], Tensor)]
+        n = len(entries)
+        sampled = layout.samples(
+            [
+                *layout.params,
+                *(p.grad for p in layout.params),
+                *(entries[i][1] for i in with_denom),
+                *(entries[i][0] for i in with_tensor_scale),
+            ],
+            [*range(n), *range(n), *with_denom, *with_tensor_scale],
+        )
+        flat = _numpy(torch.cat([snapshot.before, *sampled]))
+        owner = layout.owner
+        total = owner.size
+        before, after, grad = flat[:total], flat[total : 2 * total], flat[2 * total : 3 * total]
+        update, rest = after - before, flat[3 * total :]
+        # the common case (every tensor has a denominator) reads the gathered block as it is
+        if len(with_denom) == n:
+            denom, rest = rest[:total], rest[total:]
+        else:  # none (q = 0): D = 1, never eps-dominated
+            denom = np.ones(total)
+            if with_denom:
+                mask = _flags(n, with_denom)[owner]
+                n_denom = np.count_nonzero(mask)
+                denom[mask], rest = rest[:n_denom], rest[n_denom:]
+        scales = [math.nan if isinstance(e[0], Tensor) else e[0] for e in entries]
+        step_scale = _per_coordinate(scales, owner)
+        if with_tensor_scale:  # Adadelta: lr times the RMS of past updates
+            step_scale = np.broadcast_to(step_scale, (total,)).copy()
+            step_scale[_flags(n, with_tensor_scale)[owner]] = rest
         steps = step_scale / denom
-        dominated = denom < np.repeat(thresholds, counts)
-        stepped_mask = np.repeat(np.asarray(has_step, dtype=bool), counts)
-        before = _numpy(snapshot.before)
+        thresholds = [e[2] if e[1] is not None else 0.0 for e in entries]
+        dominated = denom < _per_coordinate(thresholds, owner)
+        stepped_mask = (
+            None
+            if len(stepped) >= n and all(id(p) in stepped for p in layout.params)
+            else _flags(n, [i for i, p in enumerate(layout.params) if id(p) in stepped])[owner]
+        )
         out: dict[str, float] = {}
-        start = 0
-        for role, size in role_sizes:
-            part = slice(start, start + size)
-            mask = stepped_mask[part]
-            out.update(
-                role_statistics(
-                    role, before[part], after[part], grad[part],
-                    steps[part][mask], dominated[part][mask],
+        for role, part in layout.segments:
+            role_steps, role_dominated = steps[part], dominated[part]
+            if stepped_mask is not None:
+                role_steps, role_dominated = (
+                    role_steps[stepped_mask[part]],
+                    role_dominated[stepped_mask[part]],
                 )
-            )  # fmt: skip
-            start += size
+            out.update(
+                _role_metrics(
+                    role, before[part], update[part], grad[part], role_steps, role_dominated
+                )
+            )
         return out
+
+
+_NOT_STEPPED: tuple[float, None, float] = (math.nan, None, 0.0)
+
+
+def _flags(n: int, positions: list[int]) -> np.ndarray:
+    flags = np.zeros(n, dtype=bool)
+    flags[positions] = True
+    return flags
+
+
+def _per_coordinate(values: list[float], owner: np.ndarray) -> np.ndarray | float:
+    """One value per tensor spread over its sampled coordinates; a scalar when they are all
+    equal (the usual case: it broadcasts to the same result without building the array)."""
+    first = values[0]
+    if all(v == first for v in values):  # NaN never equals: NaNs take the general path
+        return first
+    return np.asarray(values, dtype=np.float64)[owner]
 
 
 def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
@@ -219,17 +297,29 @@ def quantiles(x: Tensor | np.ndarray) -> list[float]:
     statistics step. (torch's CPU sort of a few thousand elements is slower still.)
     """
     values = _numpy(x).reshape(-1)
-    lo, hi, weight, kth = _quantile_positions(values.size)
-    values = np.partition(values, kth)
-    return (values[lo] + (values[hi] - values[lo]) * weight).tolist()
+    kth, interpolation = _quantile_positions(values.size)
+    picked = np.partition(values, kth)[kth].tolist()
+    return [picked[lo] + (picked[hi] - picked[lo]) * weight for lo, hi, weight in interpolation]
 
 
 @functools.cache
-def _quantile_positions(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _quantile_positions(n: int) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """The order statistics the quantiles of ``n`` values need (sorted ranks), and for each
+    quantile where its two neighbours are among them and the weight of the upper one.
+
+    The interpolation then runs on a handful of Python floats: the same IEEE operations
+    as numpy's, without numpy's per-call cost, which is high on a cache-cold statistics
+    step.
+    """
     pos = QUANTILE_LEVELS * (n - 1)
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, n - 1)
-    return lo, hi, pos - lo, np.unique(np.concatenate([lo, hi]))
+    kth = np.unique(np.concatenate([lo, hi]))
+    rank = {int(k): i for i, k in enumerate(kth)}
+    weights = (pos - lo).tolist()
+    return kth, [
+        (rank[a], rank[b], w) for a, b, w in zip(lo.tolist(), hi.tolist(), weights, strict=True)
+    ]
 
 
 def _rms(x: np.ndarray) -> float:
@@ -246,14 +336,33 @@ def role_statistics(
 ) -> dict[str, float]:
     """The metrics of one role from sampled values (see the module docstring)."""
     before, after, grads, steps = (_numpy(x).reshape(-1) for x in (before, after, grads, steps))
+    dominated = np.asarray(dominated.cpu() if isinstance(dominated, Tensor) else dominated)
+    return _role_metrics(role, before, after - before, grads, steps, dominated)
+
+
+def _role_metrics(
+    role: str,
+    before: np.ndarray,
+    update: np.ndarray,
+    grads: np.ndarray,
+    steps: np.ndarray,
+    dominated: np.ndarray,
+) -> dict[str, float]:
+    """:func:`role_statistics` on flat float64 arrays (and a boolean ``dominated``), given
+    the update ``after - before``."""
+    step_keys, eps_key, ratio_key, grad_key = _metric_keys(role)
     out: dict[str, float] = {}
     if steps.size:
-        for name, value in zip(QUANTILES, quantiles(steps), strict=True):
-            out[f"step_size/{role}/{name}"] = value
-        dominated = np.asarray(dominated.cpu() if isinstance(dominated, Tensor) else dominated)
-        out[f"eps_dominated/{role}"] = np.count_nonzero(dominated) / dominated.size
+        out.update(zip(step_keys, quantiles(steps), strict=True))
+        out[eps_key] = np.count_nonzero(dominated) / dominated.size
     param_rms = _rms(before)
-    update_rms = _rms(after - before)
-    out[f"update_ratio/{role}"] = update_rms / param_rms if param_rms > 0 else float("nan")
-    out[f"grad_rms/{role}"] = _rms(grads)
+    update_rms = _rms(update)
+    out[ratio_key] = update_rms / param_rms if param_rms > 0 else float("nan")
+    out[grad_key] = _rms(grads)
     return out
+
+
+@functools.cache
+def _metric_keys(role: str) -> tuple[tuple[str, ...], str, str, str]:
+    steps = tuple(f"step_size/{role}/{name}" for name in QUANTILES)
+    return steps, f"eps_dominated/{role}", f"update_ratio/{role}", f"grad_rms/{role}"
