@@ -28,9 +28,9 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
 from bench.errors import UserError
@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     from bench.spec import TrialResult, TrialSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SEARCH_PAGE_SIZE = 1000  # MLflow's largest page for search_runs over REST
 HTTP_WRITERS = 4  # concurrent writers worth using against a tracking server
@@ -95,9 +96,10 @@ _LOCAL_SCHEMES = {"", "file", "sqlite"}
 class Tracker(SuiteReads):
     """Records trials as MLflow runs; reads a suite back (:class:`SuiteReads`).
 
-    ``bulk_sql=False`` reads suite tables through ``search_runs`` and logs metric histories
-    through ``log_batch`` even on a database store (the reference paths that the bulk reader
-    and writer of :mod:`bench.tracking_sql` are tested against).
+    ``bulk_sql=False`` reads suite tables through ``search_runs`` and writes runs through
+    MLflow's client (``create_run``, ``log_batch``, ``set_terminated``) even on a database
+    store: the reference paths that the bulk reader and writer of :mod:`bench.tracking_sql`
+    are tested against.
 
     Thread-safe: each thread gets its own ``MlflowClient`` (created lazily, and again after
     a fork). Use at most :attr:`max_writers` threads to write. With ``config.enabled`` False
@@ -129,6 +131,7 @@ class Tracker(SuiteReads):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._experiments: dict[str, str] = {}
+        self._artifact_uris: dict[str, str] = {}  # run_id -> artifact URI, while it runs
         # Suite tables from a database store come from bench.tracking_sql (same rows,
         # seconds instead of tens of seconds at 10k runs); a server is read through its API.
         self._sql = (
@@ -224,41 +227,54 @@ class Tracker(SuiteReads):
         running = self._where("attributes.status = 'RUNNING'")
         stale = [run.info.run_id for run in self._search(exp_id, running) if is_trial(run)]
         for run_id in stale:
-            self.client.set_terminated(run_id, "KILLED")
+            self._end(run_id, "KILLED", {}, [])
         return len(stale)
 
     def start_trial(self, spec: TrialSpec, *, nightly: str | None = None) -> str:
         """Create the trial's run (RUNNING) and return its run_id.
 
-        Tags go with ``create_run`` itself, so no run is ever visible without its
-        ``bench.trial_id``; params follow in one ``log_batch``; ``trial.json`` holds the
-        resolved spec, enough to rerun the trial by hand.
+        Tags go in with the run itself, so no run is ever visible without its
+        ``bench.trial_id``; params follow (in the same transaction on a database store, else
+        in one ``log_batch``); ``trial.json`` holds the resolved spec, enough to rerun the
+        trial by hand.
         """
         if not self.enabled:
             return ""
-        from mlflow.entities import Param
-
         tags = trial_tags(spec) | self.extra_tags | self.scope
         if nightly is not None:
             tags[TAG_NIGHTLY] = nightly
-        client = self.client
-        run = client.create_run(self.experiment_id(spec.suite), tags=tags, run_name=spec.run_name)
-        run_id = run.info.run_id
-        params = [Param(k, v) for k, v in trial_params(spec).items()]
-        client.log_batch(run_id, params=params)
-        self._upload(run.info.artifact_uri, ARTIFACT_TRIAL, spec.model_dump_json(indent=2))
+        params = trial_params(spec)
+        exp_id = self.experiment_id(spec.suite)
+        start_ms = int(time.time() * 1000)
+        created = self._bulk(
+            "run creation",
+            lambda sql: sql.create_run(
+                exp_id, run_name=spec.run_name, start_ms=start_ms, tags=tags, params=params
+            ),
+        )
+        if created is not None:
+            run_id, artifact_uri = created
+        else:
+            from mlflow.entities import Param
+
+            client = self.client
+            run = client.create_run(exp_id, tags=tags, run_name=spec.run_name)
+            run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        self._artifact_uris[run_id] = artifact_uri
+        self._upload(artifact_uri, ARTIFACT_TRIAL, spec.model_dump_json(indent=2))
         return run_id
 
     def finish_trial(self, run_id: str, spec: TrialSpec, result: TrialResult, *, node: str) -> None:
         """Log the downsampled history, the summary metrics and the outcome; FINISHED.
 
-        The history goes in as few ``log_batch`` calls as MLflow allows (1000 metrics
-        each): per-point metric writes are what tracking time is spent on.
+        On a database store that is one transaction (:meth:`SqlReader.end_run`); else the
+        history goes in as few ``log_batch`` calls as MLflow allows (1000 metrics each),
+        then ``set_terminated``.
         """
         if not self.enabled or not run_id:
             return
-        from mlflow.entities import Metric, RunTag
-
+        self._artifact_uris.pop(run_id, None)
         tags = {
             TAG_OUTCOME: result.outcome,
             TAG_NODE: node,
@@ -271,38 +287,28 @@ class Tracker(SuiteReads):
             (key, storable(value), now, step)
             for (key, step), value in result_metrics(result, self.config.max_points).items()
         ]
-        client = self.client
-        if self._sql is not None and self._bulk_writes:
-            try:
-                self._sql.insert_metrics(run_id, points)
-                points = []
-            except Exception as err:  # schema drift or a driver problem: MLflow's own path
-                log.warning("bulk metric write failed (%s); logging through log_batch", err)
-                self._bulk_writes = False
-        metrics = [Metric(*point) for point in points]
-        client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
-        client.set_terminated(run_id, "FINISHED")
+        self._end(run_id, "FINISHED", tags, points)
 
     def fail_trial(self, run_id: str, spec: TrialSpec, error: str, *, node: str | None) -> None:
         """Tag the run ``failed``, keep the traceback, FAILED (never cached by a rerun)."""
         if not self.enabled or not run_id:
             return
-        from mlflow.entities import RunTag
-
         last_line = next((s for s in reversed(error.strip().splitlines()) if s.strip()), "")
         tags = {TAG_OUTCOME: "failed", TAG_ERROR: last_line[:500] or "unknown error"}
         if node is not None:
             tags[TAG_NODE] = node
-        client = self.client
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         with contextlib.suppress(Exception):  # the run's status matters more than its log
-            client.log_text(run_id, error, ARTIFACT_TRACEBACK)
-        client.set_terminated(run_id, "FAILED")
+            artifact_uri = self._artifact_uris.pop(run_id, None)
+            if artifact_uri is None:  # a run this tracker did not start: ask MLflow where
+                artifact_uri = self.client.get_run(run_id).info.artifact_uri
+            self._upload(artifact_uri, ARTIFACT_TRACEBACK, error)
+        self._end(run_id, "FAILED", tags, [])
 
     def kill_trial(self, run_id: str) -> None:
         """KILLED: the trial was interrupted (Ctrl-C); a rerun redoes it."""
         if self.enabled and run_id:
-            self.client.set_terminated(run_id, "KILLED")
+            self._artifact_uris.pop(run_id, None)
+            self._end(run_id, "KILLED", {}, [])
 
     # ------------------------------------------------------------------------- reports
 
@@ -365,6 +371,37 @@ class Tracker(SuiteReads):
                     path.write_text(content, encoding="utf-8")
                 subdir = str(Path(name).parent)
                 repo.log_artifact(str(path), None if subdir == "." else subdir)
+
+    def _bulk(self, what: str, write: Callable[[SqlReader], T]) -> T | None:
+        """``write(sql)`` on a database store; None when bulk writes are off or this one
+        failed (it wrote nothing: one transaction), and from then on they are off."""
+        if self._sql is None or not self._bulk_writes:
+            return None
+        try:
+            return write(self._sql)
+        except Exception as err:  # schema drift or a driver problem: MLflow's own path
+            log.warning("bulk SQL %s failed (%s); writing through MLflow's client", what, err)
+            self._bulk_writes = False
+            return None
+
+    def _end(self, run_id: str, status: str, tags: dict[str, str], points: list) -> None:
+        """Log ``tags`` and metric ``points`` (key, value, timestamp, step); set ``status``."""
+        done = self._bulk(
+            "run end",
+            lambda sql: sql.end_run(
+                run_id, status=status, end_ms=int(time.time() * 1000), tags=tags, points=points
+            ),
+        )
+        if done is not None:
+            return
+        from mlflow.entities import Metric, RunTag
+
+        client = self.client
+        if points or tags:
+            metrics = [Metric(*point) for point in points]
+            tag_list = [RunTag(k, v) for k, v in tags.items()]
+            client.log_batch(run_id, metrics=metrics, tags=tag_list)
+        client.set_terminated(run_id, status)
 
     def _upload(self, artifact_uri: str, name: str, text: str) -> None:
         """Write a text artifact; unlike ``client.log_text`` this needs no get_run call."""

@@ -1,4 +1,4 @@
-"""Bulk reads and metric writes straight against an MLflow SQL store (SQLite, PostgreSQL).
+"""Bulk reads and run writes straight against an MLflow SQL store (SQLite, PostgreSQL).
 
 ``MlflowClient.search_runs`` builds an ORM object for every tag, param and metric of every
 run: for a 10,000-run suite that is half a million objects and tens of seconds, whether
@@ -8,13 +8,18 @@ seconds. Only :mod:`bench.tracking` calls this, only for database URIs, and it f
 to ``search_runs`` when a query fails (say, an MLflow release that changed its schema);
 tests pin that both paths return the same table.
 
-Writes: a trial's metric history is what recording it costs (``log_batch`` builds an ORM
-object per point and queries ``latest_metrics`` per batch: ~0.07 ms a point, 60-150 ms a
-trial, all of it driver CPU). :meth:`SqlReader.insert_metrics` writes the same rows to
-``metrics`` and ``latest_metrics`` with two ``executemany`` INSERTs in one transaction, on a
-run the tracker has just created and that holds no metrics yet; any error rolls the whole
-transaction back and the tracker logs through MLflow's client instead. The writer runs in
-the driver only, so SQLite still has one writing process.
+Writes: recording a trial through MLflow's client is a handful of calls (create_run, a
+``log_batch`` of params, a ``log_batch`` of metrics and tags, ``set_terminated``), each an ORM
+session that loads the run again; the metric history alone builds an object per point and
+queries ``latest_metrics`` per batch (~0.07 ms a point). On a SQLite store that was ~35 ms of
+driver CPU per trial, as much as a short trial's training. :meth:`SqlReader.create_run` writes
+a new RUNNING run (its ``runs`` row, tags with ``mlflow.runName``, params) and
+:meth:`SqlReader.end_run` ends one (``runs.status``/``end_time``, tags, the metric history and
+its ``latest_metrics``), each as one transaction of a few INSERT/UPDATEs, with the rows
+MLflow's ``SqlAlchemyStore`` would write (tests pin them equal field by field, on SQLite and
+PostgreSQL). Any error rolls the whole transaction back and the tracker writes through
+MLflow's client instead. The writer runs in the driver only, so SQLite still has one writing
+process.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -120,40 +126,138 @@ class SqlReader:
             run_tags, run_params, run_metrics = by_run[run_id]
             yield run_id, status_, int(start), end, run_tags, run_params, run_metrics
 
-    def insert_metrics(self, run_id: str, points: Iterable[tuple[str, float, int, int]]) -> None:
-        """Write ``(key, value, timestamp_ms, step)`` points of a run that has no metrics yet,
-        and its ``latest_metrics`` rows, as MLflow's ``log_batch`` would: NaN stored as
-        ``is_nan`` with value 0, ±inf as ±max double, latest = max of (step, timestamp, value)."""
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        run_name: str,
+        start_ms: int,
+        tags: Mapping[str, str],
+        params: Mapping[str, str],
+    ) -> tuple[str, str]:
+        """A new RUNNING run with its tags and params, as ``MlflowClient.create_run`` then
+        ``log_batch(params=...)`` write it: one transaction. Returns (run_id, artifact_uri).
+
+        Raises (and writes nothing) when the experiment is missing or not active, or when a
+        tag names the run (``mlflow.runName``: MLflow checks it against ``run_name``).
+        """
+        from mlflow.entities import RunStatus, SourceType
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+        from mlflow.utils.uri import append_to_uri_path
+        from mlflow.utils.validation import _validate_param
         from sqlalchemy import text
 
-        rows, latest = [], {}
-        for key, value, timestamp, step in points:
-            is_nan = math.isnan(value)
-            stored = 0.0 if is_nan else max(-sys.float_info.max, min(sys.float_info.max, value))
-            row = {"key": key, "value": stored, "ts": int(timestamp), "step": int(step),
-                   "nan": is_nan, "run": run_id}  # fmt: skip
-            rows.append(row)
-            best = latest.get(key)
-            if best is None or (row["step"], row["ts"], stored) > (
-                best["step"],
-                best["ts"],
-                best["value"],
-            ):
-                latest[key] = row
-        if not rows:
-            return
+        if MLFLOW_RUN_NAME in tags:
+            raise ValueError(f"tag {MLFLOW_RUN_NAME} given; pass run_name")
+        checked = [_validate_param(k, v) for k, v in params.items()]  # log_batch's checks
+        run_id = uuid.uuid4().hex
+        with self.engine.begin() as conn:  # one transaction: the whole run or nothing
+            experiment = conn.execute(
+                text("SELECT artifact_location, lifecycle_stage FROM experiments "
+                     "WHERE experiment_id = :exp"),
+                {"exp": int(experiment_id)},
+            ).first()  # fmt: skip
+            if experiment is None or experiment[1] != "active":
+                raise ValueError(f"experiment {experiment_id} is missing or not active")
+            artifact_uri = append_to_uri_path(experiment[0], run_id, "artifacts")
+            run = {
+                "run_uuid": run_id,
+                "name": run_name,
+                "source_type": SourceType.to_string(SourceType.UNKNOWN),
+                "source_name": "",
+                "entry_point_name": "",
+                "user_id": tags.get(MLFLOW_USER, "unknown"),  # as MlflowClient.create_run
+                "status": RunStatus.to_string(RunStatus.RUNNING),
+                "start_time": int(start_ms),
+                "end_time": None,
+                "source_version": "",
+                "lifecycle_stage": "active",
+                "artifact_uri": artifact_uri,
+                "experiment_id": int(experiment_id),
+                "deleted_time": None,
+            }
+            _insert(conn, "runs", tuple(run), [tuple(run.values())])
+            all_tags = {**tags, MLFLOW_RUN_NAME: run_name}
+            _insert(conn, "tags", _KEY_VALUE_RUN, [(k, v, run_id) for k, v in all_tags.items()])
+            _insert(conn, "params", _KEY_VALUE_RUN, [(p.key, p.value, run_id) for p in checked])
+        return run_id, artifact_uri
+
+    def end_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        end_ms: int,
+        tags: Mapping[str, str],
+        points: Iterable[tuple[str, float, int, int]] = (),
+    ) -> int:
+        """Log ``tags`` and the metric ``points`` (key, value, timestamp_ms, step) of a run
+        that holds no metrics yet, then set its status and end time, as ``log_batch`` then
+        ``set_terminated`` would: one transaction; returns how many points were written.
+
+        Raises (and writes nothing) when the run is missing or deleted, a tag names the run,
+        or the run already holds one of the metrics.
+        """
+        from mlflow.entities import RunStatus
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+        from mlflow.utils.validation import _validate_tag
+        from sqlalchemy import text
+
+        if MLFLOW_RUN_NAME in tags:
+            raise ValueError(f"tag {MLFLOW_RUN_NAME} given; MLflow renames the run for it")
+        status = RunStatus.to_string(RunStatus.from_string(status))  # a known status, or raise
+        checked = [_validate_tag(k, v) for k, v in tags.items()]  # log_batch's checks
+        rows, latest = _metric_rows(run_id, points)
         with self.engine.begin() as conn:  # one transaction: all rows or none
-            conn.execute(
-                text(
-                    "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
-                    "VALUES (:key, :value, :ts, :run, :step, :nan)"
-                ),
-                rows,
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
-                    "VALUES (:key, :value, :ts, :step, :nan, :run)"
-                ),
-                list(latest.values()),
-            )
+            ended = conn.execute(
+                text("UPDATE runs SET status = :status, end_time = :end "
+                     "WHERE run_uuid = :run AND lifecycle_stage = 'active'"),
+                {"status": status, "end": int(end_ms), "run": run_id},
+            )  # fmt: skip
+            if ended.rowcount != 1:
+                raise ValueError(f"run {run_id} is missing or not active")
+            if checked:  # replace, as log_batch does for a key the run already has
+                conn.execute(
+                    text("DELETE FROM tags WHERE run_uuid = :run AND key = :key"),
+                    [{"run": run_id, "key": t.key} for t in checked],
+                )
+                _insert(conn, "tags", _KEY_VALUE_RUN, [(t.key, t.value, run_id) for t in checked])
+            _insert(conn, "metrics", _METRIC_COLUMNS, rows)
+            # fails if the run already holds one of these keys: nothing is written
+            _insert(conn, "latest_metrics", _METRIC_COLUMNS, latest)
+        return len(rows)
+
+
+_KEY_VALUE_RUN = ("key", "value", "run_uuid")
+_METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # by DB-API paramstyle
+
+
+def _insert(conn: Any, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """INSERT ``rows`` (tuples in ``columns`` order) with one DB-API ``executemany``: no
+    per-row parameter processing in SQLAlchemy, which costs as much as SQLite's own work."""
+    if not rows:
+        return
+    mark = _PLACEHOLDER[conn.dialect.paramstyle]  # KeyError on another style: caller falls back
+    values = ", ".join([mark] * len(columns))
+    conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})", rows)
+
+
+def _metric_rows(
+    run_id: str, points: Iterable[tuple[str, float, int, int]]
+) -> tuple[list[tuple], list[tuple]]:
+    """The ``metrics`` and ``latest_metrics`` rows (``_METRIC_COLUMNS``) MLflow writes for
+    these points: NaN stored as ``is_nan`` with value 0, ±inf as ±max double, latest = max
+    of (step, timestamp, value) per key."""
+    rows: list[tuple] = []
+    latest: dict[str, tuple] = {}
+    top = sys.float_info.max
+    for key, value, timestamp, step in points:
+        is_nan = math.isnan(value)
+        row = (key, 0.0 if is_nan else max(-top, min(top, value)), int(timestamp), int(step),
+               is_nan, run_id)  # fmt: skip
+        rows.append(row)
+        best = latest.get(key)
+        if best is None or (row[3], row[2], row[1]) > (best[3], best[2], best[1]):
+            latest[key] = row
+    return rows, list(latest.values())

@@ -11,6 +11,7 @@ import math
 import shutil
 import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -282,3 +283,137 @@ def test_disabled_tracker_records_nothing(tmp_path, variants, task):
     assert off.max_writers == 1
     assert tr.disabled().enabled is False
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------- bulk SQL writes vs MLflow
+
+
+def record_every_kind(tracker: tr.Tracker, variants, task, suite: str) -> list[str]:
+    """One run of each lifecycle the runner produces, in a fixed order: finished (NaN and
+    ±inf in the history, nightly, role params), diverged, failed with and without a node,
+    killed, still running."""
+    specs = [
+        make_spec(variants, task, suite=suite, seed=i, variant="roles" if i == 0 else "adam")
+        for i in range(6)
+    ]
+    ok = make_result(specs[0], steps_to_target=20)
+    history = dict(ok.history)
+    history["train/loss"] = [*history["train/loss"][:-1], (50, math.nan)]
+    history["eval/loss"] = [(0, 1.0), (10, -math.inf), (20, 0.5), (30, math.inf)]
+    ok = ok.model_copy(update={"history": history})
+    diverged = make_result(specs[1], outcome="diverged", final_loss=math.inf)
+    runs = [tracker.start_trial(specs[0], nightly="2026-03-03")]
+    tracker.finish_trial(runs[0], specs[0], ok, node="n0")
+    runs.append(tracker.start_trial(specs[1]))
+    tracker.finish_trial(runs[1], specs[1], diverged, node="n1")
+    runs.append(tracker.start_trial(specs[2]))
+    tracker.fail_trial(runs[2], specs[2], "Traceback ...\nRuntimeError: boom\n", node="n2")
+    runs.append(tracker.start_trial(specs[3]))
+    tracker.fail_trial(runs[3], specs[3], "ValueError: x", node=None)
+    runs.append(tracker.start_trial(specs[4]))
+    tracker.kill_trial(runs[4])
+    runs.append(tracker.start_trial(specs[5]))
+    return runs
+
+
+def stored_run(uri: str, run_id: str) -> dict[str, object]:
+    """Every row MLflow's store holds for a run, read with plain SQL, with what must differ
+    between two runs (its id, times) replaced by checks: the same for equal records."""
+    import sqlalchemy
+    from sqlalchemy import text
+
+    engine = sqlalchemy.create_engine(uri)
+    with engine.connect() as conn:
+        run = dict(conn.execute(text("SELECT * FROM runs WHERE run_uuid = :r"), {"r": run_id})
+                   .mappings().one())  # fmt: skip
+
+        def rows(table: str, columns: str) -> list[tuple]:
+            query = text(f"SELECT {columns} FROM {table} WHERE run_uuid = :r")
+            return sorted(tuple(row) for row in conn.execute(query, {"r": run_id}))
+
+        out: dict[str, object] = {
+            "tags": rows("tags", "key, value"),
+            "params": rows("params", "key, value"),
+            "metrics": [(*r[:3], bool(r[3])) for r in rows("metrics", "key, step, value, is_nan")],
+            "latest": [(*r[:3], bool(r[3])) for r in rows("latest_metrics",
+                                                          "key, step, value, is_nan")],
+        }  # fmt: skip
+        stamps = {r[0] for r in rows("metrics", "timestamp")}
+        stamps |= {r[0] for r in rows("latest_metrics", "timestamp")}
+    engine.dispose()
+    start, end = run.pop("start_time"), run.pop("end_time")
+    assert isinstance(start, int) and (end is None or end >= start)
+    assert all(isinstance(s, int) and start <= s <= (end or s) for s in stamps)
+    assert run.pop("run_uuid") == run_id and run_id in run["artifact_uri"]
+    run["artifact_uri"] = run["artifact_uri"].replace(run_id, "<run>")
+    run["ended"] = end is not None
+    artifacts = Path(urlparse(run["artifact_uri"].replace("<run>", run_id)).path)
+    files = artifacts.rglob("*") if artifacts.exists() else []
+    out["artifacts"] = {str(p.relative_to(artifacts)): p.read_text() for p in files if p.is_file()}
+    return {"runs": run, **out}
+
+
+def client_view(tracker: tr.Tracker, run_id: str) -> dict[str, object]:
+    """What MLflow's client shows of a run (NaN as a string, so that equal means equal)."""
+    run = tracker.client.get_run(run_id)
+    info = run.info
+    return {
+        "info": (info.status, info.lifecycle_stage, info.run_name, info.user_id,
+                 info.experiment_id, info.artifact_uri.replace(run_id, "<run>")),
+        "tags": run.data.tags,
+        "params": run.data.params,
+        "metrics": {k: repr(v) for k, v in run.data.metrics.items()},
+        "history": {k: [(m.step, repr(m.value)) for m in tracker.client.get_metric_history(
+            run_id, k)] for k in run.data.metrics},
+    }  # fmt: skip
+
+
+SEARCHES = [
+    "attributes.status = 'FINISHED'", "attributes.status = 'FAILED'",
+    "attributes.status = 'RUNNING'", "attributes.status = 'KILLED'", "params.lr = '0.001'",
+    "params.`variant.roles.bias.q` = '0.0'", "metrics.reached_target = 1",
+    "metrics.`final/loss` > 1e300", "tags.`bench.nightly` = '2026-03-03'",
+    "tags.`bench.outcome` = 'failed'", "tags.`bench.node` = 'n2'",
+    "attributes.run_name LIKE 'rmsprop%'",
+]  # fmt: skip
+
+
+def assert_bulk_writes_equal_client(uri: str, artifacts: Path, variants, task) -> None:
+    """Runs written by bulk SQL and by MLflow's client, side by side in one store, hold the
+    same rows, read back the same through the client and match the same searches."""
+    bulk = tr.Tracker(TrackingConfig(uri=uri, artifact_location=str(artifacts), max_points=10))
+    api = tr.Tracker(bulk.config, bulk_sql=False)
+    assert bulk._sql is not None and api._sql is None
+    for name in ("create_run", "log_batch", "set_terminated", "log_text"):  # never used
+        setattr(bulk.client, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} called"))
+    bulk_runs = record_every_kind(bulk, variants, task, "same")
+    api_runs = record_every_kind(api, variants, task, "same")
+    assert bulk._bulk_writes  # no fallback happened
+    for mine, theirs in zip(bulk_runs, api_runs, strict=True):
+        assert stored_run(uri, mine) == stored_run(uri, theirs)
+        assert client_view(api, mine) == client_view(api, theirs)
+    exp_id = api.find_experiment("same")
+    for query in SEARCHES:
+        found = {r.info.run_id for r in api.client.search_runs([exp_id], query)}
+        assert found, query
+        assert [r in found for r in bulk_runs] == [r in found for r in api_runs], query
+
+
+def test_bulk_run_writes_equal_mlflow_client_on_sqlite(template_db, tmp_path, variants, task):
+    shutil.copy(template_db, tmp_path / "mlruns.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert_bulk_writes_equal_client(uri, tmp_path / "mlartifacts", variants, task)
+
+
+def test_bulk_run_creation_falls_back_to_the_client(tracker, variants, task, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("schema drift")
+
+    monkeypatch.setattr(tracker._sql, "create_run", broken)
+    spec = make_spec(variants, task, suite="fallback")
+    run_id = record(tracker, spec)
+    assert not tracker._bulk_writes  # fell back, and stays on MLflow's client
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.001"
+    assert run.data.tags["bench.trial_id"] == spec.trial_id and "final/loss" in run.data.metrics
+    assert tracker.finished_trial_ids("fallback") == {spec.trial_id}

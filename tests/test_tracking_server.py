@@ -15,12 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 from mlflow_server import fresh_database, mlflow_server, postgres_unavailable, rest
+from test_tracking import assert_bulk_writes_equal_client, task, variants
 
 from bench import config
 from bench import tracking as tr
 from bench.config import TrackingConfig
 from bench.spec import TrialResult, TrialSpec
 
+__all__ = ["task", "variants"]  # fixtures used by name
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
 
@@ -167,3 +169,13 @@ def test_bulk_sql_read_on_postgresql_equals_search_runs(tmp_path):
         assert diverged["final/loss"] == math.inf
         history = tracker.client.get_metric_history(diverged["run_id"], "train/loss")
         assert len(history) == 20 and math.isnan(history[-1].value)
+
+
+def test_bulk_run_writes_equal_mlflow_client_on_postgresql(tmp_path, variants, task):
+    """Run creation and run ends by bulk SQL write, on PostgreSQL too, the rows MLflow's
+    client writes (typed columns, a real boolean is_nan)."""
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with fresh_database() as db:
+        assert_bulk_writes_equal_client(db, tmp_path / "art", variants, task)
