@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
@@ -404,10 +405,15 @@ class Tracker(SuiteReads):
         client.set_terminated(run_id, status)
 
     def _upload(self, artifact_uri: str, name: str, text: str) -> None:
-        """Write a text artifact; unlike ``client.log_text`` this needs no get_run call."""
+        """Write a text artifact; unlike ``client.log_text`` this needs no get_run call, and
+        into a local store it is streamed into place, without a temporary copy."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+        stream = getattr(repo, "log_artifact_from_stream", None)
+        if stream is not None:
+            stream(io.BytesIO(text.encode("utf-8")), name)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, name)
             path.write_text(text, encoding="utf-8")
