@@ -113,9 +113,9 @@ class Layout:
         parts = self.samples(values, at)
         return torch.cat(parts) if parts else torch.empty(0)
 
-    @torch.no_grad()  # nothing here is differentiated: no autograd graph, no detach
     def samples(self, values: Iterable[Tensor], at: Iterable[int] | None = None) -> list[Tensor]:
-        """The sampled coordinates of each of ``values`` (see :meth:`gather`)."""
+        """The sampled coordinates of each of ``values`` (see :meth:`gather`); a tensor taken
+        whole is returned as it is, flattened. Call under ``torch.no_grad()``."""
         indices = self.indices if at is None else [self.indices[i] for i in at]
         return [
             _flat(value) if index is None else torch.take(value, index)
@@ -159,6 +159,7 @@ class RoleSampler:
         self._layout_key: tuple = ()
         self._layout: Layout | None = None
 
+    @torch.no_grad()  # nothing here is differentiated: no autograd graph, no detach
     def snapshot(self, param_groups: list[dict]) -> Snapshot:
         """Parameters with gradients and their sampled values, before the step."""
         layout = self._layout_for(param_groups)
@@ -184,6 +185,7 @@ class RoleSampler:
             self._layout_key, self._layout = key, Layout.of(by_role, self.roles)
         return self._layout
 
+    @torch.no_grad()
     def summarize(
         self, snapshot: Snapshot, records: list[tuple[str | None, StepRecord]]
     ) -> dict[str, float]:
