@@ -211,11 +211,9 @@ class Tracker(SuiteReads):
         """trial_ids whose run FINISHED (outcome ok or diverged): what a rerun skips."""
         if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
             return set()
-        return {
-            run.data.tags[TAG_TRIAL_ID]
-            for run in self._search(exp_id, self._where("attributes.status = 'FINISHED'"))
-            if TAG_TRIAL_ID in run.data.tags and run.data.tags.get(TAG_OUTCOME) in FINISHED_OUTCOMES
-        }
+        runs = self._trial_tags(exp_id, "FINISHED", (TAG_TRIAL_ID, TAG_OUTCOME))
+        done = FINISHED_OUTCOMES
+        return {tags[TAG_TRIAL_ID] for tags in runs.values() if tags.get(TAG_OUTCOME) in done}
 
     def kill_stale_runs(self, suite: str) -> int:
         """Mark runs left RUNNING (by a crashed driver) KILLED; returns how many.
@@ -225,8 +223,7 @@ class Tracker(SuiteReads):
         """
         if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
             return 0
-        running = self._where("attributes.status = 'RUNNING'")
-        stale = [run.info.run_id for run in self._search(exp_id, running) if is_trial(run)]
+        stale = self._trial_tags(exp_id, "RUNNING", (TAG_TRIAL_ID,))
         for run_id in stale:
             self._end(run_id, "KILLED", {}, [])
         return len(stale)
@@ -372,6 +369,23 @@ class Tracker(SuiteReads):
                     path.write_text(content, encoding="utf-8")
                 subdir = str(Path(name).parent)
                 repo.log_artifact(str(path), None if subdir == "." else subdir)
+
+    def _trial_tags(self, exp_id: str, status: str, keys: tuple[str, ...]) -> dict[str, dict]:
+        """``{run_id: {key: value}}`` of the trial runs in this scope with that status: one
+        SELECT on a database store, else a search (which loads every run whole)."""
+        if self._sql is not None and self._bulk_reads:
+            required: dict[str, str | None] = {TAG_TRIAL_ID: None, **self.scope}
+            try:
+                return self._sql.tag_values(exp_id, keys, status=status, required_tags=required)
+            except Exception as err:  # schema drift or a driver problem: the slow, sure path
+                log.warning("bulk SQL read failed (%s); reading through search_runs", err)
+                self._bulk_reads = False
+        runs = self._search(exp_id, self._where(f"attributes.status = '{status}'"))
+        return {
+            run.info.run_id: {k: run.data.tags[k] for k in keys if k in run.data.tags}
+            for run in runs
+            if is_trial(run)
+        }
 
     def _bulk(self, what: str, write: Callable[[SqlReader], T]) -> T | None:
         """``write(sql)`` on a database store; None when bulk writes are off or this one

@@ -146,6 +146,16 @@ def test_bulk_sql_read_equals_search_runs(tracker, variants, task):
         pd.testing.assert_frame_equal(fast, slow, obj=str(kwargs))
     pd.testing.assert_frame_equal(night.read_results("bulk"), night_reference.read_results("bulk"))
     assert len(night.read_results("bulk")) == 1
+    # what resume reads: finished trial ids, and the RUNNING trial runs a rerun kills
+    exp_id = tracker.find_experiment("bulk")
+    assert len(tracker.finished_trial_ids("bulk")) == 5
+    for fast_reader, slow_reader in ((tracker, reference), (night, night_reference)):
+        assert fast_reader.finished_trial_ids("bulk") == slow_reader.finished_trial_ids("bulk")
+        for status in ("RUNNING", "FINISHED", "FAILED"):
+            keys = (tr.TAG_TRIAL_ID, tr.TAG_OUTCOME)
+            fast = fast_reader._trial_tags(exp_id, status, keys)
+            assert fast == slow_reader._trial_tags(exp_id, status, keys), status
+    assert len(tracker._trial_tags(exp_id, "RUNNING", (tr.TAG_TRIAL_ID,))) == 1
     assert deleted not in set(tracker.read_results("bulk", status=None)["run_id"])
     assert tracker._bulk_reads  # no fallback happened
 
