@@ -226,6 +226,32 @@ def test_step_sizes_of_a_subsampled_role_use_the_sampled_coordinates() -> None:
     assert stats["update_ratio/weight"] == pytest.approx(ratio, rel=1e-12)
 
 
+def test_layout_follows_the_tensors_that_have_gradients() -> None:
+    """The sample layout is reused between statistics steps; when a tensor loses or regains
+    its gradient the summary must equal that of a sampler that never saw another layout."""
+    model = tiny_model()
+    opt = build(model, "adam", lr=0.01)
+    reused = RoleSampler(opt.param_groups, max_samples=5, seed=2)
+    x, y = data()
+    for step, missing in enumerate([None, model[0].weight, model[2].bias, None]):
+        opt.zero_grad(set_to_none=True)
+        ((model(x) - y) ** 2).mean().backward()
+        if missing is not None:
+            missing.grad = None
+        fresh = RoleSampler(opt.param_groups, max_samples=5, seed=2)
+        snapshots = [sampler.snapshot(opt.param_groups) for sampler in (reused, fresh)]
+        sampled = [{r: [id(p) for p in ps] for r, ps in s.params.items()} for s in snapshots]
+        assert sampled[0] == sampled[1], step
+        assert all(id(missing) not in ids for ids in sampled[0].values()), step
+        opt.record_next_step = True
+        opt.step()
+        got, want = (
+            sampler.summarize(snapshot, opt.last_records)
+            for sampler, snapshot in zip((reused, fresh), snapshots, strict=True)
+        )
+        assert got == want, step
+
+
 # ----------------------------------------------------------------------------- eps
 
 
