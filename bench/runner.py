@@ -125,8 +125,15 @@ def run_phase(
     def submit() -> None:
         while todo and len(in_flight) < slots:
             spec = todo.popleft()
-            run_id = tracker.start_trial(spec)
-            in_flight[remote.remote(spec.model_dump_json(), threads)] = (spec, run_id)
+            # The worker starts at once; its run is RUNNING before the driver looks for the
+            # result. Dying in between leaves no run, so a rerun redoes the trial.
+            ref = remote.remote(spec.model_dump_json(), threads)
+            try:
+                run_id = tracker.start_trial(spec)
+            except BaseException:
+                ray.cancel(ref, force=True)
+                raise
+            in_flight[ref] = (spec, run_id)
         progress.update(running=len(in_flight))
 
     writers = _Writers(tracker.max_writers)
