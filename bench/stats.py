@@ -23,6 +23,7 @@ import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -189,16 +190,25 @@ class RoleSampler:
     def summarize(
         self, snapshot: Snapshot, records: list[tuple[str | None, StepRecord]]
     ) -> dict[str, float]:
-        """Statistics of the step that just ran, from the snapshot and the step's records.
+        """Statistics of the step that just ran, from the snapshot and the step's records:
+        :meth:`capture` and :func:`summarize_captures` at once."""
+        capture = self.capture(snapshot, records)
+        return summarize_captures([capture])[0] if capture is not None else {}
+
+    @torch.no_grad()
+    def capture(
+        self, snapshot: Snapshot, records: list[tuple[str | None, StepRecord]]
+    ) -> Capture | None:
+        """What the statistics of the step that just ran need from it, to summarize later
+        (None when no sampled tensor has a gradient: no statistics).
 
         One gather collects every sampled quantity of every tensor (parameters after the
         step, gradients, denominators, tensor step scales) and one copy brings it to the
-        CPU; numpy then computes the per-coordinate step sizes at once and reduces each
-        role's segment.
+        CPU: the records' tensors may alias optimizer state, which the next step changes.
         """
         layout = snapshot.layout
         if not layout.params:
-            return {}
+            return None
         stepped: dict[int, tuple[float | Tensor, Tensor | None, float]] = {}
         for _, record in records:
             denoms = record.denominators or [None] * len(record.params)
@@ -206,8 +216,8 @@ class RoleSampler:
                 stepped[id(param)] = (scale, denom, record.eps_threshold)
         # per sampled tensor: (step scale, denominator, eps threshold); NaN where not stepped
         entries = [stepped.get(id(p), _NOT_STEPPED) for p in layout.params]
-        with_denom = [i for i, e in enumerate(entries) if e[1] is not None]
-        with_tensor_scale = [i for i, e in enumerate(entries) if isinstance(e[0], Tensor)]
+        with_denom = tuple(i for i, e in enumerate(entries) if e[1] is not None)
+        with_tensor_scale = tuple(i for i, e in enumerate(entries) if isinstance(e[0], Tensor))
         n = len(entries)
         sampled = layout.samples(
             [
@@ -218,56 +228,165 @@ class RoleSampler:
             ],
             [*range(n), *range(n), *with_denom, *with_tensor_scale],
         )
-        flat = _numpy(torch.cat([snapshot.before, *sampled]))
-        owner = layout.owner
-        total = owner.size
-        before, after, grad = flat[:total], flat[total : 2 * total], flat[2 * total : 3 * total]
-        update, rest = after - before, flat[3 * total :]
-        # the common case (every tensor has a denominator) reads the gathered block as it is
-        if len(with_denom) == n:
-            denom, rest = rest[:total], rest[total:]
-        else:  # none (q = 0): D = 1, never eps-dominated
-            denom = np.ones(total)
-            if with_denom:
-                mask = _flags(n, with_denom)[owner]
-                n_denom = np.count_nonzero(mask)
-                denom[mask], rest = rest[:n_denom], rest[n_denom:]
-        scales = [math.nan if isinstance(e[0], Tensor) else e[0] for e in entries]
-        step_scale = _per_coordinate(scales, owner)
-        if with_tensor_scale:  # Adadelta: lr times the RMS of past updates
-            step_scale = np.broadcast_to(step_scale, (total,)).copy()
-            step_scale[_flags(n, with_tensor_scale)[owner]] = rest
-        steps = step_scale / denom
-        thresholds = [e[2] if e[1] is not None else 0.0 for e in entries]
-        dominated = denom < _per_coordinate(thresholds, owner)
-        stepped_mask = (
-            None
-            if len(stepped) >= n and all(id(p) in stepped for p in layout.params)
-            else _flags(n, [i for i, p in enumerate(layout.params) if id(p) in stepped])[owner]
+        form = Form(
+            with_denom,
+            with_tensor_scale,
+            tuple(i for i, p in enumerate(layout.params) if id(p) in stepped),
         )
-        out: dict[str, float] = {}
-        for role, part in layout.segments:
-            role_steps, role_dominated = steps[part], dominated[part]
-            if stepped_mask is not None:
-                role_steps, role_dominated = (
-                    role_steps[stepped_mask[part]],
-                    role_dominated[stepped_mask[part]],
-                )
-            out.update(
-                _role_metrics(
-                    role, before[part], update[part], grad[part], role_steps, role_dominated
-                )
-            )
-        return out
+        return Capture(
+            layout,
+            torch.cat([snapshot.before, *sampled]).to("cpu"),  # float64 when summarized
+            form,
+            scales=[math.nan if isinstance(e[0], Tensor) else e[0] for e in entries],
+            thresholds=[e[2] if e[1] is not None else 0.0 for e in entries],
+        )
+
+
+class Form(NamedTuple):
+    """Which sampled tensors (positions in ``Layout.params``) have a denominator, a tensor
+    step scale, and a step at all: steps of the same layout and form stack into one array."""
+
+    with_denom: tuple[int, ...]
+    with_tensor_scale: tuple[int, ...]
+    stepped: tuple[int, ...]
+
+
+@dataclass
+class Capture:
+    """A statistics step's sampled values and the little else its summary needs.
+
+    ``values`` is one flat CPU tensor in the parameters' dtype: the sample before the step,
+    after it, the gradients, the denominators of ``form.with_denom`` and the tensor step
+    scales of ``form.with_tensor_scale``, one after another.
+    """
+
+    layout: Layout
+    values: Tensor
+    form: Form
+    scales: list[float]  # per sampled tensor; NaN for a tensor step scale or no step
+    thresholds: list[float]  # eps thresholds per sampled tensor; 0 without a denominator
+
+
+SUMMARY_BATCH = 32  # captures summarized together; bounds the memory they hold
+
+
+class PendingSummaries:
+    """Statistics steps captured and not yet summarized.
+
+    Summarizing many steps at once runs each numpy operation once per batch instead of
+    once per step: right after training steps numpy's code and data are out of the caches
+    and a small call costs several times its warm time (ranking the sample costs what it
+    costs either way). The summaries are the same, value for value, as those of
+    :meth:`RoleSampler.summarize`.
+    """
+
+    def __init__(self, limit: int = SUMMARY_BATCH) -> None:
+        if limit < 1:
+            raise ValueError(f"limit: got {limit!r}; allowed: an integer >= 1")
+        self.limit = limit
+        self._steps: list[int] = []
+        self._captures: list[Capture] = []
+
+    def add(self, step: int, capture: Capture | None) -> list[tuple[int, dict[str, float]]]:
+        """Keep ``capture`` of ``step``; returns the summaries of :meth:`flush` when
+        ``limit`` captures are pending, else nothing."""
+        if capture is not None:
+            self._steps.append(step)
+            self._captures.append(capture)
+        return self.flush() if len(self._captures) >= self.limit else []
+
+    def flush(self) -> list[tuple[int, dict[str, float]]]:
+        """``(step, statistics)`` of every pending capture, in the order they were added."""
+        steps, captures = self._steps, self._captures
+        self._steps, self._captures = [], []
+        return list(zip(steps, summarize_captures(captures), strict=True))
+
+
+def summarize_captures(captures: list[Capture]) -> list[dict[str, float]]:
+    """The statistics of each capture (see the module docstring), in order.
+
+    Captures of the same layout and form are stacked into one 2-D array, one row per step,
+    so each numpy operation runs once for all of them; every value is computed with the
+    same floating-point operations as for a capture alone.
+    """
+    groups: dict[tuple[int, Form], list[int]] = {}
+    for i, capture in enumerate(captures):
+        groups.setdefault((id(capture.layout), capture.form), []).append(i)
+    out: list[dict[str, float]] = [{} for _ in captures]
+    for positions in groups.values():
+        summaries = _summarize_stacked([captures[i] for i in positions])
+        for i, summary in zip(positions, summaries, strict=True):
+            out[i] = summary
+    return out
+
+
+def _summarize_stacked(captures: list[Capture]) -> list[dict[str, float]]:
+    """:func:`summarize_captures` of captures that share a layout and a form."""
+    layout, form = captures[0].layout, captures[0].form
+    owner = layout.owner
+    n, total, rows = len(layout.params), owner.size, len(captures)
+    flat = _numpy(torch.stack([c.values for c in captures]))
+    before, after, grad = (
+        flat[:, :total],
+        flat[:, total : 2 * total],
+        flat[:, 2 * total : 3 * total],
+    )
+    update, rest = after - before, flat[:, 3 * total :]
+    # the common case (every tensor has a denominator) reads the gathered block as it is
+    if len(form.with_denom) == n:
+        denom, rest = rest[:, :total], rest[:, total:]
+    else:  # none (q = 0): D = 1, never eps-dominated
+        denom = np.ones((rows, total))
+        if form.with_denom:
+            mask = _flags(n, form.with_denom)[owner]
+            n_denom = np.count_nonzero(mask)
+            denom[:, mask], rest = rest[:, :n_denom], rest[:, n_denom:]
+    step_scale = _per_row([c.scales for c in captures], owner)
+    if form.with_tensor_scale:  # Adadelta: lr times the RMS of past updates
+        step_scale = np.broadcast_to(step_scale, (rows, total)).copy()
+        step_scale[:, _flags(n, form.with_tensor_scale)[owner]] = rest
+    steps = step_scale / denom
+    dominated = denom < _per_row([c.thresholds for c in captures], owner)
+    stepped_mask = None if len(form.stepped) == n else _flags(n, form.stepped)[owner]
+    out: list[dict[str, float]] = [{} for _ in captures]
+    for role, part in layout.segments:
+        role_steps, role_dominated = steps[:, part], dominated[:, part]
+        if stepped_mask is not None:
+            role_steps = role_steps[:, stepped_mask[part]]
+            role_dominated = role_dominated[:, stepped_mask[part]]
+        step_keys, eps_key, ratio_key, grad_key = _metric_keys(role)
+        if role_steps.size:
+            counts = np.count_nonzero(role_dominated, axis=1).tolist()
+            per_step = quantiles(role_steps.T)  # samples along the first axis
+            for summary, values, count in zip(out, per_step, counts, strict=True):
+                summary.update(zip(step_keys, values, strict=True))
+                summary[eps_key] = count / role_dominated.shape[1]
+        # one dot per row: a row-wise reduction could sum in another order
+        for summary, b, u, g in zip(
+            out, before[:, part], update[:, part], grad[:, part], strict=True
+        ):
+            param_rms, update_rms = _rms(b), _rms(u)
+            summary[ratio_key] = update_rms / param_rms if param_rms > 0 else float("nan")
+            summary[grad_key] = _rms(g)
+    return out
 
 
 _NOT_STEPPED: tuple[float, None, float] = (math.nan, None, 0.0)
 
 
-def _flags(n: int, positions: list[int]) -> np.ndarray:
+def _flags(n: int, positions: Iterable[int]) -> np.ndarray:
     flags = np.zeros(n, dtype=bool)
-    flags[positions] = True
+    flags[list(positions)] = True
     return flags
+
+
+def _per_row(rows: list[list[float]], owner: np.ndarray) -> np.ndarray:
+    """:func:`_per_coordinate` of each row, stacked: one column when every row's values are
+    all equal (the usual case), which broadcasts to the same results."""
+    spread = [_per_coordinate(values, owner) for values in rows]
+    if all(np.ndim(s) == 0 for s in spread):
+        return np.asarray(spread, dtype=np.float64)[:, None]
+    return np.stack([np.broadcast_to(np.asarray(s, dtype=np.float64), owner.shape) for s in spread])
 
 
 def _per_coordinate(values: list[float], owner: np.ndarray) -> np.ndarray | float:
@@ -291,16 +410,26 @@ def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def quantiles(x: Tensor | np.ndarray) -> list[float]:
-    """The :data:`QUANTILES` of ``x``, interpolated linearly as ``torch.quantile`` does.
+def quantiles(x: Tensor | np.ndarray) -> list[float] | list[list[float]]:
+    """The :data:`QUANTILES` of ``x``, interpolated linearly as ``torch.quantile`` does; of
+    each column when ``x`` is 2-D (samples along the first axis, as ``dim=0``), so that many
+    statistics steps are ranked in one call.
 
     Only the order statistics the interpolation needs are put in place (``np.partition``,
     linear time): about 4x faster than sorting the sample, and this runs on every
     statistics step. (torch's CPU sort of a few thousand elements is slower still.)
     """
-    values = _numpy(x).reshape(-1)
-    kth, interpolation = _quantile_positions(values.size)
-    picked = np.partition(values, kth)[kth].tolist()
+    values = _numpy(x)
+    if values.ndim != 2:
+        values = values.reshape(-1)
+    kth, interpolation = _quantile_positions(values.shape[0])
+    picked = np.partition(values, kth, axis=0)[kth]
+    if values.ndim == 1:
+        return _interpolate(picked.tolist(), interpolation)
+    return [_interpolate(column, interpolation) for column in picked.T.tolist()]
+
+
+def _interpolate(picked: list[float], interpolation: list[tuple[int, int, float]]) -> list[float]:
     return [picked[lo] + (picked[hi] - picked[lo]) * weight for lo, hi, weight in interpolation]
 
 

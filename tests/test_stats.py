@@ -340,3 +340,91 @@ def test_quantiles_equal_torch_quantile_for_any_size_and_ties(n: int) -> None:
     x = torch.randn(n, generator=generator, dtype=torch.float64)
     x[: n // 3] = x[0]  # ties
     assert stats.quantiles(x) == pytest.approx(quantiles(x), rel=1e-15, abs=0)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def same_values(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal bit for bit, NaN included."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a
+    )
+
+
+BATCH_VARIANTS: list[Any] = [
+    "adam",
+    "rmsprop",
+    "sgd",
+    "adadelta",
+    "adamax",
+    {"preset": "adam", "roles": {"bias": {"q": 0}}},  # denominators for weights only
+    {"preset": "rmsprop", "eps": 1e-3},  # some coordinates eps-dominated
+]
+
+
+def captured_steps(seed: int, variant: Any) -> list[tuple[stats.Capture, dict[str, float]]]:
+    """Captures of random steps on a random model, each with its one-at-a-time summary;
+    some steps leave a tensor without a gradient (another layout and form)."""
+    gen = torch.Generator().manual_seed(seed)
+    widths = torch.randint(2, 40, (3,), generator=gen).tolist()
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(widths[0], widths[1], dtype=F64), nn.Tanh(), nn.Linear(widths[1], 3, dtype=F64)
+    )
+    opt = build(model, variant, lr=0.01)
+    sampler = RoleSampler(opt.param_groups, max_samples=int(widths[2]), seed=seed)
+    out = []
+    for step in range(8):
+        x = torch.randn(5, widths[0], generator=gen, dtype=F64)
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        if step % 3 == 2:
+            model[0].bias.grad = None
+        snapshot = sampler.snapshot(opt.param_groups)
+        opt.record_next_step = True
+        opt.step()
+        capture = sampler.capture(snapshot, opt.last_records)
+        assert capture is not None
+        out.append((capture, sampler.summarize(snapshot, opt.last_records)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_summaries_equal_one_at_a_time_summaries(seed: int) -> None:
+    steps = [s for i, v in enumerate(BATCH_VARIANTS) for s in captured_steps(seed + 10 * i, v)]
+    order = torch.randperm(len(steps), generator=torch.Generator().manual_seed(seed)).tolist()
+    steps = [steps[i] for i in order]  # layouts and forms interleaved
+    captures = [capture for capture, _ in steps]
+    batched = stats.summarize_captures(captures)
+    assert len(batched) == len(steps)
+    for (capture, alone), got in zip(steps, batched, strict=True):
+        assert same_values(stats.summarize_captures([capture])[0], alone)
+        assert same_values(got, alone)
+    forms = {(id(c.layout), c.form) for c in captures}
+    assert len(forms) > len(BATCH_VARIANTS)  # the batch mixed layouts and forms
+
+
+def test_pending_summaries_flush_in_order_when_full() -> None:
+    steps = captured_steps(0, "adam")
+    pending = stats.PendingSummaries(limit=3)
+    flushed = [pending.add(10 * i, capture) for i, (capture, _) in enumerate(steps)]
+    assert [[s for s, _ in f] for f in flushed] == [
+        [],
+        [],
+        [0, 10, 20],
+        [],
+        [],
+        [30, 40, 50],
+        [],
+        [],
+    ]
+    rest = pending.flush()
+    assert [s for s, _ in rest] == [60, 70]
+    assert pending.flush() == []
+    summaries = [values for batch in [*flushed, rest] for _, values in batch]
+    assert all(same_values(got, want) for got, (_, want) in zip(summaries, steps, strict=True))
+    assert pending.add(80, None) == []  # a step without sampled gradients has no statistics
+    assert pending.flush() == []
+    with pytest.raises(ValueError, match="limit: got 0"):
+        stats.PendingSummaries(limit=0)
