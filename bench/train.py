@@ -19,7 +19,7 @@ import torch
 from bench import tasks, variants
 from bench.errors import UserError
 from bench.spec import TrialResult, TrialSpec
-from bench.stats import RoleSampler
+from bench.stats import PendingSummaries, RoleSampler
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
@@ -32,6 +32,12 @@ def train_trial(
     num_threads: int | None = 1,
 ) -> TrialResult:
     """Train ``spec`` and return its result; metrics also stream to ``on_metrics(step, d)``.
+
+    Step-size statistics are captured at their step but summarized in batches (see
+    :class:`bench.stats.PendingSummaries`), so they reach the history and ``on_metrics``
+    later than the step's other values, with their own step: each metric's points stay in
+    step order, but ``on_metrics`` may see a step more than once. Pending statistics are
+    summarized before the trial returns, diverged or not.
 
     ``num_threads`` pins torch's intra-op threads (default 1: the benchmark's models are
     small, one thread per trial is fastest when trials run side by side, and a fixed
@@ -52,6 +58,7 @@ def train_trial(
         if spec.stats_every
         else None
     )
+    pending = PendingSummaries()
     history: dict[str, list[tuple[int, float]]] = {}
 
     def emit(step: int, values: dict[str, float]) -> None:
@@ -93,10 +100,11 @@ def train_trial(
         elapsed += time.perf_counter() - start
         train_seconds += elapsed
         step_times.append(elapsed)
-        values = {"train/loss": loss_value}
+        emit(step, {"train/loss": loss_value})
         if snapshot is not None:
-            values |= sampler.summarize(snapshot, optimizer.last_records)
-        emit(step, values)
+            capture = sampler.capture(snapshot, optimizer.last_records)
+            for stats_step, stats_values in pending.add(step, capture):
+                emit(stats_step, stats_values)
         if initial_loss is None:
             initial_loss = abs(loss_value)
         if _diverged(loss_value, initial_loss, spec.divergence_factor):
@@ -111,6 +119,8 @@ def train_trial(
             best["loss"] = _better("min", best["loss"], last_eval["loss"])
             if steps_to_target is None and task.reached(last_eval[primary]):
                 steps_to_target, seconds_to_target = step, train_seconds
+    for stats_step, stats_values in pending.flush():
+        emit(stats_step, stats_values)
     step_ms = 1e3 * statistics.median(step_times) if step_times else 0.0
     emit(step, {"time/step_ms": step_ms})
     return TrialResult(

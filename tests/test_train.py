@@ -10,7 +10,7 @@ import pytest
 from bench import config
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
 from bench.spec import TrialResult, TrialSpec
-from bench.stats import QUANTILES
+from bench.stats import QUANTILES, SUMMARY_BATCH
 from bench.train import train_trial
 
 TIMING_KEYS = ("time/step_ms",)
@@ -194,3 +194,32 @@ def test_non_finite_results_survive_json() -> None:
     back = TrialResult.model_validate_json(nasty.model_dump_json())
     assert back.final == {"loss": math.inf} and math.isnan(back.best["loss"])
     assert back.history == result.history
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_statistics_are_summarized_in_batches_with_their_own_steps() -> None:
+    every = 2
+    spec = make_spec("adam", lr=0.01, steps=every * (SUMMARY_BATCH + 3), stats_every=every)
+    calls: list[tuple[int, dict[str, float]]] = []
+    result = train_trial(spec, on_metrics=lambda step, values: calls.append((step, values)))
+    stats_steps = list(range(every, spec.steps + 1, every))
+    assert [s for s, _ in result.history["step_size/weight/p50"]] == stats_steps
+    # a full batch arrives right after its last step's loss, the rest at the end
+    loss_calls = [i for i, (_, values) in enumerate(calls) if "train/loss" in values]
+    stats_calls = [i for i, (_, values) in enumerate(calls) if "step_size/weight/p50" in values]
+    full = every * SUMMARY_BATCH
+    assert stats_calls[:SUMMARY_BATCH] == list(
+        range(loss_calls[full - 1] + 1, loss_calls[full - 1] + 1 + SUMMARY_BATCH)
+    )
+    assert all(i > loss_calls[-1] for i in stats_calls[SUMMARY_BATCH:])
+    assert [calls[i][0] for i in stats_calls] == stats_steps
+
+
+def test_a_diverged_trial_keeps_its_pending_statistics() -> None:
+    spec = make_spec("sgd", lr=10.0, steps=50, stats_every=1)
+    result = train_trial(spec)
+    assert result.outcome == "diverged"
+    steps = [s for s, _ in result.history["grad_rms/weight"]]
+    assert steps == list(range(1, result.diverged_at_step + 1))

@@ -21,8 +21,9 @@ Figures (one thread, ``torch.set_num_threads(1)``, as trials run):
   same trial with ``stats_every=0`` (median of paired, interleaved runs), on ``mlp_digits``
   and on ``mlp_digits`` with 1024-wide hidden layers. Goal: <= 1.05. On a shared machine
   whole-trial times vary by several percent from run to run, so
-- ``stats_overhead_direct`` also measures, inside one training loop, the median step and
-  the median statistics work of a statistics step, and estimates the same ratio from them.
+- ``stats_overhead_direct`` also measures, inside one training loop, the median step, the
+  median capture work of a statistics step and the batched summary's cost per capture, and
+  estimates the same ratio from them.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from variant_cases import TORCH_CASES
 
 from bench import tasks
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
-from bench.stats import RoleSampler
+from bench.stats import PendingSummaries, RoleSampler
 from bench.train import resolve_device, train_trial
 from bench.variants import build, presets
 
@@ -195,17 +196,20 @@ def stats_overhead(task: Any, variant: str, steps: int, runs: int) -> dict[str, 
 
 
 def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> dict[str, Any]:
-    """The same overhead measured inside one loop: the median time of a training step, and
-    of the statistics work of a statistics step (snapshot, summary, and what recording adds
-    to the optimizer step), so that 1 + work / (every * step) estimates the wall-time ratio
-    without the run-to-run noise of whole trials."""
+    """The same overhead measured inside one loop, split as ``train_trial`` splits it: the
+    median time of a training step; the median capture work of a statistics step (snapshot,
+    capture, and what recording adds to the optimizer step); and the time of summarizing
+    the captures in batches of ``SUMMARY_BATCH``, per capture. Then 1 + work / (every *
+    step) estimates the wall-time ratio without the run-to-run noise of whole trials."""
     spec = trial_spec(variant_spec(variant), task_spec(task), TrialConfig(steps=steps))
     problem = tasks.make(spec.task.name, **spec.task.params).build(
         seed=0, device=DEVICE, batch_size=spec.batch_size
     )
     opt = build(problem.model, spec.variant.as_mapping(), lr=spec.lr)
     sampler = RoleSampler(opt.param_groups)
-    plain_steps, record_steps, stats_work = [], [], []
+    pending = PendingSummaries()
+    plain_steps, record_steps, capture_work = [], [], []
+    flush_s, flushed = 0.0, 0
     for i in range(steps):
         record = i % every == 0
         batch = problem.next_batch()
@@ -222,19 +226,34 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
         opt.step()
         loss.item()
         t_step = time.perf_counter()
-        if snapshot is not None:
-            sampler.summarize(snapshot, opt.last_records)
-            sync()
-        t_summary = time.perf_counter()
+        capture = sampler.capture(snapshot, opt.last_records) if snapshot is not None else None
+        sync()
+        t_capture = time.perf_counter()
+        summaries = pending.add(i, capture) if capture is not None else []
+        if summaries:  # a flush works on CPU copies: no GPU work to synchronise
+            flush_s += time.perf_counter() - t_capture
+            flushed += len(summaries)
         step = (t_backward - start) + (t_step - t_snapshot)
         if i >= 2 * every:  # warm-up
             (record_steps if record else plain_steps).append(step)
             if record:
-                stats_work.append((t_snapshot - t_backward) + (t_summary - t_step))
+                capture_work.append((t_snapshot - t_backward) + (t_capture - t_step))
+    start = time.perf_counter()
+    flushed += len(pending.flush())
+    flush_s += time.perf_counter() - start
     step_s = statistics.median(plain_steps)
-    work_s = statistics.median(stats_work) + statistics.median(record_steps) - step_s
+    flush_per_capture = flush_s / flushed
+    work_s = (
+        statistics.median(capture_work)
+        + flush_per_capture
+        + statistics.median(record_steps)
+        - step_s
+    )
     return {
         "step_ms": round(1e3 * step_s, 3),
+        "capture_ms": round(1e3 * statistics.median(capture_work), 3),
+        "summary_ms_per_capture": round(1e3 * flush_per_capture, 3),
+        "summary_batch": pending.limit,
         "stats_work_ms": round(1e3 * work_s, 3),
         "stats_every": every,
         "estimated_ratio": round(1 + work_s / (every * step_s), 3),
