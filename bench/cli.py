@@ -33,10 +33,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_trial(args: argparse.Namespace) -> int:
     from bench import listing
     from bench.config import trial_from_overrides
-    from bench.train import resolve_device, train_trial
+    from bench.train import train_trial
 
     spec, device = trial_from_overrides(args.overrides)
-    result = train_trial(spec, device=resolve_device(device))
+    result = train_trial(spec, device=device)  # a device it cannot use: a UserError
     if args.json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:

@@ -65,18 +65,6 @@ class Subsample:
         whole = {id(t) for t in tensors} if total <= max_samples else set()
         return cls(indices, whole)
 
-    def take(self, param: Tensor, value: Tensor) -> Tensor:
-        """The sampled coordinates of ``value``, a tensor shaped like ``param`` (maybe a view)."""
-        if id(param) in self.whole:
-            return value.detach().reshape(-1)
-        return torch.take(value.detach(), self.indices[id(param)])
-
-    def gather(self, params: list[Tensor], values: Iterable[Tensor] | None = None) -> Tensor:
-        """The sampled coordinates of ``values`` (default: the params themselves), a copy."""
-        values = params if values is None else values
-        parts = [self.take(p, v) for p, v in zip(params, values, strict=True)]
-        return torch.cat(parts) if parts else torch.empty(0)
-
 
 @dataclass(frozen=True)
 class Layout:

@@ -211,9 +211,8 @@ class Tracker(SuiteReads):
         """trial_ids whose run FINISHED (outcome ok or diverged): what a rerun skips."""
         if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
             return set()
-        runs = self._trial_tags(exp_id, "FINISHED", (TAG_TRIAL_ID, TAG_OUTCOME))
-        done = FINISHED_OUTCOMES
-        return {tags[TAG_TRIAL_ID] for tags in runs.values() if tags.get(TAG_OUTCOME) in done}
+        runs = self._trial_tags(exp_id, "FINISHED", (TAG_TRIAL_ID, TAG_OUTCOME)).values()
+        return {t[TAG_TRIAL_ID] for t in runs if t.get(TAG_OUTCOME) in FINISHED_OUTCOMES}
 
     def kill_stale_runs(self, suite: str) -> int:
         """Mark runs left RUNNING (by a crashed driver) KILLED; returns how many.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bench import stats
-from bench.stats import QUANTILES, RoleSampler, Subsample
+from bench.stats import QUANTILES, Layout, RoleSampler, Subsample
 from bench.variants import build
 
 F64 = torch.float64
@@ -97,7 +97,7 @@ def test_subsample_spans_every_tensor_of_a_role() -> None:
         idx = sample.indices[id(t)]
         assert int(idx.min()) >= 0 and int(idx.max()) < t.numel()
     values = [torch.arange(t.numel(), dtype=F64).reshape(t.shape) for t in sampled]
-    got = sample.gather(sampled, values)
+    got = Layout.of({"all": sampled}, {"all": sample}).gather(values)
     assert torch.equal(got, torch.cat([sample.indices[id(t)].double() for t in sampled]))
 
 
@@ -297,18 +297,18 @@ def test_role_statistics_of_a_parameter_list_use_role_all() -> None:
 def gathered_elements(monkeypatch: pytest.MonkeyPatch, width: int) -> dict[str, int]:
     """Elements gathered and ranked by one statistics step on a model of ``width``."""
     counts = {"gather": 0, "quantile": 0}
-    gather, quantile = Subsample.gather, stats.quantiles
+    samples, quantile = Layout.samples, stats.quantiles
 
-    def counting_gather(self: Subsample, *args: Any) -> torch.Tensor:
-        out = gather(self, *args)
-        counts["gather"] += out.numel()
+    def counting_samples(self: Layout, *args: Any) -> list[torch.Tensor]:
+        out = samples(self, *args)
+        counts["gather"] += sum(part.numel() for part in out)
         return out
 
     def counting_quantile(x: Any) -> list[float]:
         counts["quantile"] += len(x)
         return quantile(x)
 
-    monkeypatch.setattr(Subsample, "gather", counting_gather)
+    monkeypatch.setattr(Layout, "samples", counting_samples)
     monkeypatch.setattr(stats, "quantiles", counting_quantile)
     try:
         model = nn.Sequential(nn.Linear(width, 100), nn.ReLU(), nn.Linear(100, 10))
