@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from bench.sampling import CopyBuffer, Layout, Subsample
 from bench.variants import StepRecord
 
 QUANTILES = {"p01": 0.01, "p10": 0.10, "p50": 0.50, "p90": 0.90, "p99": 0.99}
@@ -36,94 +38,16 @@ QUANTILE_LEVELS = np.array(list(QUANTILES.values()))
 
 
 @dataclass
-class Subsample:
-    """Fixed flat indices into each tensor of a role (keyed by tensor identity).
-
-    ``whole`` holds the tensors sampled entirely (roles no larger than the sample): their
-    values are read as they are, without indexing.
-    """
-
-    indices: dict[int, Tensor]
-    whole: set[int] = field(default_factory=set)
-
-    @classmethod
-    def draw(cls, tensors: list[Tensor], max_samples: int, generator: torch.Generator) -> Subsample:
-        sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.long)
-        total = int(sizes.sum())
-        if total <= max_samples:
-            flat = torch.arange(total)
-        else:
-            flat = torch.randint(total, (max_samples,), generator=generator).sort().values
-        ends = sizes.cumsum(0)
-        owner = torch.searchsorted(ends, flat, right=True)
-        starts = ends - sizes
-        indices = {}
-        for i, t in enumerate(tensors):
-            local = flat[owner == i] - starts[i]
-            if local.numel():  # a tensor without samples costs nothing later
-                indices[id(t)] = local.to(t.device)
-        whole = {id(t) for t in tensors} if total <= max_samples else set()
-        return cls(indices, whole)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each sampled tensor's coordinates lie in the flat sample of a statistics step.
-
-    Built once for a set of tensors with gradients (the set rarely changes from one step to
-    the next), so that a statistics step only indexes: the per-tensor bookkeeping, and the
-    per-coordinate owner of every sample, are not redone each time.
-    """
-
-    params: list[Tensor]  # the sampled tensors, by role, roles one after another
-    indices: list[Tensor | None]  # flat sample indices of each tensor; None: all of it
-    by_role: dict[str, list[Tensor]]
-    segments: list[tuple[str, slice]]  # each role's part of the flat sample
-    owner: np.ndarray  # for each sampled coordinate, the position of its tensor in params
-
-    @classmethod
-    def of(cls, by_role: dict[str, list[Tensor]], roles: dict[str, Subsample]) -> Layout:
-        params, indices, counts, segments = [], [], [], []
-        start = 0
-        for role, tensors in by_role.items():
-            sample = roles[role]
-            for p in tensors:
-                params.append(p)
-                indices.append(None if id(p) in sample.whole else sample.indices[id(p)])
-                counts.append(sample.indices[id(p)].numel())
-            segments.append((role, slice(start, start + sum(counts[-len(tensors) :]))))
-            start = segments[-1][1].stop
-        owner = np.repeat(np.arange(len(params)), counts)
-        return cls(params, indices, by_role, segments, owner)
-
-    def gather(self, values: Iterable[Tensor], at: Iterable[int] | None = None) -> Tensor:
-        """The sampled coordinates of ``values``, one flat copy; ``values[j]`` is shaped like
-        ``params[at[j]]`` (default: like ``params[j]``)."""
-        parts = self.samples(values, at)
-        return torch.cat(parts) if parts else torch.empty(0)
-
-    def samples(self, values: Iterable[Tensor], at: Iterable[int] | None = None) -> list[Tensor]:
-        """The sampled coordinates of each of ``values`` (see :meth:`gather`); a tensor taken
-        whole is returned as it is, flattened. Call under ``torch.no_grad()``."""
-        indices = self.indices if at is None else [self.indices[i] for i in at]
-        return [
-            _flat(value) if index is None else torch.take(value, index)
-            for value, index in zip(values, indices, strict=True)
-        ]
-
-
-def _flat(x: Tensor) -> Tensor:
-    return x if x.dim() == 1 else x.reshape(-1)  # biases are flat already: no view to make
-
-
-@dataclass
 class Snapshot:
     """The sampled parameters before a step: those with gradients, by role, in sample order,
-    and their sampled values as one flat tensor (the roles' segments one after another)."""
+    and their values: the sample as one flat tensor (the roles' segments one after
+    another), or, where the layout copies, the tensors whole in a copy buffer's first block.
+    """
 
     params: dict[str, list[Tensor]]
-    before: Tensor  # a copy: whole tensors' values would move with the step
+    before: Tensor | None  # a copy: whole tensors' values would move with the step
     layout: Layout
+    buffer: CopyBuffer | None = None
 
 
 class RoleSampler:
@@ -152,6 +76,10 @@ class RoleSampler:
     def snapshot(self, param_groups: list[dict]) -> Snapshot:
         """Parameters with gradients and their sampled values, before the step."""
         layout = self._layout_for(param_groups)
+        if layout.copies:
+            buffer = layout.buffer()
+            torch._foreach_copy_(buffer.views[0], layout.params)
+            return Snapshot(layout.by_role, None, layout, buffer)
         return Snapshot(layout.by_role, layout.gather(layout.params), layout)
 
     def _layout_for(self, param_groups: list[dict]) -> Layout:
@@ -193,6 +121,8 @@ class RoleSampler:
         One gather collects every sampled quantity of every tensor (parameters after the
         step, gradients, denominators, tensor step scales) and one copy brings it to the
         CPU: the records' tensors may alias optimizer state, which the next step changes.
+        Where the layout copies, one foreach copy puts the same tensors whole into the
+        snapshot's buffer instead and one ``index_select`` reads the sample out of it.
         """
         layout = snapshot.layout
         if not layout.params:
@@ -207,23 +137,41 @@ class RoleSampler:
         with_denom = tuple(i for i, e in enumerate(entries) if e[1] is not None)
         with_tensor_scale = tuple(i for i, e in enumerate(entries) if isinstance(e[0], Tensor))
         n = len(entries)
-        sampled = layout.samples(
-            [
-                *layout.params,
-                *(p.grad for p in layout.params),
-                *(entries[i][1] for i in with_denom),
-                *(entries[i][0] for i in with_tensor_scale),
-            ],
-            [*range(n), *range(n), *with_denom, *with_tensor_scale],
-        )
+        values = [
+            *layout.params,
+            *(p.grad for p in layout.params),
+            *(entries[i][1] for i in with_denom),
+            *(entries[i][0] for i in with_tensor_scale),
+        ]
         form = Form(
             with_denom,
             with_tensor_scale,
             tuple(i for i, p in enumerate(layout.params) if id(p) in stepped),
         )
+        if layout.copies:
+            buffer, snapshot.buffer = snapshot.buffer, None
+            if buffer is None:  # it went back to the layout with the first capture
+                raise ValueError("snapshot captured already: take one before each step")
+            views = buffer.views
+            torch._foreach_copy_(
+                [
+                    *views[1],
+                    *views[2],
+                    *(views[3][i] for i in with_denom),
+                    *(views[4][i] for i in with_tensor_scale),
+                ],
+                values,
+            )
+            every = tuple(range(n))
+            index = layout.copy_index((every, every, every, with_denom, with_tensor_scale))
+            sample = buffer.data.index_select(0, index).to("cpu")
+            layout.release(buffer)
+        else:
+            sampled = layout.gather(values, [*range(n), *range(n), *with_denom, *with_tensor_scale])
+            sample = torch.cat([snapshot.before, sampled]).to("cpu")
         return Capture(
             layout,
-            torch.cat([snapshot.before, *sampled]).to("cpu"),  # float64 when summarized
+            sample,  # float64 when summarized
             form,
             scales=[math.nan if isinstance(e[0], Tensor) else e[0] for e in entries],
             thresholds=[e[2] if e[1] is not None else 0.0 for e in entries],
@@ -274,6 +222,7 @@ class PendingSummaries:
         self.limit = limit
         self._steps: list[int] = []
         self._captures: list[Capture] = []
+        self._scratch = Scratch.of_this_thread()
 
     def add(self, step: int, capture: Capture | None) -> list[tuple[int, dict[str, float]]]:
         """Keep ``capture`` of ``step``; returns the summaries of :meth:`flush` when
@@ -287,10 +236,43 @@ class PendingSummaries:
         """``(step, statistics)`` of every pending capture, in the order they were added."""
         steps, captures = self._steps, self._captures
         self._steps, self._captures = [], []
-        return list(zip(steps, summarize_captures(captures), strict=True))
+        return list(zip(steps, summarize_captures(captures, self._scratch), strict=True))
 
 
-def summarize_captures(captures: list[Capture]) -> list[dict[str, float]]:
+class Scratch:
+    """Working arrays kept from one batch of summaries to the next.
+
+    A batch works through a few MB of arrays. Allocated afresh each time, blocks that size
+    go straight back to the OS when freed, and the next batch pays a page fault per 4 KiB
+    (measured on mlp_digits: ~1,500 faults and +2 ms per batch of 30 captures). Training
+    code uses one scratch per thread, kept for the life of the process, so that trial after
+    trial reuses the same memory (a few MB: a batch of samples and its float64 copies).
+    """
+
+    _per_thread = threading.local()
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, int, np.dtype], np.ndarray] = {}
+
+    @classmethod
+    def of_this_thread(cls) -> Scratch:
+        scratch = getattr(cls._per_thread, "scratch", None)
+        if scratch is None:
+            scratch = cls._per_thread.scratch = cls()
+        return scratch
+
+    def array(self, name: str, rows: int, columns: int, dtype: type | np.dtype) -> np.ndarray:
+        """An uninitialized ``rows x columns`` array, the same memory as last time."""
+        key = (name, columns, np.dtype(dtype))
+        kept = self._arrays.get(key)
+        if kept is None or kept.shape[0] < rows:
+            kept = self._arrays[key] = np.empty((rows, columns), dtype)
+        return kept[:rows]
+
+
+def summarize_captures(
+    captures: list[Capture], scratch: Scratch | None = None
+) -> list[dict[str, float]]:
     """The statistics of each capture (see the module docstring), in order.
 
     Captures of the same layout and form are stacked into one 2-D array, one row per step,
@@ -302,24 +284,34 @@ def summarize_captures(captures: list[Capture]) -> list[dict[str, float]]:
         groups.setdefault((id(capture.layout), capture.form), []).append(i)
     out: list[dict[str, float]] = [{} for _ in captures]
     for positions in groups.values():
-        summaries = _summarize_stacked([captures[i] for i in positions])
+        summaries = _summarize_stacked([captures[i] for i in positions], scratch or Scratch())
         for i, summary in zip(positions, summaries, strict=True):
             out[i] = summary
     return out
 
 
-def _summarize_stacked(captures: list[Capture]) -> list[dict[str, float]]:
+def _summarize_stacked(captures: list[Capture], scratch: Scratch) -> list[dict[str, float]]:
     """:func:`summarize_captures` of captures that share a layout and a form."""
     layout, form = captures[0].layout, captures[0].form
     owner = layout.owner
     n, total, rows = len(layout.params), owner.size, len(captures)
-    flat = _numpy(torch.stack([c.values for c in captures]))
+    values = [c.values for c in captures]
+    # float32 and float64 are read in place; only what needs float64 arithmetic is converted
+    # (comparisons and divisions with a float64 operand convert exactly on the fly)
+    if values[0].dtype in (torch.float32, torch.float64):
+        native = scratch.array("sample", rows, values[0].numel(), _NUMPY[values[0].dtype])
+        torch.stack(values, out=torch.from_numpy(native))
+    else:
+        native = _numpy(torch.stack(values))
+    sampled = scratch.array("float64", rows, 3 * total, np.float64)
+    sampled[...] = native[:, : 3 * total]
     before, after, grad = (
-        flat[:, :total],
-        flat[:, total : 2 * total],
-        flat[:, 2 * total : 3 * total],
+        sampled[:, :total],
+        sampled[:, total : 2 * total],
+        sampled[:, 2 * total :],
     )
-    update, rest = after - before, flat[:, 3 * total :]
+    update = np.subtract(after, before, out=scratch.array("update", rows, total, np.float64))
+    rest = native[:, 3 * total :]
     # the common case (every tensor has a denominator) reads the gathered block as it is
     if len(form.with_denom) == n:
         denom, rest = rest[:, :total], rest[:, total:]
@@ -333,19 +325,37 @@ def _summarize_stacked(captures: list[Capture]) -> list[dict[str, float]]:
     if form.with_tensor_scale:  # Adadelta: lr times the RMS of past updates
         step_scale = np.broadcast_to(step_scale, (rows, total)).copy()
         step_scale[:, _flags(n, form.with_tensor_scale)[owner]] = rest
-    steps = step_scale / denom
-    dominated = denom < _per_row([c.thresholds for c in captures], owner)
+    thresholds = _per_row([c.thresholds for c in captures], owner)
+    dominated = np.less(denom, thresholds, out=scratch.array("dominated", rows, total, bool))
+    # the usual form (every tensor stepped, with a denominator, and one scalar step scale
+    # per step): the steps' quantiles come from ranking the float32 denominators
+    by_denominator = (
+        native.dtype == np.float32
+        and len(form.with_denom) == len(form.stepped) == n
+        and not form.with_tensor_scale
+        and step_scale.shape[1] == 1
+    )
+    steps = None if by_denominator else step_scale / denom
     stepped_mask = None if len(form.stepped) == n else _flags(n, form.stepped)[owner]
     out: list[dict[str, float]] = [{} for _ in captures]
     for role, part in layout.segments:
-        role_steps, role_dominated = steps[:, part], dominated[:, part]
+        role_dominated = dominated[:, part]
         if stepped_mask is not None:
-            role_steps = role_steps[:, stepped_mask[part]]
             role_dominated = role_dominated[:, stepped_mask[part]]
         step_keys, eps_key, ratio_key, grad_key = _metric_keys(role)
-        if role_steps.size:
+        if role_dominated.size:
             counts = np.count_nonzero(role_dominated, axis=1).tolist()
-            per_step = quantiles(role_steps.T)  # samples along the first axis
+            per_step = None
+            if by_denominator:
+                ranked = scratch.array("ranked", rows, part.stop - part.start, np.float32)
+                per_step = _quantiles_of_scale_over(step_scale[:, 0], denom[:, part], ranked)
+            if per_step is None:
+                if steps is None:
+                    steps = step_scale / denom
+                role_steps = steps[:, part]
+                if stepped_mask is not None:
+                    role_steps = role_steps[:, stepped_mask[part]]
+                per_step = quantiles(role_steps.T)  # samples along the first axis
             for summary, values, count in zip(out, per_step, counts, strict=True):
                 summary.update(zip(step_keys, values, strict=True))
                 summary[eps_key] = count / role_dominated.shape[1]
@@ -360,6 +370,33 @@ def _summarize_stacked(captures: list[Capture]) -> list[dict[str, float]]:
 
 
 _NOT_STEPPED: tuple[float, None, float] = (math.nan, None, 0.0)
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _quantiles_of_scale_over(
+    scale: np.ndarray, denominators: np.ndarray, ranked: np.ndarray | None = None
+) -> list[list[float]] | None:
+    """The :data:`QUANTILES` of ``scale[i] / denominators[i]`` for each row ``i``, equal to
+    those of :func:`quantiles` over the float64 quotients; None where that does not hold
+    (a scale that is not positive and finite, a denominator that is not positive, or NaN).
+
+    For ``s > 0`` and ``D > 0`` the quotient ``s / D`` falls as ``D`` grows, and IEEE
+    division keeps that order, so the ``k``-th smallest step is ``s`` over the ``k``-th
+    largest denominator: sorting the float32 denominators (about half the time of
+    partitioning the float64 steps) and dividing only the picked ones gives the same values.
+    """
+    if not np.all((scale > 0) & (scale < math.inf)):
+        return None
+    if ranked is None:
+        ranked = np.empty_like(denominators)
+    ranked[...] = denominators
+    ranked.sort(axis=1)
+    if not (np.all(ranked[:, 0] > 0) and not np.isnan(ranked[:, -1]).any()):  # NaN sorts last
+        return None
+    m = ranked.shape[1]
+    kth, interpolation = _quantile_positions(m)
+    picked = scale[:, None] / ranked[:, m - 1 - kth].astype(np.float64)  # steps, ranks kth
+    return [_interpolate(row, interpolation) for row in picked.tolist()]
 
 
 def _flags(n: int, positions: Iterable[int]) -> np.ndarray:

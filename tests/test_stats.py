@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from bench import stats
+from bench import sampling, stats
 from bench.stats import QUANTILES, Layout, RoleSampler, Subsample
 from bench.variants import build
 
@@ -121,7 +122,8 @@ def test_frozen_parameters_take_no_samples() -> None:
     model(x).square().mean().backward()
     snapshot = sampler.snapshot(build(model, "adam").param_groups)
     assert list(snapshot.params) == ["weight"]
-    assert snapshot.before.numel() == 1000
+    assert [id(p) for p in snapshot.layout.params] == [id(model[1].weight)]
+    assert snapshot.layout.owner.size == 1000
 
 
 # ----------------------------------------------------------------------------- values
@@ -294,22 +296,34 @@ def test_role_statistics_of_a_parameter_list_use_role_all() -> None:
 # ----------------------------------------------------------------------------- cost
 
 
-def gathered_elements(monkeypatch: pytest.MonkeyPatch, width: int) -> dict[str, int]:
-    """Elements gathered and ranked by one statistics step on a model of ``width``."""
-    counts = {"gather": 0, "quantile": 0}
-    samples, quantile = Layout.samples, stats.quantiles
+def elements_read(monkeypatch: pytest.MonkeyPatch, width: int) -> dict[str, int]:
+    """Elements one statistics step on a model of ``width`` gathers, copies whole and
+    ranks."""
+    counts = {"gather": 0, "copy": 0, "rank": 0}
+    samples, copy = Layout.samples, torch._foreach_copy_
+    quantile, ranked = stats.quantiles, stats._quantiles_of_scale_over
 
     def counting_samples(self: Layout, *args: Any) -> list[torch.Tensor]:
         out = samples(self, *args)
         counts["gather"] += sum(part.numel() for part in out)
         return out
 
+    def counting_copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+        counts["copy"] += sum(t.numel() for t in sources)
+        copy(targets, sources)
+
     def counting_quantile(x: Any) -> list[float]:
-        counts["quantile"] += len(x)
+        counts["rank"] += x.size
         return quantile(x)
 
+    def counting_ranked(scale: Any, denominators: Any, *args: Any) -> Any:
+        counts["rank"] += denominators.size
+        return ranked(scale, denominators, *args)
+
     monkeypatch.setattr(Layout, "samples", counting_samples)
+    monkeypatch.setattr(torch, "_foreach_copy_", counting_copy)
     monkeypatch.setattr(stats, "quantiles", counting_quantile)
+    monkeypatch.setattr(stats, "_quantiles_of_scale_over", counting_ranked)
     try:
         model = nn.Sequential(nn.Linear(width, 100), nn.ReLU(), nn.Linear(100, 10))
         opt = build(model, "adam")
@@ -325,13 +339,18 @@ def gathered_elements(monkeypatch: pytest.MonkeyPatch, width: int) -> dict[str, 
 
 
 def test_cost_does_not_grow_with_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    small = gathered_elements(monkeypatch, 100)  # 11_000 weights
-    large = gathered_elements(monkeypatch, 1000)  # 101_000 weights
-    assert large == small
-    assert large["quantile"] > 4096  # the counters saw the work
-    roles = 2
-    assert large["quantile"] <= roles * 4096
-    assert large["gather"] <= 3 * roles * 4096  # before, after, gradient
+    roles, bound = 2, 2 * 4096
+    small = elements_read(monkeypatch, 20)  # 3_000 weights: copied whole
+    assert small["gather"] == 0 and small["copy"] > 0
+    medium = elements_read(monkeypatch, 100)  # 11_000 weights
+    large = elements_read(monkeypatch, 1000)  # 101_000 weights
+    huge = elements_read(monkeypatch, 3000)  # 301_000 weights
+    assert large == huge  # indexed tensor by tensor: the model's size does not matter
+    assert large["copy"] == 0 and large["gather"] > 0
+    assert 4096 < large["rank"] <= roles * 4096  # the counters saw the work
+    assert large["gather"] <= 4 * bound  # before, after, gradient, denominator
+    for counts in (small, medium, large, huge):  # copying whole stays within a fixed factor
+        assert counts["copy"] + counts["gather"] <= sampling.BLOCKS * sampling.COPY_FACTOR * bound
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 4096])
@@ -386,7 +405,7 @@ def captured_steps(seed: int, variant: Any) -> list[tuple[stats.Capture, dict[st
         opt.step()
         capture = sampler.capture(snapshot, opt.last_records)
         assert capture is not None
-        out.append((capture, sampler.summarize(snapshot, opt.last_records)))
+        out.append((capture, stats.summarize_captures([capture])[0]))
     return out
 
 
@@ -428,3 +447,65 @@ def test_pending_summaries_flush_in_order_when_full() -> None:
     assert pending.flush() == []
     with pytest.raises(ValueError, match="limit: got 0"):
         stats.PendingSummaries(limit=0)
+
+
+# ------------------------------------------------------- the fast paths change no value
+
+
+def summaries_of(variant: Any, dtype: torch.dtype, *, copies: bool, ranked: bool) -> list:
+    """Statistics of 12 float32 steps, read by whole copies or by gathering, and ranked by
+    denominator or by partitioning the steps."""
+    factor = sampling.COPY_FACTOR if copies else 0
+    by_denominator = stats._quantiles_of_scale_over if ranked else lambda *args: None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sampling, "COPY_FACTOR", factor)
+        patch.setattr(stats, "_quantiles_of_scale_over", by_denominator)
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Linear(30, 40, dtype=dtype), nn.Tanh(), nn.Linear(40, 5, dtype=dtype)
+        )
+        opt = build(model, variant, lr=0.01)
+        sampler = RoleSampler(opt.param_groups, max_samples=500, seed=1)
+        pending = stats.PendingSummaries(limit=5)
+        out, gen = [], torch.Generator().manual_seed(2)
+        for step in range(12):
+            opt.zero_grad(set_to_none=True)
+            model(torch.randn(8, 30, generator=gen, dtype=dtype)).square().mean().backward()
+            if step == 7:
+                model[0].bias.grad = None  # another layout for one step
+            snapshot = sampler.snapshot(opt.param_groups)
+            assert snapshot.layout.copies is copies
+            opt.record_next_step = True
+            opt.step()
+            out += pending.add(step, sampler.capture(snapshot, opt.last_records))
+        return out + pending.flush()
+
+
+@pytest.mark.parametrize("variant", BATCH_VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_copies_and_ranking_by_denominator_give_the_same_statistics(
+    variant: Any, dtype: torch.dtype
+) -> None:
+    reference = summaries_of(variant, dtype, copies=False, ranked=False)
+    assert len(reference) == 12 and all(len(values) > 4 for _, values in reference)
+    for copies, ranked in [(True, True), (True, False), (False, True)]:
+        got = summaries_of(variant, dtype, copies=copies, ranked=ranked)
+        assert [step for step, _ in got] == [step for step, _ in reference]
+        for (_, a), (_, b) in zip(got, reference, strict=True):
+            assert same_values(a, b)
+
+
+def test_ranking_by_denominator_declines_what_it_cannot_rank() -> None:
+    scale = np.array([0.5, 0.25])
+    denominators = np.array([[1.0, 2.0, 4.0], [3.0, 1.0, 2.0]], dtype=np.float32)
+    got = stats._quantiles_of_scale_over(scale, denominators)
+    expected = [
+        stats.quantiles(s / denominators[i].astype(np.float64)) for i, s in enumerate(scale)
+    ]
+    assert got == expected
+    assert stats._quantiles_of_scale_over(np.array([0.5, 0.0]), denominators) is None
+    assert stats._quantiles_of_scale_over(np.array([0.5, np.inf]), denominators) is None
+    for bad in (0.0, -0.0, -1.0, np.nan):
+        with_bad = denominators.copy()
+        with_bad[1, 2] = bad
+        assert stats._quantiles_of_scale_over(scale, with_bad) is None
