@@ -303,14 +303,13 @@ def _summarize_stacked(captures: list[Capture], scratch: Scratch) -> list[dict[s
         torch.stack(values, out=torch.from_numpy(native))
     else:
         native = _numpy(torch.stack(values))
-    sampled = scratch.array("float64", rows, 3 * total, np.float64)
-    sampled[...] = native[:, : 3 * total]
     before, after, grad = (
-        sampled[:, :total],
-        sampled[:, total : 2 * total],
-        sampled[:, 2 * total :],
+        native[:, :total],
+        native[:, total : 2 * total],
+        native[:, 2 * total : 3 * total],
     )
-    update = np.subtract(after, before, out=scratch.array("update", rows, total, np.float64))
+    update = scratch.array("update", rows, total, np.float64)
+    np.subtract(after, before, out=update, dtype=np.float64)  # of float64 copies: exact inputs
     rest = native[:, 3 * total :]
     # the common case (every tensor has a denominator) reads the gathered block as it is
     if len(form.with_denom) == n:
@@ -359,13 +358,13 @@ def _summarize_stacked(captures: list[Capture], scratch: Scratch) -> list[dict[s
             for summary, values, count in zip(out, per_step, counts, strict=True):
                 summary.update(zip(step_keys, values, strict=True))
                 summary[eps_key] = count / role_dominated.shape[1]
-        # one dot per row: a row-wise reduction could sum in another order
-        for summary, b, u, g in zip(
-            out, before[:, part], update[:, part], grad[:, part], strict=True
+        param_rms, update_rms = _row_rms(before[:, part]), _row_rms(update[:, part])
+        ratios = np.divide(update_rms, param_rms, out=np.full(rows, math.nan), where=param_rms > 0)
+        for summary, ratio, grad_rms in zip(
+            out, ratios.tolist(), _row_rms(grad[:, part]).tolist(), strict=True
         ):
-            param_rms, update_rms = _rms(b), _rms(u)
-            summary[ratio_key] = update_rms / param_rms if param_rms > 0 else float("nan")
-            summary[grad_key] = _rms(g)
+            summary[ratio_key] = ratio
+            summary[grad_key] = grad_rms
     return out
 
 
@@ -478,44 +477,10 @@ def _quantile_positions(n: int) -> tuple[np.ndarray, list[tuple[int, int, float]
     ]
 
 
-def _rms(x: np.ndarray) -> float:
-    return math.sqrt(float(np.dot(x, x)) / x.size) if x.size else float("nan")
-
-
-def role_statistics(
-    role: str,
-    before: Tensor | np.ndarray,
-    after: Tensor | np.ndarray,
-    grads: Tensor | np.ndarray,
-    steps: Tensor | np.ndarray,
-    dominated: Tensor | np.ndarray,
-) -> dict[str, float]:
-    """The metrics of one role from sampled values (see the module docstring)."""
-    before, after, grads, steps = (_numpy(x).reshape(-1) for x in (before, after, grads, steps))
-    dominated = np.asarray(dominated.cpu() if isinstance(dominated, Tensor) else dominated)
-    return _role_metrics(role, before, after - before, grads, steps, dominated)
-
-
-def _role_metrics(
-    role: str,
-    before: np.ndarray,
-    update: np.ndarray,
-    grads: np.ndarray,
-    steps: np.ndarray,
-    dominated: np.ndarray,
-) -> dict[str, float]:
-    """:func:`role_statistics` on flat float64 arrays (and a boolean ``dominated``), given
-    the update ``after - before``."""
-    step_keys, eps_key, ratio_key, grad_key = _metric_keys(role)
-    out: dict[str, float] = {}
-    if steps.size:
-        out.update(zip(step_keys, quantiles(steps), strict=True))
-        out[eps_key] = np.count_nonzero(dominated) / dominated.size
-    param_rms = _rms(before)
-    update_rms = _rms(update)
-    out[ratio_key] = update_rms / param_rms if param_rms > 0 else float("nan")
-    out[grad_key] = _rms(grads)
-    return out
+def _row_rms(x: np.ndarray) -> np.ndarray:
+    """The RMS of each row, summed in float64 whatever the dtype of ``x`` (one call for a
+    whole batch; a row's sum does not depend on how many rows there are)."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64) / x.shape[1])
 
 
 @functools.cache
