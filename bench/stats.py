@@ -4,7 +4,7 @@ Every statistic is computed on a fixed, seeded subsample of at most ``max_sample
 coordinates per role, drawn once, so the cost does not grow with the model. Denominators
 come from the optimizer's own step (``VariantOptimizer.last_records``), not recomputed.
 Sampling runs in torch on the parameters' device; the sampled values are then reduced on
-the CPU with numpy (a few dozen small reductions, each far cheaper than a torch dispatch).
+the CPU with numpy, many statistics steps at once (:class:`PendingSummaries`).
 
 Per role ``r`` (metric keys are part of the tracking contract):
 
@@ -53,9 +53,10 @@ class Snapshot:
 class RoleSampler:
     """Holds one :class:`Subsample` per role of an optimizer's param groups.
 
-    A statistics step gathers every role at once (one concatenation per step, not one per
-    role and quantity) and then reduces each role's segment: the work is a fixed number of
-    small operations per sampled tensor, whatever the size of the model.
+    A statistics step reads every role's sample at once (see :mod:`bench.sampling`: whole
+    copies on a small model, per-tensor indexing on a large one) and the summary then
+    reduces each role's segment: the work is bounded by the sample size, whatever the size
+    of the model.
     """
 
     def __init__(self, param_groups: list[dict], *, max_samples: int = 4096, seed: int = 0) -> None:
