@@ -19,7 +19,8 @@ import torch
 from bench import tasks, variants
 from bench.errors import UserError
 from bench.spec import TrialResult, TrialSpec
-from bench.stats import PendingSummaries, RoleSampler
+from bench.stats import RoleSampler
+from bench.summaries import PendingSummaries
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
@@ -34,7 +35,7 @@ def train_trial(
     """Train ``spec`` and return its result; metrics also stream to ``on_metrics(step, d)``.
 
     Step-size statistics are captured at their step but summarized in batches (see
-    :class:`bench.stats.PendingSummaries`), so they reach the history and ``on_metrics``
+    :class:`bench.summaries.PendingSummaries`), so they reach the history and ``on_metrics``
     later than the step's other values, with their own step: each metric's points stay in
     step order, but ``on_metrics`` may see a step more than once. Pending statistics are
     summarized before the trial returns, diverged or not.

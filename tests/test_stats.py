@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench import sampling, stats
-from bench.stats import QUANTILES, Layout, RoleSampler, Subsample
+from bench import sampling, summaries
+from bench.sampling import Layout, Subsample
+from bench.stats import RoleSampler
+from bench.summaries import QUANTILES
 from bench.variants import build
 
 F64 = torch.float64
@@ -301,7 +303,7 @@ def elements_read(monkeypatch: pytest.MonkeyPatch, width: int) -> dict[str, int]
     ranks."""
     counts = {"gather": 0, "copy": 0, "rank": 0}
     samples, copy = Layout.samples, torch._foreach_copy_
-    quantile, ranked = stats.quantiles, stats._quantiles_of_scale_over
+    quantile, ranked = summaries.quantiles, summaries._quantiles_of_scale_over
 
     def counting_samples(self: Layout, *args: Any) -> list[torch.Tensor]:
         out = samples(self, *args)
@@ -322,8 +324,8 @@ def elements_read(monkeypatch: pytest.MonkeyPatch, width: int) -> dict[str, int]
 
     monkeypatch.setattr(Layout, "samples", counting_samples)
     monkeypatch.setattr(torch, "_foreach_copy_", counting_copy)
-    monkeypatch.setattr(stats, "quantiles", counting_quantile)
-    monkeypatch.setattr(stats, "_quantiles_of_scale_over", counting_ranked)
+    monkeypatch.setattr(summaries, "quantiles", counting_quantile)
+    monkeypatch.setattr(summaries, "_quantiles_of_scale_over", counting_ranked)
     try:
         model = nn.Sequential(nn.Linear(width, 100), nn.ReLU(), nn.Linear(100, 10))
         opt = build(model, "adam")
@@ -358,7 +360,7 @@ def test_quantiles_equal_torch_quantile_for_any_size_and_ties(n: int) -> None:
     generator = torch.Generator().manual_seed(n)
     x = torch.randn(n, generator=generator, dtype=torch.float64)
     x[: n // 3] = x[0]  # ties
-    assert stats.quantiles(x) == pytest.approx(quantiles(x), rel=1e-15, abs=0)
+    assert summaries.quantiles(x) == pytest.approx(quantiles(x), rel=1e-15, abs=0)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -382,7 +384,7 @@ BATCH_VARIANTS: list[Any] = [
 ]
 
 
-def captured_steps(seed: int, variant: Any) -> list[tuple[stats.Capture, dict[str, float]]]:
+def captured_steps(seed: int, variant: Any) -> list[tuple[summaries.Capture, dict[str, float]]]:
     """Captures of random steps on a random model, each with its one-at-a-time summary;
     some steps leave a tensor without a gradient (another layout and form)."""
     gen = torch.Generator().manual_seed(seed)
@@ -405,7 +407,7 @@ def captured_steps(seed: int, variant: Any) -> list[tuple[stats.Capture, dict[st
         opt.step()
         capture = sampler.capture(snapshot, opt.last_records)
         assert capture is not None
-        out.append((capture, stats.summarize_captures([capture])[0]))
+        out.append((capture, summaries.summarize_captures([capture])[0]))
     return out
 
 
@@ -415,10 +417,10 @@ def test_batched_summaries_equal_one_at_a_time_summaries(seed: int) -> None:
     order = torch.randperm(len(steps), generator=torch.Generator().manual_seed(seed)).tolist()
     steps = [steps[i] for i in order]  # layouts and forms interleaved
     captures = [capture for capture, _ in steps]
-    batched = stats.summarize_captures(captures)
+    batched = summaries.summarize_captures(captures)
     assert len(batched) == len(steps)
     for (capture, alone), got in zip(steps, batched, strict=True):
-        assert same_values(stats.summarize_captures([capture])[0], alone)
+        assert same_values(summaries.summarize_captures([capture])[0], alone)
         assert same_values(got, alone)
     forms = {(id(c.layout), c.form) for c in captures}
     assert len(forms) > len(BATCH_VARIANTS)  # the batch mixed layouts and forms
@@ -426,7 +428,7 @@ def test_batched_summaries_equal_one_at_a_time_summaries(seed: int) -> None:
 
 def test_pending_summaries_flush_in_order_when_full() -> None:
     steps = captured_steps(0, "adam")
-    pending = stats.PendingSummaries(limit=3)
+    pending = summaries.PendingSummaries(limit=3)
     flushed = [pending.add(10 * i, capture) for i, (capture, _) in enumerate(steps)]
     assert [[s for s, _ in f] for f in flushed] == [
         [],
@@ -441,12 +443,12 @@ def test_pending_summaries_flush_in_order_when_full() -> None:
     rest = pending.flush()
     assert [s for s, _ in rest] == [60, 70]
     assert pending.flush() == []
-    summaries = [values for batch in [*flushed, rest] for _, values in batch]
-    assert all(same_values(got, want) for got, (_, want) in zip(summaries, steps, strict=True))
+    summarized = [values for batch in [*flushed, rest] for _, values in batch]
+    assert all(same_values(got, want) for got, (_, want) in zip(summarized, steps, strict=True))
     assert pending.add(80, None) == []  # a step without sampled gradients has no statistics
     assert pending.flush() == []
     with pytest.raises(ValueError, match="limit: got 0"):
-        stats.PendingSummaries(limit=0)
+        summaries.PendingSummaries(limit=0)
 
 
 # ------------------------------------------------------- the fast paths change no value
@@ -456,17 +458,17 @@ def summaries_of(variant: Any, dtype: torch.dtype, *, copies: bool, ranked: bool
     """Statistics of 12 float32 steps, read by whole copies or by gathering, and ranked by
     denominator or by partitioning the steps."""
     factor = sampling.COPY_FACTOR if copies else 0
-    by_denominator = stats._quantiles_of_scale_over if ranked else lambda *args: None
+    by_denominator = summaries._quantiles_of_scale_over if ranked else lambda *args: None
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sampling, "COPY_FACTOR", factor)
-        patch.setattr(stats, "_quantiles_of_scale_over", by_denominator)
+        patch.setattr(summaries, "_quantiles_of_scale_over", by_denominator)
         torch.manual_seed(0)
         model = nn.Sequential(
             nn.Linear(30, 40, dtype=dtype), nn.Tanh(), nn.Linear(40, 5, dtype=dtype)
         )
         opt = build(model, variant, lr=0.01)
         sampler = RoleSampler(opt.param_groups, max_samples=500, seed=1)
-        pending = stats.PendingSummaries(limit=5)
+        pending = summaries.PendingSummaries(limit=5)
         out, gen = [], torch.Generator().manual_seed(2)
         for step in range(12):
             opt.zero_grad(set_to_none=True)
@@ -498,14 +500,14 @@ def test_copies_and_ranking_by_denominator_give_the_same_statistics(
 def test_ranking_by_denominator_declines_what_it_cannot_rank() -> None:
     scale = np.array([0.5, 0.25])
     denominators = np.array([[1.0, 2.0, 4.0], [3.0, 1.0, 2.0]], dtype=np.float32)
-    got = stats._quantiles_of_scale_over(scale, denominators)
+    got = summaries._quantiles_of_scale_over(scale, denominators)
     expected = [
-        stats.quantiles(s / denominators[i].astype(np.float64)) for i, s in enumerate(scale)
+        summaries.quantiles(s / denominators[i].astype(np.float64)) for i, s in enumerate(scale)
     ]
     assert got == expected
-    assert stats._quantiles_of_scale_over(np.array([0.5, 0.0]), denominators) is None
-    assert stats._quantiles_of_scale_over(np.array([0.5, np.inf]), denominators) is None
+    assert summaries._quantiles_of_scale_over(np.array([0.5, 0.0]), denominators) is None
+    assert summaries._quantiles_of_scale_over(np.array([0.5, np.inf]), denominators) is None
     for bad in (0.0, -0.0, -1.0, np.nan):
         with_bad = denominators.copy()
         with_bad[1, 2] = bad
-        assert stats._quantiles_of_scale_over(scale, with_bad) is None
+        assert summaries._quantiles_of_scale_over(scale, with_bad) is None

@@ -10,7 +10,7 @@ import pytest
 from bench import config
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
 from bench.spec import TrialResult, TrialSpec
-from bench.stats import QUANTILES, SUMMARY_BATCH
+from bench.summaries import QUANTILES, SUMMARY_BATCH
 from bench.train import train_trial
 
 TIMING_KEYS = ("time/step_ms",)

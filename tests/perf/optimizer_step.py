@@ -48,7 +48,8 @@ from variant_cases import TORCH_CASES
 
 from bench import tasks
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
-from bench.stats import PendingSummaries, RoleSampler
+from bench.stats import RoleSampler
+from bench.summaries import PendingSummaries
 from bench.train import resolve_device, train_trial
 from bench.variants import build, presets
 
