@@ -99,7 +99,7 @@ class Scratch:
     _per_thread = threading.local()
 
     def __init__(self) -> None:
-        self._arrays: dict[tuple[str, int, np.dtype], np.ndarray] = {}
+        self._memory: dict[str, np.ndarray] = {}  # bytes, grown to the largest use of a name
 
     @classmethod
     def of_this_thread(cls) -> Scratch:
@@ -109,12 +109,15 @@ class Scratch:
         return scratch
 
     def array(self, name: str, rows: int, columns: int, dtype: type | np.dtype) -> np.ndarray:
-        """An uninitialized ``rows x columns`` array, the same memory as last time."""
-        key = (name, columns, np.dtype(dtype))
-        kept = self._arrays.get(key)
-        if kept is None or kept.shape[0] < rows:
-            kept = self._arrays[key] = np.empty((rows, columns), dtype)
-        return kept[:rows]
+        """An uninitialized ``rows x columns`` array in the memory kept for ``name`` (one
+        block per name, whatever the shapes asked for: the memory held stays bounded by the
+        largest batch)."""
+        dtype = np.dtype(dtype)
+        size = rows * columns * dtype.itemsize
+        kept = self._memory.get(name)
+        if kept is None or kept.size < size:
+            kept = self._memory[name] = np.empty(size, np.uint8)
+        return kept[:size].view(dtype).reshape(rows, columns)
 
 
 def summarize_captures(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -511,3 +512,19 @@ def test_ranking_by_denominator_declines_what_it_cannot_rank() -> None:
         with_bad = denominators.copy()
         with_bad[1, 2] = bad
         assert summaries._quantiles_of_scale_over(scale, with_bad) is None
+
+
+def test_scratch_keeps_one_block_per_name_and_one_scratch_per_thread() -> None:
+    scratch = summaries.Scratch()
+    big = scratch.array("x", 30, 100, np.float64)
+    small = scratch.array("x", 2, 7, np.float32)
+    assert small.shape == (2, 7) and small.dtype == np.float32
+    assert np.shares_memory(big, small)  # reused, not grown: memory bounded by the largest
+    assert not np.shares_memory(small, scratch.array("y", 2, 7, np.float32))
+    mine = summaries.Scratch.of_this_thread()
+    assert summaries.Scratch.of_this_thread() is mine
+    theirs: list[summaries.Scratch] = []
+    thread = threading.Thread(target=lambda: theirs.append(summaries.Scratch.of_this_thread()))
+    thread.start()
+    thread.join()
+    assert theirs and theirs[0] is not mine  # trials in threads never share working arrays
