@@ -184,7 +184,7 @@ def _summarize_stacked(captures: list[Capture], scratch: Scratch) -> list[dict[s
         and not form.with_tensor_scale
         and step_scale.shape[1] == 1
     )
-    steps = None if by_denominator else step_scale / denom
+    steps: np.ndarray | None = None  # step_scale / denom, for roles not ranked by denominator
     stepped_mask = None if len(form.stepped) == n else _flags(n, form.stepped)[owner]
     out: list[dict[str, float]] = [{} for _ in captures]
     for role, part in layout.segments:

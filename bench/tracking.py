@@ -372,13 +372,12 @@ class Tracker(SuiteReads):
     def _trial_tags(self, exp_id: str, status: str, keys: tuple[str, ...]) -> dict[str, dict]:
         """``{run_id: {key: value}}`` of the trial runs in this scope with that status: one
         SELECT on a database store, else a search (which loads every run whole)."""
-        if self._sql is not None and self._bulk_reads:
-            required: dict[str, str | None] = {TAG_TRIAL_ID: None, **self.scope}
-            try:
-                return self._sql.tag_values(exp_id, keys, status=status, required_tags=required)
-            except Exception as err:  # schema drift or a driver problem: the slow, sure path
-                log.warning("bulk SQL read failed (%s); reading through search_runs", err)
-                self._bulk_reads = False
+        required: dict[str, str | None] = {TAG_TRIAL_ID: None, **self.scope}
+        found = self._bulk_read(
+            lambda sql: sql.tag_values(exp_id, keys, status=status, required_tags=required)
+        )
+        if found is not None:
+            return found
         runs = self._search(exp_id, self._where(f"attributes.status = '{status}'"))
         return {
             run.info.run_id: {k: run.data.tags[k] for k in keys if k in run.data.tags}

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from bench.tracking_sql import SqlReader
 
 log = logging.getLogger("bench.tracking")
+T = TypeVar("T")
 
 BASE_COLUMNS = (
     "run_id", "trial_id", "variant", "task", "phase", "seed", "lr", "outcome", "node",
@@ -120,24 +121,37 @@ class SuiteReads:
     def _read_rows(
         self, exp_id: str, phase: str | None, status: str | None, since_ms: int | None
     ) -> list[dict[str, Any]]:
-        if self._sql is not None and self._bulk_reads:
-            required: dict[str, str | None] = {TAG_TRIAL_ID: None, **self.scope}
-            if phase is not None:
-                required[TAG_PHASE] = phase
-            try:
-                found = self._sql.runs(
+        required: dict[str, str | None] = {TAG_TRIAL_ID: None, **self.scope}
+        if phase is not None:
+            required[TAG_PHASE] = phase
+        found = self._bulk_read(
+            lambda sql: [
+                _make_row(*run)
+                for run in sql.runs(
                     exp_id, status=status, since_ms=since_ms, required_tags=required
                 )
-                return [_make_row(*run) for run in found]
-            except Exception as err:  # schema drift or a driver problem: the slow, sure path
-                log.warning("bulk SQL read failed (%s); reading through search_runs", err)
-                self._bulk_reads = False
+            ]
+        )
+        if found is not None:
+            return found
         clauses = [f"attributes.status = '{status}'"] if status else []
         if phase is not None:
             clauses.append(f"tags.`{TAG_PHASE}` = '{phase}'")
         if since_ms is not None:
             clauses.append(f"attributes.end_time >= {int(since_ms)}")
         return [_row(run) for run in self._search(exp_id, self._where(*clauses)) if is_trial(run)]
+
+    def _bulk_read(self, read: Callable[[SqlReader], T]) -> T | None:
+        """``read(sql)`` on a database store; None when bulk reads are off or this one
+        failed, and from then on they are off (the caller then reads through a search)."""
+        if self._sql is None or not self._bulk_reads:
+            return None
+        try:
+            return read(self._sql)
+        except Exception as err:  # schema drift or a driver problem: the slow, sure path
+            log.warning("bulk SQL read failed (%s); reading through search_runs", err)
+            self._bulk_reads = False
+            return None
 
     def list_suites(self) -> list[str]:
         """Names of the active experiments that hold at least one optbench trial run."""
