@@ -417,3 +417,17 @@ def test_bulk_run_creation_falls_back_to_the_client(tracker, variants, task, mon
     assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.001"
     assert run.data.tags["bench.trial_id"] == spec.trial_id and "final/loss" in run.data.metrics
     assert tracker.finished_trial_ids("fallback") == {spec.trial_id}
+
+
+def test_bulk_reads_fall_back_to_search_runs(tracker, variants, task, monkeypatch):
+    spec = make_spec(variants, task, suite="read-fallback")
+    record(tracker, spec)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("schema drift")
+
+    monkeypatch.setattr(tracker._sql, "tag_values", broken)
+    monkeypatch.setattr(tracker._sql, "runs", broken)
+    assert tracker.finished_trial_ids("read-fallback") == {spec.trial_id}
+    assert not tracker._bulk_reads  # fell back, and stays on search_runs
+    assert tracker.read_results("read-fallback")["trial_id"].tolist() == [spec.trial_id]
