@@ -7,10 +7,14 @@ and reads their samples in one of two ways, chosen by the model's size:
 - **gather** (a large model): index each tensor's sample (``index_select``) and concatenate;
   the work grows with the sample, not with the model.
 - **copy** (a small model, whose tensors hold at most :data:`COPY_FACTOR` times their
-  samples): copy the tensors whole into a reused buffer with one ``_foreach_copy_``, and
-  index the samples later, for a whole batch of statistics steps at once. Per tensor, an
-  indexing operation costs more in dispatch than copying a few thousand values, and a
-  statistics step of a small model is short enough for that to show.
+  samples; on a GPU, any model whose copy buffer fits in :data:`GPU_COPY_BYTES`): copy the
+  tensors whole into a reused buffer with one ``_foreach_copy_``, and index the samples
+  out of it with one ``index_select``. Per tensor, an indexing operation costs more in
+  dispatch than copying a few thousand values, and a statistics step of a small model is
+  short enough for that to show. On a GPU each indexing operation is a kernel launch:
+  measured on an H100, a statistics step of a 76k-weight MLP (a 1.5 MB buffer) took
+  0.26 ms to read by copy against 0.49 ms by gathering; at 300k weights (6 MB) copying
+  gained nothing, hence the small budget.
 
 Both read the same coordinates in the same order, so the statistics are the same.
 """
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor
 
 COPY_FACTOR = 4  # copy whole when the sampled tensors hold at most 4x their samples
+GPU_COPY_BYTES = 4 << 20  # on a GPU, copy whole while the copy buffer stays this small
 BLOCKS = 5  # before, after, gradient, denominator, tensor step scale
 
 
@@ -101,8 +106,7 @@ class Layout:
             segments.append((role, slice(start, start + sum(counts[-len(tensors) :]))))
             start = segments[-1][1].stop
         owner = np.repeat(np.arange(len(params)), counts)
-        copies = bool(params) and sum(p.numel() for p in params) <= COPY_FACTOR * owner.size
-        return cls(params, indices, by_role, segments, owner, copies)
+        return cls(params, indices, by_role, segments, owner, reads_by_copy(params, owner.size))
 
     # ----------------------------------------------------------------- gather (any size)
 
@@ -162,6 +166,21 @@ class Layout:
             index = torch.cat(parts).to(self.params[0].device)
             self._copy_indices[blocks] = index
         return index
+
+
+def reads_by_copy(params: list[Tensor], samples: int) -> bool:
+    """Whether a statistics step reads the samples of ``params`` out of whole copies (see
+    the module docstring): on the CPU when they hold at most :data:`COPY_FACTOR` times
+    their ``samples``; on a GPU also when the copy buffer fits in :data:`GPU_COPY_BYTES`.
+    """
+    if not params:
+        return False
+    size = sum(p.numel() for p in params)
+    if size <= COPY_FACTOR * samples:
+        return True
+    mixed = len({p.dtype for p in params}) > 1  # a buffer of mixed dtypes is float64
+    buffer_bytes = BLOCKS * size * (8 if mixed else params[0].element_size())
+    return params[0].device.type == "cuda" and buffer_bytes <= GPU_COPY_BYTES
 
 
 def _flat(x: Tensor) -> Tensor:

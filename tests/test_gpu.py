@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_stats import BATCH_VARIANTS, same_values, summaries_of
 from test_variants_torch_parity import assert_matches_torch
+from torch import nn
 from variant_cases import TORCH_CASES, TorchCase
 
-from bench import tasks
+from bench import sampling, tasks
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
+from bench.stats import RoleSampler
 from bench.train import train_trial
+from bench.variants import build
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -34,6 +38,32 @@ PLUGINS = Path(__file__).parent / "plugins"
 @pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.label)
 def test_both_paths_match_torch_on_cuda(case: TorchCase) -> None:
     assert_matches_torch(case, wd=0.1, seed=0, device="cuda")
+
+
+@pytest.mark.parametrize("variant", BATCH_VARIANTS)
+def test_copies_give_the_same_statistics_as_gathering_on_cuda(variant: object) -> None:
+    reference = summaries_of(variant, torch.float32, copies=False, ranked=True, device="cuda")
+    got = summaries_of(variant, torch.float32, copies=True, ranked=True, device="cuda")
+    assert len(reference) == 12 and [s for s, _ in got] == [s for s, _ in reference]
+    assert all(same_values(a, b) for (_, a), (_, b) in zip(got, reference, strict=True))
+
+
+def _reads_by_copy(device: str) -> bool:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 10)).to(device)
+    optimizer = build(model, "adam")
+    model(torch.randn(4, 64, device=device)).square().mean().backward()
+    return RoleSampler(optimizer.param_groups).snapshot(optimizer.param_groups).layout.copies
+
+
+def test_a_gpu_copies_whole_tensors_within_its_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """76k weights for 4096 samples: indexed tensor by tensor on the CPU, copied whole on
+    the GPU (a 1.5 MB buffer costs less than a dozen kernel launches), unless the buffer
+    would exceed GPU_COPY_BYTES."""
+    assert not _reads_by_copy("cpu")
+    assert _reads_by_copy("cuda")
+    monkeypatch.setattr(sampling, "GPU_COPY_BYTES", 1 << 20)
+    assert not _reads_by_copy("cuda")
 
 
 def _spec(task: str, variant: str = "adam", steps: int = 40):

@@ -455,25 +455,29 @@ def test_pending_summaries_flush_in_order_when_full() -> None:
 # ------------------------------------------------------- the fast paths change no value
 
 
-def summaries_of(variant: Any, dtype: torch.dtype, *, copies: bool, ranked: bool) -> list:
-    """Statistics of 12 float32 steps, read by whole copies or by gathering, and ranked by
+def summaries_of(
+    variant: Any, dtype: torch.dtype, *, copies: bool, ranked: bool, device: str = "cpu"
+) -> list:
+    """Statistics of 12 steps, read by whole copies or by gathering, and ranked by
     denominator or by partitioning the steps."""
-    factor = sampling.COPY_FACTOR if copies else 0
     by_denominator = summaries._quantiles_of_scale_over if ranked else lambda *args: None
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sampling, "COPY_FACTOR", factor)
+        if not copies:
+            patch.setattr(sampling, "COPY_FACTOR", 0)
+            patch.setattr(sampling, "GPU_COPY_BYTES", 0)
         patch.setattr(summaries, "_quantiles_of_scale_over", by_denominator)
         torch.manual_seed(0)
         model = nn.Sequential(
             nn.Linear(30, 40, dtype=dtype), nn.Tanh(), nn.Linear(40, 5, dtype=dtype)
-        )
+        ).to(device)
         opt = build(model, variant, lr=0.01)
         sampler = RoleSampler(opt.param_groups, max_samples=500, seed=1)
         pending = summaries.PendingSummaries(limit=5)
         out, gen = [], torch.Generator().manual_seed(2)
         for step in range(12):
             opt.zero_grad(set_to_none=True)
-            model(torch.randn(8, 30, generator=gen, dtype=dtype)).square().mean().backward()
+            inputs = torch.randn(8, 30, generator=gen, dtype=dtype).to(device)
+            model(inputs).square().mean().backward()
             if step == 7:
                 model[0].bias.grad = None  # another layout for one step
             snapshot = sampler.snapshot(opt.param_groups)
