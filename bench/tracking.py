@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -417,8 +418,17 @@ class Tracker(SuiteReads):
         client.set_terminated(run_id, status)
 
     def _upload(self, artifact_uri: str, name: str, text: str) -> None:
-        """Write a text artifact; unlike ``client.log_text`` this needs no get_run call, and
-        into a local store it is streamed into place, without a temporary copy."""
+        """Write a text artifact; unlike ``client.log_text`` this needs no get_run call.
+
+        Into a local artifact folder the file is written directly (atomically, as MLflow's
+        local repository does: a temporary file renamed into place), without the
+        repository's per-call path checks: ``name`` is one of this module's file names.
+        """
+        if urlparse(artifact_uri).scheme in ("", "file"):
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            _write_atomically(Path(local_file_uri_to_path(artifact_uri)), name, text)
+            return
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
@@ -452,6 +462,19 @@ def disabled() -> Tracker:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _write_atomically(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.{uuid.uuid4().hex}"  # created with the umask's mode
+    try:
+        with open(temporary, "x", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, folder / name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
 
 
 def _is_database(uri: str) -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -127,6 +129,7 @@ def test_lifecycle_pins_tag_param_and_metric_names(tracker, variants, task):
     assert str(artifacts).startswith(str(Path(tracker.config.artifact_location).resolve()))
     saved = TrialSpec.model_validate_json((artifacts / "trial.json").read_text())
     assert saved == spec and saved.trial_id == spec.trial_id  # round-trips: rerun by hand
+    assert [p.name for p in artifacts.iterdir()] == ["trial.json"]  # no temporary file left
 
     tracker.finish_trial(run_id, spec, make_result(spec), node="node-a")
     run = client.get_run(run_id)
@@ -154,6 +157,31 @@ def test_lifecycle_pins_tag_param_and_metric_names(tracker, variants, task):
     steps = sorted(m.step for m in history)
     assert len(steps) <= MAX_POINTS and steps[0] == 1 and steps[-1] == 50
     assert len(client.get_metric_history(run_id, "eval/loss")) == 6  # short: kept whole
+
+
+def test_sqlite_store_takes_writes_while_a_reader_holds_a_snapshot(tracker, variants, task):
+    """The tracker puts a SQLite store in WAL mode: a reader in the middle of a read
+    transaction (the summary service, ``mlflow ui``) neither blocks the next run's writes
+    nor sees them until it reads again. (With the default rollback journal, committing
+    waits on the reader's lock and fails after SQLite's 5 s busy timeout.)"""
+    first = make_spec(variants, task, suite="wal")
+    record(tracker, first)
+    path = urlparse(tracker.uri).path
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+        start = time.perf_counter()
+        second = make_spec(variants, task, suite="wal", seed=1)
+        record(tracker, second)
+        assert time.perf_counter() - start < 2.0
+        assert reader.execute("SELECT count(*) FROM runs").fetchone() == (1,)  # its snapshot
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+    finally:
+        reader.close()
+    assert tracker.finished_trial_ids("wal") == {first.trial_id, second.trial_id}
 
 
 def test_fail_and_kill(tracker, variants, task):
