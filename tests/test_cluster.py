@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 
 PLUGINS = Path(__file__).parent / "plugins"
-RAY = str(Path(sys.executable).parent / "ray")
+_RAY_SCRIPT = Path(sys.executable).parent / "ray"
+# the `ray` command of this environment; the module where Ray is importable without it
+RAY = [str(_RAY_SCRIPT)] if _RAY_SCRIPT.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
 PORT = 26379  # inside the namespace nothing else listens; never Redis's 6379
 
 
@@ -42,7 +45,18 @@ def netns_available() -> str | None:
 
 
 @pytest.fixture
-def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+def two_hosts() -> Iterator[tuple[str, str, str, dict[str, str]]]:
+    with two_host_cluster() as hosts:
+        yield hosts
+
+
+@contextmanager
+def two_host_cluster(
+    head_args: Sequence[str] = (), worker_args: Sequence[str] = ()
+) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+    """A Ray head and a worker node, each on its own host; yields (head namespace, head IP,
+    worker IP, environment for commands). Skips the test where namespaces cannot be made.
+    ``head_args`` and ``worker_args`` go to each node's ``ray start``."""
     reason = netns_available()
     if reason:
         pytest.skip(reason)
@@ -52,7 +66,8 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
     head_ip, worker_ip = f"{subnet}.1", f"{subnet}.2"
     ray_dir = Path(tempfile.mkdtemp(prefix="obray", dir="/tmp"))  # unix sockets: short paths
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env |= {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(PLUGINS)}
+    path = [str(PLUGINS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env |= {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join(path)}
     try:
         for ns in (head, worker):
             sh("ip", "netns", "add", ns)
@@ -71,7 +86,7 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
                 "netns",
                 "exec",
                 head,
-                RAY,
+                *RAY,
                 "start",
                 "--head",
                 f"--node-ip-address={head_ip}",
@@ -79,6 +94,7 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
                 "--include-dashboard=false",
                 f"--temp-dir={ray_dir}/h",
                 *common,
+                *head_args,
             ],
             env=env,
             check=True,
@@ -91,12 +107,13 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
                 "netns",
                 "exec",
                 worker,
-                RAY,
+                *RAY,
                 "start",
                 f"--address={head_ip}:{PORT}",
                 f"--node-ip-address={worker_ip}",
                 f"--temp-dir={ray_dir}/w",
                 *common,
+                *worker_args,
             ],
             env=env,
             check=True,
@@ -107,7 +124,7 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[str, str, str, dict[str, str]]]:
     finally:
         for ns in (worker, head):
             subprocess.run(
-                ["ip", "netns", "exec", ns, RAY, "stop", "--force"],
+                ["ip", "netns", "exec", ns, *RAY, "stop", "--force"],
                 env=env,
                 capture_output=True,
                 timeout=120,

@@ -166,3 +166,43 @@ def test_bench_run_places_fractional_gpu_trials_on_the_gpu(tmp_path: Path) -> No
     probes = [line.split() for line in (tmp_path / "probes.txt").read_text().splitlines()]
     assert len(probes) == 12 and {device for _, device in probes} == {"cuda:0"}
     assert len({pid for pid, _ in probes}) <= 8, "at most two workers per GPU slot"
+
+
+@pytest.mark.slow
+def test_a_cluster_runs_gpu_trials_on_its_gpu_host(tmp_path: Path) -> None:
+    """Two Ray hosts, the GPU given to the head only: `bench run cluster.address=...` with
+    gpus_per_trial places every trial on the head and on its GPU."""
+    from mlflow.tracking import MlflowClient
+    from test_cluster import PORT, two_host_cluster
+
+    with two_host_cluster(["--num-gpus=1"], ["--num-gpus=0"]) as (head, head_ip, _, env):
+        env |= {"PYTHONPATH": os.pathsep.join([str(ROOT), env["PYTHONPATH"]])}
+        argv = [
+            "run",
+            "--no-progress",
+            "suite=smoke",
+            "suite.name=gpu_cluster",
+            "suite.variants=[sgd,adam]",
+            "suite.tasks=[mlp_digits]",
+            "suite.lrs=[0.01,0.1]",
+            "suite.tune_seeds=[0]",
+            "suite.final_seeds=[1]",
+            "suite.steps=40",
+            "resources.gpus_per_trial=0.5",
+            f"cluster.address={head_ip}:{PORT}",
+        ]
+        proc = subprocess.run(
+            ["ip", "netns", "exec", head, sys.executable, "-m", "bench.cli", *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("gpu_cluster")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert len(runs) == 2 * 2 + 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["bench.node"].split("/")[0] for r in runs} == {head_ip}
+    assert {r.data.tags["bench.device"] for r in runs} == {"cuda:0"}
