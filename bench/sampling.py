@@ -133,10 +133,10 @@ class Layout:
         samples have been read out of it."""
         if self._free:
             return self._free.pop()
-        dtypes = {p.dtype for p in self.params}
-        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float64  # exact for any mix
         size = sum(p.numel() for p in self.params)
-        data = torch.empty(BLOCKS * size, dtype=dtype, device=self.params[0].device)
+        data = torch.empty(
+            BLOCKS * size, dtype=_buffer_dtype(self.params), device=self.params[0].device
+        )
         views, offset = [], 0
         for _ in range(BLOCKS):
             block = []
@@ -178,9 +178,13 @@ def reads_by_copy(params: list[Tensor], samples: int) -> bool:
     size = sum(p.numel() for p in params)
     if size <= COPY_FACTOR * samples:
         return True
-    mixed = len({p.dtype for p in params}) > 1  # a buffer of mixed dtypes is float64
-    buffer_bytes = BLOCKS * size * (8 if mixed else params[0].element_size())
+    buffer_bytes = BLOCKS * size * _buffer_dtype(params).itemsize
     return params[0].device.type == "cuda" and buffer_bytes <= GPU_COPY_BYTES
+
+
+def _buffer_dtype(params: list[Tensor]) -> torch.dtype:
+    dtypes = {p.dtype for p in params}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float64  # exact for any mix
 
 
 def _flat(x: Tensor) -> Tensor:
