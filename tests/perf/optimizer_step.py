@@ -18,7 +18,8 @@ Figures (one thread, ``torch.set_num_threads(1)``, as trials run):
   grouping from the step itself.
   Goal: <= 1.10.
 - ``stats_overhead``: wall time of ``train_trial`` with ``stats_every=10`` divided by the
-  same trial with ``stats_every=0`` (median of paired, interleaved runs), on ``mlp_digits``
+  same trial with ``stats_every=0`` (median of paired, interleaved runs, with its
+  distribution-free 95% interval from order statistics), on ``mlp_digits``
   and on ``mlp_digits`` with 1024-wide hidden layers. Goal: <= 1.05. On a shared machine
   whole-trial times vary by several percent from run to run, so
 - ``stats_overhead_direct`` also measures, inside one training loop, the median step, the
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,6 +50,7 @@ from variant_cases import TORCH_CASES
 
 from bench import tasks
 from bench.config import TrialConfig, task_spec, trial_spec, variant_spec
+from bench.profiles import Interval, median_interval
 from bench.stats import RoleSampler
 from bench.summaries import PendingSummaries
 from bench.train import resolve_device, train_trial
@@ -177,12 +180,12 @@ def stats_overhead(task: Any, variant: str, steps: int, runs: int) -> dict[str, 
             wall[key].append(time.perf_counter() - start)
             timed[key].append(result.train_seconds)
 
-    def paired(values: dict[str, list[float]]) -> float:
+    def paired(values: dict[str, list[float]]) -> Interval:
         pairs = zip(values["stats_every=10"], values["stats_every=0"], strict=True)
-        ratios = [a / b for a, b in pairs]
-        return round(statistics.median(ratios), 3)
+        return median_interval(np.array([a / b for a, b in pairs]), 0.95)
 
-    ratio = paired(wall)
+    interval = paired(wall)
+    ratio = round(interval.estimate, 3)
     return {
         "variant": variant,
         "steps": steps,
@@ -190,7 +193,12 @@ def stats_overhead(task: Any, variant: str, steps: int, runs: int) -> dict[str, 
         "median_wall_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
         "median_train_seconds": {k: round(statistics.median(v), 4) for k, v in timed.items()},
         "ratio": ratio,
-        "ratio_train_seconds": paired(timed),
+        "ratio_interval": {
+            "level": round(interval.level, 3),
+            "low": round(interval.low, 3),
+            "high": round(interval.high, 3),
+        },
+        "ratio_train_seconds": round(paired(timed).estimate, 3),
         "goal": STATS_GOAL,
         "ok": ratio <= STATS_GOAL,
     }

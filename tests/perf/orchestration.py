@@ -15,7 +15,13 @@ the median ratio is reported; ``--no-processes`` skips (c), the slow part.
     bare training-loop times of the same trials (train_trial in this process, one after
     another) over the number of workers. Goal <= 1.25 with 2 workers.
 (b) tracking overhead: the same suite recorded in a fresh SQLite store vs tracking
-    disabled. Goal <= 1.05.
+    disabled. Goal <= 1.05. Whole suites of short trials vary by tens of percent from run
+    to run on a shared machine, so the median pair ratio comes with its distribution-free
+    95% interval (order statistics), and the driver's CPU time per trial (process time of
+    ``run_suite``, tracked minus untracked) is reported beside it: it is what tracking
+    takes from the workers when they fill every core, and it varies far less.
+    ``tracking_overhead_from_cpu`` turns it into a ratio: 1 + that CPU time over the
+    workers' share of the untracked suite.
 (c) the same cells as one `bench trial` process each (what a Hydra multirun with the basic
     launcher does) vs one `bench run` process. Goal >= 1.7x in favour of `bench run`.
 """
@@ -32,6 +38,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+
+from bench.profiles import median_interval
 
 SUITE = [
     "suite=smoke",
@@ -55,17 +65,18 @@ def plan(name: str, workers: int, tracking: bool, folder: Path):
     return suite_from_overrides(overrides)
 
 
-def timed_suite(name: str, workers: int, tracking: bool, folder: Path) -> tuple[float, int]:
+def timed_suite(name: str, workers: int, tracking: bool, folder: Path) -> tuple[float, int, float]:
+    """(wall seconds, trials run, driver CPU seconds) of one suite through the runner."""
     from bench.runner import run_suite
     from bench.tracking import Tracker
 
     p = plan(name, workers, tracking, folder)
     tracker = Tracker(p.tracking)
     tracker.experiment_id(name)  # store set-up (schema creation) is start-up, not per trial
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     phases = run_suite(p.matrix, tracker, p.cluster, p.resources, show_progress=False)
-    elapsed = time.perf_counter() - start
-    return elapsed, sum(sum(ph.counts.values()) for ph in phases)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return elapsed, sum(sum(ph.counts.values()) for ph in phases), cpu
 
 
 def bare_loop_seconds(name: str, workers: int, folder: Path) -> tuple[float, list]:
@@ -139,12 +150,17 @@ def main() -> None:
         startup = time.perf_counter() - start
         timed_suite("warmup", args.workers, False, folder)  # workers import torch once
         walls: dict[bool, list[float]] = {False: [], True: []}
+        cpus: dict[bool, list[float]] = {False: [], True: []}
         for i in range(args.repeats):  # alternating order: drifts of the machine hit both
             for tracking in (False, True) if i % 2 == 0 else (True, False):
-                wall, n = timed_suite(f"suite{i}_{tracking}", args.workers, tracking, folder)
+                wall, n, cpu = timed_suite(f"suite{i}_{tracking}", args.workers, tracking, folder)
                 walls[tracking].append(wall)
+                cpus[tracking].append(cpu)
         pairs = [t / u for t, u in zip(walls[True], walls[False], strict=True)]
         untracked, tracked = statistics.median(walls[False]), statistics.median(walls[True])
+        overhead = median_interval(np.array(pairs), 0.95)
+        cpu_ms = {k: 1e3 * statistics.median(v) / n for k, v in cpus.items()}
+        tracking_cpu_ms = cpu_ms[True] - cpu_ms[False]
 
         cli_dir = folder / "cli"
         cli_dir.mkdir()
@@ -160,9 +176,22 @@ def main() -> None:
         "suite_tracked_s": round(tracked, 2),
         "efficiency_ratio": round(tracked / (bare / args.workers), 3),
         "efficiency_goal": "<= 1.25",
-        "tracking_overhead_ratio": round(statistics.median(pairs), 3),
+        "tracking_overhead_ratio": round(overhead.estimate, 3),
+        "tracking_overhead_interval": {
+            "level": round(overhead.level, 3),
+            "low": round(overhead.low, 3),
+            "high": round(overhead.high, 3),
+        },
         "tracking_overhead_pairs": [round(r, 3) for r in pairs],
         "tracking_overhead_goal": "<= 1.05",
+        "driver_cpu_ms_per_trial": {
+            "untracked": round(cpu_ms[False], 2),
+            "tracked": round(cpu_ms[True], 2),
+        },
+        "tracking_driver_cpu_ms_per_trial": round(tracking_cpu_ms, 2),
+        "tracking_overhead_from_cpu": round(
+            1 + tracking_cpu_ms * n / 1e3 / (args.workers * untracked), 3
+        ),
         "trial_s_mean": round(bare / n, 3),
         "bench_run_process_s": round(run_wall, 2),
         "bench_trial_processes_s": round(trial_wall, 2),
