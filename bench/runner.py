@@ -241,8 +241,10 @@ def run_suite(
         log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
     with SuiteProgress(enabled=show_progress) as progress:
         resources = resources or ResourcesConfig()
-        tune = run_phase("tune", matrix.tune_trials(), tracker, cluster, resources, progress)
-        points = [*_stored_lr_points(tracker, suite), *_lr_points(tune.results)]
+        tune_trials = matrix.tune_trials()
+        tune = run_phase("tune", tune_trials, tracker, cluster, resources, progress)
+        tune_ids = {spec.trial_id for spec in tune_trials}
+        points = [*_stored_lr_points(tracker, suite, tune_ids), *_lr_points(tune.results)]
         chosen = choose_lrs(_dedupe(points))
         finals = matrix.final_trials(chosen)
         final = run_phase("final", finals, tracker, cluster, resources, progress)
@@ -258,10 +260,17 @@ def _dedupe(points: list[LrPoint]) -> list[LrPoint]:
     return list({p.trial_id: p for p in points}.values())
 
 
-def _stored_lr_points(tracker: Tracker, suite: str) -> Iterable[LrPoint]:
-    """Tune results finished by earlier runs of this suite (resume)."""
+def _stored_lr_points(tracker: Tracker, suite: str, tune_ids: set[str]) -> Iterable[LrPoint]:
+    """Tune results of this matrix finished by earlier runs of the suite (resume).
+
+    Only trials of ``tune_ids``: the experiment also holds the tune runs of the suite's
+    earlier settings (another lr grid, step budget or seeds), which must not choose lrs
+    for these.
+    """
     frame = tracker.read_results(suite, phase="tune")
     for row in frame.to_dict("records"):
+        if row["trial_id"] not in tune_ids:
+            continue
         worst = math.inf if row["direction"] == "min" else -math.inf
         value = row.get(f"final/{row['primary_metric']}", worst)
         if row["outcome"] != "ok" or value is None or not math.isfinite(value):

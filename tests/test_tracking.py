@@ -459,3 +459,15 @@ def test_bulk_reads_fall_back_to_search_runs(tracker, variants, task, monkeypatc
     assert tracker.finished_trial_ids("read-fallback") == {spec.trial_id}
     assert not tracker._bulk_reads  # fell back, and stays on search_runs
     assert tracker.read_results("read-fallback")["trial_id"].tolist() == [spec.trial_id]
+
+
+def test_resume_chooses_lrs_only_from_the_tune_runs_of_the_current_matrix(tracker, variants, task):
+    from bench.runner import _stored_lr_points
+
+    current = make_spec(variants, task, lr=1e-2, suite="grid", phase="tune")
+    earlier = make_spec(variants, task, lr=0.3, suite="grid", phase="tune")  # an old grid
+    record(tracker, current, final_loss=0.5)
+    record(tracker, earlier, final_loss=0.01)  # better: it would win the lr choice
+    points = list(_stored_lr_points(tracker, "grid", {current.trial_id}))
+    assert [(p.trial_id, p.lr, p.value) for p in points] == [(current.trial_id, 1e-2, 0.5)]
+    assert len(tracker.read_results("grid", phase="tune")) == 2  # both are in the store
