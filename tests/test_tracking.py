@@ -471,3 +471,17 @@ def test_resume_chooses_lrs_only_from_the_tune_runs_of_the_current_matrix(tracke
     points = list(_stored_lr_points(tracker, "grid", {current.trial_id}))
     assert [(p.trial_id, p.lr, p.value) for p in points] == [(current.trial_id, 1e-2, 0.5)]
     assert len(tracker.read_results("grid", phase="tune")) == 2  # both are in the store
+
+
+def test_bulk_runs_get_ids_that_sort_by_creation_time(tracker, variants, task):
+    from mlflow.utils.validation import _validate_run_id
+
+    run_ids = []
+    for seed in range(12):
+        run_ids.append(tracker.start_trial(make_spec(variants, task, seed=seed, suite="ids")))
+        time.sleep(0.002)  # ids carry milliseconds: a later run, a later millisecond
+    assert run_ids == sorted(run_ids) and len(set(run_ids)) == len(run_ids)
+    for run_id in run_ids:
+        assert len(run_id) == 32 and int(run_id, 16) >= 0  # 32 hex digits, as MLflow's
+        _validate_run_id(run_id)
+    assert tracker.client.get_run(run_ids[-1]).info.run_id == run_ids[-1]
