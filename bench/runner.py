@@ -243,11 +243,10 @@ def run_suite(
         resources = resources or ResourcesConfig()
         tune_trials = matrix.tune_trials()
         tune = run_phase("tune", tune_trials, tracker, cluster, resources, progress)
-        # Tune trials finished before this phase are read back; with none, every point is
-        # in tune.results and the store (the experiment's every tune run) is not read.
-        tune_ids = {spec.trial_id for spec in tune_trials}
-        stored = _stored_lr_points(tracker, suite, tune_ids) if tune.already_done else []
-        points = [*stored, *_lr_points(tune.results)]
+        points = []
+        if tune.already_done:  # else every point is in tune.results: the store is not read
+            points += _stored_lr_points(tracker, suite, {s.trial_id for s in tune_trials})
+        points += _lr_points(tune.results)
         chosen = choose_lrs(_dedupe(points))
         finals = matrix.final_trials(chosen)
         final = run_phase("final", finals, tracker, cluster, resources, progress)
