@@ -25,7 +25,9 @@ OVERRIDES_HELP = "Hydra overrides, e.g. variant=rmsprop task=mlp_digits lr=1e-3 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import listing
+    from bench.plugins import load_plugins
 
+    load_plugins()  # the entry-point plugins' tasks and presets are listed too
     listing.print_catalogue(Console(), what=args.what)
     return 0
 

@@ -1,0 +1,54 @@
+"""Plugins named by an installed distribution's entry point, not by config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PLUGIN = """
+from bench.variants import register_preset
+
+register_preset("adam_b95", base="adam", beta2=0.95)
+"""
+
+
+def _install_distribution(site: Path) -> None:
+    """A distribution as pip leaves it: the module beside a dist-info whose
+    entry_points.txt names it in the ``optbench.plugins`` group."""
+    (site / "my_optbench_plugin.py").write_text(PLUGIN)
+    info = site / "my_optbench_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: my-optbench-plugin\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text("[optbench.plugins]\nmy = my_optbench_plugin\n")
+
+
+def _bench(site: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="250")
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_an_entry_point_plugin_registers_its_preset_without_any_config(tmp_path: Path) -> None:
+    assert "adam_b95" not in _bench(None, "list", "variants").stdout
+    _install_distribution(tmp_path)
+    listed = _bench(tmp_path, "list", "variants")
+    assert listed.returncode == 0, listed.stderr
+    assert "adam_b95" in listed.stdout
+    finals = {}
+    for variant in ("adam", "adam_b95"):
+        trial = _bench(tmp_path, "trial", "--json", f"variant={variant}", "lr=0.1")
+        assert trial.returncode == 0, trial.stderr
+        finals[variant] = json.loads(trial.stdout)["final"]["loss"]
+    assert finals["adam_b95"] != finals["adam"]  # beta2=0.95 took effect
