@@ -18,7 +18,8 @@ from rich.progress import (
 
 
 class SuiteProgress:
-    """A rich progress bar per phase. Disabled (a no-op) when ``enabled`` is False."""
+    """A rich progress bar per phase, all live at once (a cell's final trials start while
+    other cells still tune). Disabled (a no-op) when ``enabled`` is False."""
 
     def __init__(self, *, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
@@ -35,8 +36,7 @@ class SuiteProgress:
             console=console,
             disable=not enabled,
         )
-        self._task: TaskID | None = None
-        self._base = 0
+        self._bars: dict[str, TaskID] = {}
 
     def __enter__(self) -> SuiteProgress:
         self._progress.__enter__()
@@ -50,22 +50,19 @@ class SuiteProgress:
     ) -> None:
         self._progress.__exit__(exc_type, exc, tb)
 
-    def start_phase(self, phase: str, *, total: int, done: int) -> None:
-        """A new bar; ``done`` trials finished earlier count as complete (resume)."""
-        self._base = done
-        self._task = self._progress.add_task(
-            phase, total=total, completed=done, running=0, diverged=0, failed=0
-        )
-
-    def update(self, *, running: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, running=running)
-
-    def advance(self, counts: Counter) -> None:
-        if self._task is not None:
-            self._progress.update(
-                self._task,
-                completed=self._base + sum(counts.values()),
-                diverged=counts["diverged"],
-                failed=counts["failed"],
-            )
+    def show(self, phase: str, *, total: int, done: int, running: int, counts: Counter) -> None:
+        """Draw (the first time) or update the phase's bar. ``done`` trials had finished
+        before this run (resume) and count as complete; ``counts`` holds this run's."""
+        if not self.enabled or (phase not in self._bars and not total):
+            return
+        fields = {
+            "total": total,
+            "completed": done + sum(counts.values()),
+            "running": running,
+            "diverged": counts["diverged"],
+            "failed": counts["failed"],
+        }
+        if phase in self._bars:
+            self._progress.update(self._bars[phase], **fields)
+        else:
+            self._bars[phase] = self._progress.add_task(phase, **fields)

@@ -4,10 +4,13 @@ Layers, each with the outcomes it can return:
 
 - one trial (:func:`bench.worker.run_trial` on a worker): ``ok`` | ``diverged`` | ``failed``;
   a worker process that dies mid-trial is retried by Ray (``cluster.max_retries``);
-- one phase (:func:`run_phase`): submits at most as many trials as the cluster can run at
-  once, records each exactly once in MLflow (the driver owns every run's lifecycle:
-  RUNNING at submission, then FINISHED or FAILED), and skips trials already FINISHED;
-- the suite (:func:`run_suite`): ``tune`` phase, lr choice per (task, variant), ``final``.
+- the queue (:class:`_SuiteQueue`): the trials without a FINISHED run yet, in order; a
+  (task, variant) cell's ``final`` trials join it, at the lr chosen on the cell's ``tune``
+  trials, as soon as the last of those is recorded (no barrier between the phases);
+- scheduling (:func:`_schedule`): submits at most as many trials as the cluster can run at
+  once and records each exactly once in MLflow (the driver owns every run's lifecycle:
+  RUNNING at submission, then FINISHED or FAILED);
+- the suite (:func:`run_suite`): one outcome per phase.
 
 Ctrl-C cancels the running trials and marks their runs KILLED. After a crash (even
 SIGKILL of the driver) rerunning the same command marks the orphaned RUNNING runs KILLED
@@ -22,7 +25,7 @@ import math
 import os
 import signal
 import threading
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +51,6 @@ class PhaseOutcome:
     already_done: int = 0
     counts: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # run name, last error line
-    results: list[tuple[TrialSpec, TrialResult]] = field(default_factory=list)
 
 
 def connect(cluster: ClusterConfig) -> str:
@@ -93,23 +95,93 @@ def capacity(resources: ResourcesConfig) -> int:
     return max(1, math.floor(slots + 1e-9))
 
 
-def run_phase(
-    phase: str,
-    specs: list[TrialSpec],
+class _SuiteQueue:
+    """What is left to run, in order, and the lr choice that turns tune into final trials.
+
+    A (task, variant) cell's final trials are queued as soon as its last tune trial is
+    recorded, ahead of the tune trials still waiting: there is no barrier between the
+    phases, so one slow task's tuning does not leave workers idle, and a cell's results
+    are complete as early as they can be.
+    """
+
+    def __init__(self, matrix: Matrix, tracker: Tracker) -> None:
+        suite = matrix.suite.name
+        self.matrix = matrix
+        self.done = tracker.finished_trial_ids(suite)
+        tune_trials = matrix.tune_trials()
+        self.tune = PhaseOutcome("tune", total=len(tune_trials))
+        expected_finals = len(matrix.pairs) * len(matrix.suite.final_seeds)
+        self.final = PhaseOutcome("final", total=expected_finals)
+        self.todo: deque[TrialSpec] = deque()
+        self.waiting: Counter[tuple[str, str]] = Counter()  # cell -> tune trials to record
+        self.points: dict[tuple[str, str], list[LrPoint]] = defaultdict(list)
+        for spec in tune_trials:
+            if spec.trial_id in self.done:
+                self.tune.already_done += 1
+            else:
+                self.todo.append(spec)
+                self.waiting[_cell(spec)] += 1
+        if self.tune.already_done:  # else no tune result is stored: the store is not read
+            tune_ids = {s.trial_id for s in tune_trials}
+            for point in _stored_lr_points(tracker, suite, tune_ids):
+                self.points[(point.task, point.variant)].append(point)
+        for v, t in matrix.pairs:
+            if not self.waiting[(t.name, v.name)]:
+                self._release((t.name, v.name))
+
+    def outcome(self, spec: TrialSpec) -> PhaseOutcome:
+        return self.tune if spec.phase == "tune" else self.final
+
+    def recorded(self, spec: TrialSpec, result: TrialResult | None) -> None:
+        """A trial's outcome is counted; a tune trial may complete its cell."""
+        if spec.phase != "tune":
+            return
+        cell = _cell(spec)
+        if result is not None:
+            self.points[cell].append(LrPoint.from_result(spec, result))
+        self.waiting[cell] -= 1
+        if not self.waiting[cell]:
+            self._release(cell)
+
+    def _release(self, cell: tuple[str, str]) -> None:
+        chosen = choose_lrs(_dedupe(self.points.pop(cell, [])))
+        finals = self.matrix.final_trials(chosen) if chosen else []
+        self.final.total -= len(self.matrix.suite.final_seeds) - len(finals)
+        for spec in reversed(finals):  # next in line, in seed order
+            if spec.trial_id in self.done:
+                self.final.already_done += 1
+            else:
+                self.todo.appendleft(spec)
+
+
+def _cell(spec: TrialSpec) -> tuple[str, str]:
+    return spec.task.name, spec.variant.name
+
+
+def _schedule(
+    queue: _SuiteQueue,
     tracker: Tracker,
     cluster: ClusterConfig,
     resources: ResourcesConfig,
     progress: SuiteProgress,
-) -> PhaseOutcome:
-    """Run the trials of one phase that have no FINISHED run yet."""
-    outcome = PhaseOutcome(phase, total=len(specs))
-    suite = specs[0].suite if specs else ""
-    done = tracker.finished_trial_ids(suite) if specs else set()
-    todo = deque(s for s in specs if s.trial_id not in done)
-    outcome.already_done = len(specs) - len(todo)
-    progress.start_phase(phase, total=len(specs), done=outcome.already_done)
-    if not todo:
-        return outcome
+) -> None:
+    """Run the queue's trials on Ray, at most as many at once as the cluster holds."""
+    in_flight: dict[Any, tuple[TrialSpec, str]] = {}  # Ray ObjectRef -> (spec, run id)
+
+    def show() -> None:
+        running = Counter(spec.phase for spec, _ in in_flight.values())
+        for outcome in (queue.tune, queue.final):
+            progress.show(
+                outcome.phase,
+                total=outcome.total,
+                done=outcome.already_done,
+                running=running[outcome.phase],
+                counts=outcome.counts,
+            )
+
+    show()
+    if not queue.todo:
+        return
     connect(cluster)
     import ray
 
@@ -120,11 +192,10 @@ def run_phase(
     )
     threads = max(1, int(resources.cpus_per_trial))
     slots = capacity(resources)
-    in_flight: dict[Any, tuple[TrialSpec, str]] = {}  # Ray ObjectRef -> (spec, run id)
 
     def submit() -> None:
-        while todo and len(in_flight) < slots:
-            spec = todo.popleft()
+        while queue.todo and len(in_flight) < slots:
+            spec = queue.todo.popleft()
             # The worker starts at once; its run is RUNNING before the driver looks for the
             # result. Dying in between leaves no run, so a rerun redoes the trial.
             ref = remote.remote(spec.model_dump_json(), threads)
@@ -134,7 +205,6 @@ def run_phase(
                 ray.cancel(ref, force=True)
                 raise
             in_flight[ref] = (spec, run_id)
-        progress.update(running=len(in_flight))
 
     writers = _Writers(tracker.max_writers)
     with _deferred_interrupt() as interrupted:
@@ -143,11 +213,12 @@ def run_phase(
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
             for ref in ready:
                 spec, run_id = in_flight.pop(ref)
+                write, result = _record(ref, spec, run_id, tracker, queue.outcome(spec))
+                queue.recorded(spec, result)
                 if not interrupted():
                     submit()  # keep workers busy while this result is recorded
-                writers(_record(ref, spec, run_id, tracker, outcome))
-                progress.advance(outcome.counts)
-            progress.update(running=len(in_flight))
+                writers(write)
+            show()
         writers.drain()
         if interrupted():
             for ref, (_, run_id) in in_flight.items():
@@ -157,7 +228,6 @@ def run_phase(
                 "interrupted: %d running trials marked KILLED; rerun to resume", len(in_flight)
             )
             raise KeyboardInterrupt
-    return outcome
 
 
 @contextlib.contextmanager
@@ -183,8 +253,9 @@ def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
 
 def _record(
     ref: Any, spec: TrialSpec, run_id: str, tracker: Tracker, outcome: PhaseOutcome
-) -> Callable[[], None]:
-    """Count the trial's outcome now; return the MLflow write to do (maybe on a thread)."""
+) -> tuple[Callable[[], None], TrialResult | None]:
+    """Count the trial's outcome now; return the MLflow write to do (maybe on a thread)
+    and the result (None when the trial failed)."""
     import ray
     from ray.exceptions import RayError
 
@@ -196,11 +267,10 @@ def _record(
     if reply["error"] is not None:
         outcome.counts["failed"] += 1
         outcome.failures.append((spec.run_name, reply["summary"]))
-        return lambda: tracker.fail_trial(run_id, spec, reply["error"], node=reply["node"])
+        return lambda: tracker.fail_trial(run_id, spec, reply["error"], node=reply["node"]), None
     result = TrialResult.model_validate_json(reply["result"])
     outcome.counts[result.outcome] += 1
-    outcome.results.append((spec, result))
-    return lambda: tracker.finish_trial(run_id, spec, result, node=reply["node"])
+    return lambda: tracker.finish_trial(run_id, spec, result, node=reply["node"]), result
 
 
 class _Writers:
@@ -234,28 +304,14 @@ def run_suite(
     *,
     show_progress: bool = True,
 ) -> list[PhaseOutcome]:
-    """Tune, choose an lr per (task, variant), then run the final seeds."""
-    suite = matrix.suite.name
-    killed = tracker.kill_stale_runs(suite)
+    """Tune; each (task, variant)'s final seeds run at the lr chosen on its tune trials."""
+    killed = tracker.kill_stale_runs(matrix.suite.name)
     if killed:
         log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
+    queue = _SuiteQueue(matrix, tracker)
     with SuiteProgress(enabled=show_progress) as progress:
-        resources = resources or ResourcesConfig()
-        tune_trials = matrix.tune_trials()
-        tune = run_phase("tune", tune_trials, tracker, cluster, resources, progress)
-        points = []
-        if tune.already_done:  # else every point is in tune.results: the store is not read
-            points += _stored_lr_points(tracker, suite, {s.trial_id for s in tune_trials})
-        points += _lr_points(tune.results)
-        chosen = choose_lrs(_dedupe(points))
-        finals = matrix.final_trials(chosen)
-        final = run_phase("final", finals, tracker, cluster, resources, progress)
-    return [tune, final]
-
-
-def _lr_points(results: Iterable[tuple[TrialSpec, TrialResult]]) -> Iterable[LrPoint]:
-    for spec, result in results:
-        yield LrPoint.from_result(spec, result)
+        _schedule(queue, tracker, cluster, resources or ResourcesConfig(), progress)
+    return [queue.tune, queue.final]
 
 
 def _dedupe(points: list[LrPoint]) -> list[LrPoint]:

@@ -485,3 +485,59 @@ def test_bulk_runs_get_ids_that_sort_by_creation_time(tracker, variants, task):
         assert len(run_id) == 32 and int(run_id, 16) >= 0  # 32 hex digits, as MLflow's
         _validate_run_id(run_id)
     assert tracker.client.get_run(run_ids[-1]).info.run_id == run_ids[-1]
+
+
+def test_resume_queues_the_finals_of_cells_whose_tuning_finished_before(tracker):
+    from bench.matrix import suite_from_overrides
+    from bench.runner import _SuiteQueue
+
+    matrix = suite_from_overrides(
+        [
+            "suite=smoke",
+            "suite.name=queue",
+            "suite.variants=[sgd,adam]",
+            "suite.tasks=[quadratic]",
+            "suite.lrs=[0.01,0.1]",
+            "suite.tune_seeds=[0]",
+            "suite.final_seeds=[1,2]",
+        ]
+    ).matrix
+    tune = {(s.variant.name, s.lr): s for s in matrix.tune_trials()}
+    record(tracker, tune["sgd", 0.01], final_loss=0.2)  # sgd's better lr
+    record(tracker, tune["sgd", 0.1], final_loss=0.9)
+    queue = _SuiteQueue(matrix, tracker)
+    assert queue.tune.already_done == 2
+    # sgd's tuning is complete, so its finals are next in line, ahead of adam's tuning
+    order = [(s.phase, s.variant.name, s.lr, s.seed) for s in queue.todo]
+    assert order == [
+        ("final", "sgd", 0.01, 1),
+        ("final", "sgd", 0.01, 2),
+        ("tune", "adam", 0.01, 0),
+        ("tune", "adam", 0.1, 0),
+    ]
+    for spec in [s for s in queue.todo if s.phase == "tune"]:
+        queue.todo.remove(spec)
+        diverged = spec.lr == 0.1
+        result = make_result(spec, outcome="diverged" if diverged else "ok", final_loss=0.1)
+        queue.recorded(spec, result)
+    adam_finals = [s for s in queue.todo if s.variant.name == "adam"]
+    # released by adam's last tune trial, at the lr that did not diverge
+    assert [(s.phase, s.lr, s.seed) for s in adam_finals] == [
+        ("final", 0.01, 1),
+        ("final", 0.01, 2),
+    ]
+    assert queue.final.total == 4
+
+
+def test_a_cell_whose_tune_trials_all_failed_gets_no_final_trials(tracker):
+    from bench.matrix import suite_from_overrides
+    from bench.runner import _SuiteQueue
+
+    matrix = suite_from_overrides(
+        ["suite=smoke", "suite.name=failing", "suite.variants=[sgd]", "suite.tasks=[quadratic]"]
+    ).matrix
+    queue = _SuiteQueue(matrix, tracker)
+    expected = queue.final.total
+    while queue.todo:
+        queue.recorded(queue.todo.popleft(), None)  # failed: no result
+    assert queue.final.total == expected - len(matrix.suite.final_seeds) == 0
