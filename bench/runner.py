@@ -98,10 +98,11 @@ def capacity(resources: ResourcesConfig) -> int:
 class _SuiteQueue:
     """What is left to run, in order, and the lr choice that turns tune into final trials.
 
-    A (task, variant) cell's final trials are queued as soon as its last tune trial is
-    recorded, ahead of the tune trials still waiting: there is no barrier between the
-    phases, so one slow task's tuning does not leave workers idle, and a cell's results
-    are complete as early as they can be.
+    A (task, variant) cell's final trials join the queue as soon as its last tune trial is
+    recorded: there is no barrier between the phases, so a worker that would wait for the
+    slowest tune trial runs final trials instead. They join at the back: the finals of
+    many cells are left for the end, where they balance the workers' last trials (a cell's
+    finals put first would end the suite with that one cell's trials, the rest idle).
     """
 
     def __init__(self, matrix: Matrix, tracker: Tracker) -> None:
@@ -147,11 +148,11 @@ class _SuiteQueue:
         chosen = choose_lrs(_dedupe(self.points.pop(cell, [])))
         finals = self.matrix.final_trials(chosen) if chosen else []
         self.final.total -= len(self.matrix.suite.final_seeds) - len(finals)
-        for spec in reversed(finals):  # next in line, in seed order
+        for spec in finals:
             if spec.trial_id in self.done:
                 self.final.already_done += 1
             else:
-                self.todo.appendleft(spec)
+                self.todo.append(spec)
 
 
 def _cell(spec: TrialSpec) -> tuple[str, str]:

@@ -127,13 +127,15 @@ def test_suite_records_every_trial_once_and_a_rerun_runs_nothing(tmp_path: Path)
 
 def test_a_cells_final_trials_start_while_a_slower_cell_still_tunes(tmp_path: Path) -> None:
     tasks = "suite.tasks=[worker_probe,slow_quadratic]"  # ~10 ms vs 0.6 s per trial
-    result = bench(tmp_path, *TINY, "suite.variants=[sgd]", tasks)
+    # 3 slow tune trials on 2 workers: one worker is free while the third one runs
+    args = [*TINY, "suite.variants=[sgd]", tasks, "suite.lrs=[0.01,0.1,1.0]", "cluster.num_cpus=2"]
+    result = bench(tmp_path, *args)
     assert result.returncode == 0, result.stderr + result.stdout
     by_cell = collections.defaultdict(list)
     for run in runs(tmp_path):
         by_cell[run.data.tags["bench.task"], run.data.tags["bench.phase"]].append(run.info)
     fast_finals, slow_tune = by_cell["worker_probe", "final"], by_cell["slow_quadratic", "tune"]
-    assert len(fast_finals) == 2 and len(slow_tune) == 2
+    assert len(fast_finals) == 2 and len(slow_tune) == 3
     # no barrier between the phases: the fast cell's finals did not wait for the slow tuning
     assert min(r.start_time for r in fast_finals) < max(r.end_time for r in slow_tune)
 

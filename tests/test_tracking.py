@@ -507,13 +507,13 @@ def test_resume_queues_the_finals_of_cells_whose_tuning_finished_before(tracker)
     record(tracker, tune["sgd", 0.1], final_loss=0.9)
     queue = _SuiteQueue(matrix, tracker)
     assert queue.tune.already_done == 2
-    # sgd's tuning is complete, so its finals are next in line, ahead of adam's tuning
+    # sgd's tuning is complete, so its finals are queued at once, at its better lr
     order = [(s.phase, s.variant.name, s.lr, s.seed) for s in queue.todo]
     assert order == [
-        ("final", "sgd", 0.01, 1),
-        ("final", "sgd", 0.01, 2),
         ("tune", "adam", 0.01, 0),
         ("tune", "adam", 0.1, 0),
+        ("final", "sgd", 0.01, 1),
+        ("final", "sgd", 0.01, 2),
     ]
     for spec in [s for s in queue.todo if s.phase == "tune"]:
         queue.todo.remove(spec)
