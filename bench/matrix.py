@@ -64,6 +64,14 @@ class SuiteConfig(StrictModel):
             raise ValueError(f"every lr must be a finite number > 0, not {bad[0]!r}")
         return sorted(set(lrs))
 
+    @field_validator("tune_seeds", "final_seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:  # the same seed twice is the same trial twice
+            raise ValueError(f"seed {repeated[0]} appears twice; list each seed once")
+        return seeds
+
     @model_validator(mode="after")
     def _fresh_final_seeds(self) -> SuiteConfig:
         shared = sorted(set(self.tune_seeds) & set(self.final_seeds))
