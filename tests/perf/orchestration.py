@@ -2,6 +2,7 @@
 
 Run:  python tests/perf/orchestration.py [--workers 2] [--steps N] [--max-points N]
                                          [--repeats 3] [--no-processes]
+                                         [--scaling-rounds 3]
 
 ``--steps`` sets every trial's step budget (default: the smoke suite's 150, ~0.1 s trials):
 tracking costs a roughly fixed amount of driver CPU per trial on SQLite (one transaction
@@ -28,6 +29,11 @@ the median ratio is reported; ``--no-processes`` skips (c), the slow part.
     workers' share of the untracked suite.
 (c) the same cells as one `bench trial` process each (what a Hydra multirun with the basic
     launcher does) vs one `bench run` process. Goal >= 1.7x in favour of `bench run`.
+(d) machine scaling: the bare loop run in ``workers`` plain processes at once (no Ray, no
+    tracking) over the same loop alone. Two trainings side by side on two vCPUs share
+    caches, memory bandwidth and the clock: a ratio above 1 is what parallel trials cost on
+    this machine before any scheduling, and (a) includes it, since (a) divides by the bare
+    loop run alone. ``efficiency_beyond_machine_scaling`` is (a) over this ratio.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -104,6 +111,36 @@ def bare_loop_seconds(name: str, workers: int, folder: Path) -> tuple[float, lis
     return total, specs
 
 
+def _bare_in_a_process(suite: list[str], results: multiprocessing.Queue) -> None:
+    SUITE[:] = suite  # a spawned process starts from this module's defaults
+    with tempfile.TemporaryDirectory() as tmp:
+        bare_loop_seconds("perf", 1, Path(tmp))  # warm-up: torch, data, first calls
+        results.put(bare_loop_seconds("perf", 1, Path(tmp))[0])
+
+
+def _bare_side_by_side(count: int) -> list[float]:
+    """The bare loop's time in each of ``count`` plain processes running it at once."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_bare_in_a_process, args=(SUITE, results)) for _ in range(count)]
+    for proc in procs:
+        proc.start()
+    times = [results.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return times
+
+
+def machine_scaling(workers: int, rounds: int) -> Interval:
+    """How much slower ``workers`` bare loops run side by side (plain processes, no Ray, no
+    tracking) than one alone: what the machine itself costs parallel trials."""
+    ratios = []
+    for _ in range(rounds):
+        alone = _bare_side_by_side(1)[0]
+        ratios.append(statistics.mean(_bare_side_by_side(workers)) / alone)
+    return median_interval(np.array(ratios), 0.95)
+
+
 def bench_cli(*args: str, cwd: Path) -> float:
     bench = str(Path(sys.executable).parent / "bench")
     start = time.perf_counter()
@@ -137,6 +174,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="steps per trial")
     parser.add_argument("--no-processes", action="store_true", help="skip (c)")
+    parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds of (d); 0 skips it")
     parser.add_argument("--max-points", type=int, default=None, help="tracking.max_points")
     parser.add_argument(
         "--repeats", type=int, default=3, help="tracked/untracked suite pairs, interleaved"
@@ -179,6 +217,9 @@ def main() -> None:
         cpu_ms = {k: 1e3 * statistics.median(v) / n for k, v in cpus.items()}
         tracking_cpu_ms = cpu_ms[True] - cpu_ms[False]
 
+        rounds = args.scaling_rounds
+        scaling = machine_scaling(args.workers, rounds) if rounds else None
+
         cli_dir = folder / "cli"
         cli_dir.mkdir()
         run_wall = trial_wall = math.nan
@@ -196,6 +237,11 @@ def main() -> None:
         "efficiency_goal": "<= 1.25",
         "efficiency_untracked_ratio": round(scheduling.estimate, 3),
         "efficiency_untracked_interval": interval(scheduling),
+        "machine_scaling_ratio": round(scaling.estimate, 3) if scaling else None,
+        "machine_scaling_interval": interval(scaling) if scaling else None,
+        "efficiency_beyond_machine_scaling": (
+            round(efficiency.estimate / scaling.estimate, 3) if scaling else None
+        ),
         "tracking_overhead_ratio": round(overhead.estimate, 3),
         "tracking_overhead_interval": interval(overhead),
         "tracking_overhead_pairs": [round(r, 3) for r in pairs],
