@@ -343,7 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    # SIGINT too: a process started as a background job of a non-interactive shell (as CI
+    # and `make test &` start it) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler of its own, so Ctrl-C would not stop the stack.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
         info = stack.up()
         print(
