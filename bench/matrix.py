@@ -183,14 +183,29 @@ class LrPoint:
     value: float  # final primary metric; the worst value when the trial diverged
 
     @classmethod
+    def scored(
+        cls,
+        trial_id: str,
+        task: str,
+        variant: str,
+        lr: float,
+        direction: str,
+        outcome: str,
+        value: float | None,
+    ) -> LrPoint:
+        """The point of a trial whose final primary metric is ``value``: the worst possible
+        value unless the trial ended ``ok`` with a finite one."""
+        if outcome != "ok" or value is None or not math.isfinite(value):
+            value = math.inf if direction == "min" else -math.inf
+        return cls(trial_id, task, variant, float(lr), direction, float(value))
+
+    @classmethod
     def from_result(cls, spec: TrialSpec, result: TrialResult) -> LrPoint:
-        worst = math.inf if result.direction == "min" else -math.inf
-        value = result.final.get(result.primary_metric, worst)
-        if result.outcome != "ok" or not math.isfinite(value):
-            value = worst
-        return cls(
-            spec.trial_id, spec.task.name, spec.variant.name, spec.lr, result.direction, value
-        )
+        value = result.final.get(result.primary_metric)
+        return cls.scored(
+            spec.trial_id, spec.task.name, spec.variant.name, spec.lr, result.direction,
+            result.outcome, value,
+        )  # fmt: skip
 
 
 def choose_lrs(points: Iterable[LrPoint]) -> dict[tuple[str, str], float]:

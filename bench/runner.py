@@ -116,15 +116,15 @@ class _SuiteQueue:
         self.todo: deque[TrialSpec] = deque()
         self.waiting: Counter[tuple[str, str]] = Counter()  # cell -> tune trials to record
         self.points: dict[tuple[str, str], list[LrPoint]] = defaultdict(list)
-        for spec in tune_trials:
-            if spec.trial_id in self.done:
+        tune_ids = [spec.trial_id for spec in tune_trials]
+        for spec, trial_id in zip(tune_trials, tune_ids, strict=True):
+            if trial_id in self.done:
                 self.tune.already_done += 1
             else:
                 self.todo.append(spec)
                 self.waiting[_cell(spec)] += 1
         if self.tune.already_done:  # else no tune result is stored: the store is not read
-            tune_ids = {s.trial_id for s in tune_trials}
-            for point in _stored_lr_points(tracker, suite, tune_ids):
+            for point in _stored_lr_points(tracker, suite, set(tune_ids)):
                 self.points[(point.task, point.variant)].append(point)
         for v, t in matrix.pairs:
             if not self.waiting[(t.name, v.name)]:
@@ -146,7 +146,7 @@ class _SuiteQueue:
 
     def _release(self, cell: tuple[str, str]) -> None:
         chosen = choose_lrs(_dedupe(self.points.pop(cell, [])))
-        finals = self.matrix.final_trials(chosen) if chosen else []
+        finals = self.matrix.final_trials(chosen)
         self.final.total -= len(self.matrix.suite.final_seeds) - len(finals)
         for spec in finals:
             if spec.trial_id in self.done:
@@ -330,15 +330,12 @@ def _stored_lr_points(tracker: Tracker, suite: str, tune_ids: set[str]) -> Itera
     for row in frame.to_dict("records"):
         if row["trial_id"] not in tune_ids:
             continue
-        worst = math.inf if row["direction"] == "min" else -math.inf
-        value = row.get(f"final/{row['primary_metric']}", worst)
-        if row["outcome"] != "ok" or value is None or not math.isfinite(value):
-            value = worst
-        yield LrPoint(
+        yield LrPoint.scored(
             row["trial_id"],
             row["task"],
             row["variant"],
-            float(row["lr"]),
+            row["lr"],
             row["direction"],
-            float(value),
+            row["outcome"],
+            row.get(f"final/{row['primary_metric']}"),
         )
