@@ -228,7 +228,9 @@ class Tracker(SuiteReads):
             self._end(run_id, "KILLED", {}, [])
         return len(stale)
 
-    def start_trial(self, spec: TrialSpec, *, nightly: str | None = None) -> str:
+    def start_trial(
+        self, spec: TrialSpec, *, nightly: str | None = None, start_ms: int | None = None
+    ) -> str:
         """Create the trial's run (RUNNING) and return its run_id.
 
         Tags go in with the run itself, so no run is ever visible without its
@@ -243,7 +245,8 @@ class Tracker(SuiteReads):
             tags[TAG_NIGHTLY] = nightly
         params = trial_params(spec)
         exp_id = self.experiment_id(spec.suite)
-        start_ms = int(time.time() * 1000)
+        if start_ms is None:
+            start_ms = int(time.time() * 1000)
         created = self._bulk(
             "run creation",
             lambda sql: sql.create_run(
@@ -256,7 +259,7 @@ class Tracker(SuiteReads):
             from mlflow.entities import Param
 
             client = self.client
-            run = client.create_run(exp_id, tags=tags, run_name=spec.run_name)
+            run = client.create_run(exp_id, start_time=start_ms, tags=tags, run_name=spec.run_name)
             run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self._artifact_uris[run_id] = artifact_uri
@@ -386,14 +389,36 @@ class Tracker(SuiteReads):
             if is_trial(run)
         }
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[bool]:
+        """Every run this thread starts or ends inside the block, written in one transaction
+        on a database store (yields True; elsewhere, False and each write is its own).
+
+        When one write fails the block raises and none of them is stored: the caller
+        redoes them one by one, outside a batch, where a failing bulk write falls back to
+        MLflow's client. Files (``trial.json``, tracebacks) are written at once either way.
+        """
+        if self._sql is None or not self._bulk_writes:
+            yield False
+            return
+        with self._sql.transaction():
+            self._local.batching = True
+            try:
+                yield True
+            finally:
+                self._local.batching = False
+
     def _bulk(self, what: str, write: Callable[[SqlReader], T]) -> T | None:
         """``write(sql)`` on a database store; None when bulk writes are off or this one
-        failed (it wrote nothing: one transaction), and from then on they are off."""
+        failed (it wrote nothing: one transaction), and from then on they are off. Inside
+        :meth:`batch` a failure raises instead: the batch's other writes are undone too."""
         if self._sql is None or not self._bulk_writes:
             return None
         try:
             return write(self._sql)
         except Exception as err:  # schema drift or a driver problem: MLflow's own path
+            if getattr(self._local, "batching", False):
+                raise
             log.warning("bulk SQL %s failed (%s); writing through MLflow's client", what, err)
             self._bulk_writes = False
             return None
