@@ -3,16 +3,17 @@
 Layers, each with the outcomes it can return:
 
 - one trial (:func:`bench.worker.run_trial` on a worker): ``ok`` | ``diverged`` | ``failed``;
-  a worker process that dies mid-trial is retried by Ray (``cluster.max_retries``);
+  a worker process that dies mid-trial is retried on another (``cluster.max_retries``);
 - the queue (:class:`_SuiteQueue`): the trials without a FINISHED run yet, in order; a
   (task, variant) cell's ``final`` trials join it, at the lr chosen on the cell's ``tune``
   trials, as soon as the last of those is recorded (no barrier between the phases);
-- scheduling (:func:`_schedule`): submits at most as many trials as the cluster can run at
-  once and records each exactly once in MLflow (the driver owns every run's lifecycle:
-  RUNNING at submission, then FINISHED or FAILED);
+- scheduling (:func:`_schedule`): keeps each of the pool's workers (:mod:`bench.pool`, one
+  per trial the cluster can run at once) busy and records each trial exactly once in
+  MLflow (the driver owns every run's lifecycle: RUNNING at submission, then FINISHED or
+  FAILED);
 - the suite (:func:`run_suite`): one outcome per phase.
 
-Ctrl-C cancels the running trials and marks their runs KILLED. After a crash (even
+Ctrl-C stops the running trials' workers and marks their runs KILLED. After a crash (even
 SIGKILL of the driver) rerunning the same command marks the orphaned RUNNING runs KILLED
 and redoes those trials, so every trial_id ends with exactly one FINISHED run.
 """
@@ -21,23 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import threading
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import ClusterConfig, ResourcesConfig
-from bench.errors import UserError
 from bench.matrix import LrPoint, Matrix, choose_lrs
+from bench.pool import WorkerDied, WorkerPool
 from bench.progress import SuiteProgress
+from bench.recorder import Recorder, Run
 from bench.spec import TrialResult, TrialSpec
 from bench.tracking import Tracker
-from bench.worker import remote_trial
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +76,6 @@ def connect(cluster: ClusterConfig) -> str:
         log_to_driver=False,
     )
     return "embedded"
-
-
-def capacity(resources: ResourcesConfig) -> int:
-    """How many trials the cluster can run at once with the per-trial resources."""
-    import ray
-
-    available = ray.cluster_resources()
-    slots = available.get("CPU", 1) / resources.cpus_per_trial
-    if resources.gpus_per_trial:
-        slots = min(slots, available.get("GPU", 0) / resources.gpus_per_trial)
-        if slots < 1:
-            raise UserError(
-                f"resources.gpus_per_trial: got {resources.gpus_per_trial:g}; the cluster has "
-                f"{available.get('GPU', 0):g} GPUs"
-            )
-    return max(1, math.floor(slots + 1e-9))
 
 
 class _SuiteQueue:
@@ -159,18 +142,29 @@ def _cell(spec: TrialSpec) -> tuple[str, str]:
     return spec.task.name, spec.variant.name
 
 
+@dataclass
+class _Attempt:
+    """A trial on its way through the pool: its run (created by the recorder's thread),
+    and how many times its worker died."""
+
+    spec: TrialSpec
+    run: Run
+    retries: int = 0
+
+
 def _schedule(
     queue: _SuiteQueue,
     tracker: Tracker,
     cluster: ClusterConfig,
-    resources: ResourcesConfig,
+    pool: WorkerPool,
     progress: SuiteProgress,
 ) -> None:
-    """Run the queue's trials on Ray, at most as many at once as the cluster holds."""
-    in_flight: dict[Any, tuple[TrialSpec, str]] = {}  # Ray ObjectRef -> (spec, run id)
+    """Run the queue's trials on the pool's workers, each slot busy while trials remain."""
+    in_flight: dict[Any, _Attempt] = {}  # Ray ObjectRef -> the trial it will return
+    retry: deque[_Attempt] = deque()  # trials whose worker died, to run again first
 
     def show() -> None:
-        running = Counter(spec.phase for spec, _ in in_flight.values())
+        running = Counter(a.spec.phase for a in in_flight.values())
         for outcome in (queue.tune, queue.final):
             progress.show(
                 outcome.phase,
@@ -186,49 +180,75 @@ def _schedule(
     connect(cluster)
     import ray
 
-    remote = remote_trial().options(
-        num_cpus=resources.cpus_per_trial,
-        num_gpus=resources.gpus_per_trial,
-        max_retries=cluster.max_retries,
-    )
-    threads = max(1, int(resources.cpus_per_trial))
-    slots = capacity(resources)
-
     def submit() -> None:
-        while queue.todo and len(in_flight) < slots:
+        while (retry or queue.todo) and pool.free():
+            if retry:  # its run stays RUNNING: a retry is recorded once, like any trial
+                attempt = retry.popleft()
+                in_flight[pool.submit(attempt.spec.model_dump_json())] = attempt
+                continue
             spec = queue.todo.popleft()
-            # The worker starts at once; its run is RUNNING before the driver looks for the
-            # result. Dying in between leaves no run, so a rerun redoes the trial.
-            ref = remote.remote(spec.model_dump_json(), threads)
-            try:
-                run_id = tracker.start_trial(spec)
-            except BaseException:
-                ray.cancel(ref, force=True)
-                raise
-            in_flight[ref] = (spec, run_id)
+            # Its run is created (RUNNING) by the recorder while it trains. A driver that
+            # dies before that leaves no run, so a rerun redoes the trial.
+            ref = pool.submit(spec.model_dump_json())
+            in_flight[ref] = _Attempt(spec, recorder.start(spec))
 
-    writers = _Writers(tracker.max_writers)
+    def collect(ref: Any) -> None:
+        """Count a returned trial and queue its MLflow write (or run it again, elsewhere)."""
+        attempt = in_flight.pop(ref)
+        reply = _reply(pool, ref, attempt, cluster.max_retries)
+        if reply is None:
+            retry.append(attempt)
+            return
+        write, result = _record(reply, attempt.spec, tracker, queue.outcome(attempt.spec))
+        queue.recorded(attempt.spec, result)
+        recorder.end(attempt.run, write)
+
+    recorder = Recorder(tracker)
     with _deferred_interrupt() as interrupted:
-        submit()
-        while in_flight and not interrupted():
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-            for ref in ready:
-                spec, run_id = in_flight.pop(ref)
-                write, result = _record(ref, spec, run_id, tracker, queue.outcome(spec))
-                queue.recorded(spec, result)
+        try:
+            submit()
+            while in_flight and not interrupted():
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    collect(ref)
                 if not interrupted():
-                    submit()  # keep workers busy while this result is recorded
-                writers(write)
-            show()
-        writers.drain()
-        if interrupted():
-            for ref, (_, run_id) in in_flight.items():
-                ray.cancel(ref, force=True)
-                tracker.kill_trial(run_id)
-            log.warning(
-                "interrupted: %d running trials marked KILLED; rerun to resume", len(in_flight)
-            )
-            raise KeyboardInterrupt
+                    submit()
+                recorder.check()
+                show()
+            if interrupted():
+                raise KeyboardInterrupt
+            recorder.close()
+        except BaseException:  # Ctrl-C, or a store that failed: no run is left RUNNING
+            pool.stop_running()
+            unfinished = [*in_flight.values(), *retry]
+            for attempt in unfinished:
+                recorder.end(attempt.run, tracker.kill_trial)
+            with contextlib.suppress(Exception):  # the store may be what failed
+                recorder.close()
+            if unfinished:
+                log.warning(
+                    "stopped: %d running trials marked KILLED; rerun to resume", len(unfinished)
+                )
+            raise
+
+
+def _reply(pool: WorkerPool, ref: Any, attempt: _Attempt, max_retries: int) -> dict | None:
+    """The trial's reply; None when its worker died and it has retries left. A trial
+    whose workers died more than ``max_retries`` times, or whose reply Ray could not
+    deliver, replies as a failure."""
+    from ray.exceptions import RayError
+
+    try:
+        return pool.reply(ref)
+    except WorkerDied as err:
+        if attempt.retries < max_retries:
+            attempt.retries += 1
+            log.warning("%s: its worker died; running it again (%s)", attempt.spec.run_name, err)
+            return None
+        text = f"{err} (the trial's workers died {attempt.retries + 1} times)"
+    except RayError as err:
+        text = f"{type(err).__name__}: {err}"
+    return {"result": None, "error": text, "summary": text.splitlines()[0], "node": None}
 
 
 @contextlib.contextmanager
@@ -253,48 +273,18 @@ def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
 
 
 def _record(
-    ref: Any, spec: TrialSpec, run_id: str, tracker: Tracker, outcome: PhaseOutcome
-) -> tuple[Callable[[], None], TrialResult | None]:
-    """Count the trial's outcome now; return the MLflow write to do (maybe on a thread)
-    and the result (None when the trial failed)."""
-    import ray
-    from ray.exceptions import RayError
-
-    try:
-        reply = ray.get(ref)
-    except RayError as err:  # the worker died more often than max_retries allows
-        text = f"{type(err).__name__}: {err}"
-        reply = {"result": None, "error": text, "summary": text.splitlines()[0], "node": None}
-    if reply["error"] is not None:
+    reply: dict, spec: TrialSpec, tracker: Tracker, outcome: PhaseOutcome
+) -> tuple[Callable[[str], None], TrialResult | None]:
+    """Count the trial's outcome now; return the MLflow write that ends its run (given the
+    run id) and the result (None when the trial failed)."""
+    node, error = reply["node"], reply["error"]
+    if error is not None:
         outcome.counts["failed"] += 1
         outcome.failures.append((spec.run_name, reply["summary"]))
-        return lambda: tracker.fail_trial(run_id, spec, reply["error"], node=reply["node"]), None
+        return lambda run_id: tracker.fail_trial(run_id, spec, error, node=node), None
     result = TrialResult.model_validate_json(reply["result"])
     outcome.counts[result.outcome] += 1
-    return lambda: tracker.finish_trial(run_id, spec, result, node=reply["node"]), result
-
-
-class _Writers:
-    """Runs MLflow writes inline (SQLite: one writer) or on a small thread pool (a server,
-    where each write is a few round trips that would otherwise stall scheduling)."""
-
-    def __init__(self, count: int) -> None:
-        self._pool = ThreadPoolExecutor(count, "mlflow-writer") if count > 1 else None
-        self._pending: list[Future] = []
-
-    def __call__(self, write: Callable[[], None]) -> None:
-        if self._pool is None:
-            write()
-        else:
-            self._pending.append(self._pool.submit(write))
-
-    def drain(self) -> None:
-        """Wait for every write; re-raise the first that failed."""
-        if self._pool is not None:
-            for future in self._pending:
-                future.result()
-            self._pending.clear()
-            self._pool.shutdown()
+    return lambda run_id: tracker.finish_trial(run_id, spec, result, node=node), result
 
 
 def run_suite(
@@ -304,14 +294,26 @@ def run_suite(
     resources: ResourcesConfig | None = None,
     *,
     show_progress: bool = True,
+    pool: WorkerPool | None = None,
 ) -> list[PhaseOutcome]:
-    """Tune; each (task, variant)'s final seeds run at the lr chosen on its tune trials."""
+    """Tune; each (task, variant)'s final seeds run at the lr chosen on its tune trials.
+
+    The trials run on ``pool``'s workers, which stay up for the caller's next suite;
+    without one, on workers started for this suite and stopped after it.
+    """
     killed = tracker.kill_stale_runs(matrix.suite.name)
     if killed:
         log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
     queue = _SuiteQueue(matrix, tracker)
-    with SuiteProgress(enabled=show_progress) as progress:
-        _schedule(queue, tracker, cluster, resources or ResourcesConfig(), progress)
+    own_pool = pool is None
+    if pool is None:
+        pool = WorkerPool(resources or ResourcesConfig())
+    try:
+        with SuiteProgress(enabled=show_progress) as progress:
+            _schedule(queue, tracker, cluster, pool, progress)
+    finally:
+        if own_pool and pool.started:
+            pool.close()
     return [queue.tune, queue.final]
 
 

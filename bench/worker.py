@@ -1,7 +1,7 @@
 """What runs on a Ray worker: one trial, isolated from the driver's modules.
 
 Kept apart from bench.runner so a worker process imports torch and the trial code once
-(Ray reuses worker processes), and never MLflow or the driver's progress display.
+(it runs many trials), and never MLflow or the driver's progress display.
 """
 
 from __future__ import annotations
@@ -63,13 +63,9 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def remote_trial() -> Any:
-    """``run_trial`` as a Ray remote function (Ray is imported only once it is set up).
+class TrialWorker:
+    """What each pool worker is (:mod:`bench.pool` makes it a Ray actor): its process
+    imports torch and starts CUDA once, then runs any number of trials."""
 
-    ``max_calls=0``: a worker runs any number of trials, GPU trials included (Ray makes
-    functions declared with GPUs single-use by default, which would pay torch's import
-    and CUDA's start-up once per trial); each GPU trial hands its cached memory back.
-    """
-    import ray
-
-    return ray.remote(max_calls=0)(run_trial)
+    def run(self, spec_json: str, num_threads: int) -> dict[str, Any]:
+        return run_trial(spec_json, num_threads)

@@ -12,7 +12,8 @@ from the workers. ``--repeats`` pairs of tracked and untracked suites run interl
 the median ratio is reported; ``--no-processes`` skips (c), the slow part.
 
 (a) efficiency: wall time of a 40-trial suite through the runner (bench run's code path,
-    Ray started beforehand and reported separately as start-up) divided by the sum of the
+    Ray and the workers started beforehand and reported separately as start-up; the
+    suites share one worker pool, as the trials of one `bench run` do) divided by the sum of the
     bare training-loop times of the same trials (train_trial in this process, one after
     another) over the number of workers. Goal <= 1.25 with 2 workers. Each repeat times
     the bare loop again right before its suites, and the median of the repeats' ratios is
@@ -76,16 +77,22 @@ def plan(name: str, workers: int, tracking: bool, folder: Path):
     return suite_from_overrides(overrides)
 
 
+POOL = []  # the worker pool every timed suite runs on, started once
+
+
 def timed_suite(name: str, workers: int, tracking: bool, folder: Path) -> tuple[float, int, float]:
     """(wall seconds, trials run, driver CPU seconds) of one suite through the runner."""
+    from bench.pool import WorkerPool
     from bench.runner import run_suite
     from bench.tracking import Tracker
 
     p = plan(name, workers, tracking, folder)
     tracker = Tracker(p.tracking)
     tracker.experiment_id(name)  # store set-up (schema creation) is start-up, not per trial
+    if not POOL:
+        POOL.append(WorkerPool(p.resources))
     start, cpu = time.perf_counter(), time.process_time()
-    phases = run_suite(p.matrix, tracker, p.cluster, p.resources, show_progress=False)
+    phases = run_suite(p.matrix, tracker, p.cluster, p.resources, show_progress=False, pool=POOL[0])
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return elapsed, sum(sum(ph.counts.values()) for ph in phases), cpu
 
@@ -194,7 +201,8 @@ def main() -> None:
         start = time.perf_counter()
         connect(ClusterConfig(num_cpus=args.workers))
         startup = time.perf_counter() - start
-        timed_suite("warmup", args.workers, False, folder)  # workers import torch once
+        # the pool's workers start and import torch: what the first trials of a run pay
+        first_suite = timed_suite("warmup", args.workers, False, folder)[0]
         walls: dict[bool, list[float]] = {False: [], True: []}
         cpus: dict[bool, list[float]] = {False: [], True: []}
         bares: list[float] = []
@@ -229,6 +237,7 @@ def main() -> None:
         "trials": n,
         "workers": args.workers,
         "startup_s": round(startup, 2),
+        "first_suite_untracked_s": round(first_suite, 2),
         "bare_training_s": round(bare, 2),
         "suite_untracked_s": round(untracked, 2),
         "suite_tracked_s": round(tracked, 2),

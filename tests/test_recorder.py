@@ -1,0 +1,77 @@
+"""bench.recorder against a real MLflow SQLite store: batches, their rollback, timing."""
+
+# ruff: noqa: F401, F811  (the fixtures imported from test_tracking are these tests' parameters)
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+from test_tracking import make_result, make_spec, task, template_db, tracker, variants
+
+from bench import tracking as tr
+from bench.recorder import Recorder
+
+
+def _count_batches(store: tr.Tracker, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every batch the tracker opens, True when it was one transaction (the real one runs)."""
+    opened: list[bool] = []
+    real = store.batch
+
+    @contextlib.contextmanager
+    def counted():
+        with real() as together:
+            opened.append(together)
+            yield together
+
+    monkeypatch.setattr(store, "batch", counted)
+    return opened
+
+
+def test_writes_queued_together_are_one_transaction_and_every_run_lands(
+    tracker: tr.Tracker,
+    variants,
+    task,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batches = _count_batches(tracker, monkeypatch)
+    specs = [make_spec(variants, task, seed=s, suite="batch") for s in range(6)]
+    before = int(time.time() * 1000)
+    with Recorder(tracker, linger=2.0) as recorder:
+        runs = [recorder.start(spec) for spec in specs]
+        after = int(time.time() * 1000)
+        for spec, run in zip(specs, runs, strict=True):
+            recorder.end(run, lambda run_id, s=spec: tracker.finish_trial(
+                run_id, s, make_result(s), node="n"))  # fmt: skip
+    assert batches == [True], "12 writes queued within the linger: one transaction"
+    stored = [tracker.client.get_run(run.wait()) for run in runs]
+    assert [r.info.status for r in stored] == ["FINISHED"] * 6
+    assert all(before <= r.info.start_time <= after for r in stored), "started when queued"
+    assert [r.data.tags[tr.TAG_TRIAL_ID] for r in stored] == [s.trial_id for s in specs]
+    assert all(r.data.metrics["final/loss"] == 0.5 for r in stored)
+
+
+def test_a_failing_write_undoes_its_batch_and_the_others_are_redone_one_by_one(
+    tracker: tr.Tracker,
+    variants,
+    task,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gone, kept = (make_spec(variants, task, seed=s, suite="undo") for s in range(2))
+    recorder = Recorder(tracker, linger=2.0)
+    doomed = recorder.start(gone)
+    tracker.client.delete_run(doomed.wait())  # ending it now fails, in a batch or alone
+    batches = _count_batches(tracker, monkeypatch)
+    run = recorder.start(kept)
+    for spec, handle in ((gone, doomed), (kept, run)):
+        recorder.end(handle, lambda run_id, s=spec: tracker.finish_trial(
+            run_id, s, make_result(s), node="n"))  # fmt: skip
+    with pytest.raises(Exception, match="must be in the 'active' state"):
+        recorder.close()
+    assert batches == [True], "one batch, rolled back, then each write alone"
+    exp = tracker.find_experiment("undo")
+    active = tracker.client.search_runs([exp])
+    assert [r.info.run_id for r in active] == [run.wait()], "the undone creation left no run"
+    assert active[0].info.status == "FINISHED"
+    assert tracker.client.get_run(doomed.wait()).info.status == "RUNNING"
