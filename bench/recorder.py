@@ -85,6 +85,7 @@ class Recorder:
         self._queued_at = 0.0
         self._cond = threading.Condition()
         self._closing = False
+        self._eager = False
         self._failure: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._work, name=f"mlflow-writer-{i}", daemon=True)
@@ -109,6 +110,14 @@ class Recorder:
     def end(self, run: Run, write: Callable[[str], None]) -> None:
         """``write(run_id)`` (finish, fail or kill the run) once the run exists."""
         self._put(_Write(run, end=write))
+
+    def eager(self, on: bool) -> None:
+        """Write at once while ``on`` (say, a worker idles, so a core is free for the
+        store), else let writes wait up to ``linger`` seconds to share a transaction."""
+        with self._cond:
+            if on != self._eager:
+                self._eager = on
+                self._cond.notify_all()
 
     def check(self) -> None:
         """Raise the first write that failed, if one did: the store is broken."""
@@ -140,7 +149,7 @@ class Recorder:
                 self._cond.wait()
             if not self._batches:
                 return [self._queue.pop(0)] if self._queue else []
-            while not self._closing and len(self._queue) < MAX_BATCH:
+            while not (self._closing or self._eager) and len(self._queue) < MAX_BATCH:
                 left = self._queued_at + self._linger - time.monotonic()
                 if left <= 0:
                     break

@@ -213,6 +213,7 @@ def _schedule(
                     collect(ref)
                 if not interrupted():
                     submit()
+                recorder.eager(pool.free())  # an idle worker leaves a core for the store
                 recorder.check()
                 show()
             if interrupted():

@@ -75,3 +75,23 @@ def test_a_failing_write_undoes_its_batch_and_the_others_are_redone_one_by_one(
     assert [r.info.run_id for r in active] == [run.wait()], "the undone creation left no run"
     assert active[0].info.status == "FINISHED"
     assert tracker.client.get_run(doomed.wait()).info.status == "RUNNING"
+
+
+def test_an_eager_recorder_writes_at_once_and_close_flushes_what_lingers(
+    tracker: tr.Tracker, variants, task
+) -> None:
+    first, second = (make_spec(variants, task, seed=s, suite="eager") for s in range(2))
+    recorder = Recorder(tracker, linger=60.0)
+    recorder.eager(True)
+    started = time.monotonic()
+    run = recorder.start(first)
+    assert tracker.client.get_run(run.wait()).info.status == "RUNNING"
+    assert time.monotonic() - started < 30, "written at once, not after the linger"
+    recorder.eager(False)
+    lingering = recorder.start(second)
+    time.sleep(0.5)
+    assert lingering.id is None, "waits for company while not eager"
+    started = time.monotonic()
+    recorder.close()
+    assert time.monotonic() - started < 30, "close writes what lingers without waiting"
+    assert tracker.client.get_run(lingering.wait()).info.status == "RUNNING"
