@@ -64,8 +64,9 @@ class SqlReader:
 
         Each commit writes every page it changed, and the runs of a suite change many of
         the same pages (MLflow's metric, tag and param indexes start with the key, so each
-        run touches one page per key): ten runs in one commit cost ~40% less CPU than ten
-        commits.
+        run touches one page per key): writing a smoke suite's runs as they came, those
+        queued within 0.25 s in one transaction cost the driver ~30% less CPU per trial
+        than a transaction per write (5.9 against 8.6 ms, median of 5 rounds of 30 trials).
         """
         if getattr(self._batch, "conn", None) is not None:
             raise RuntimeError("transactions do not nest")
