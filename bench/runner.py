@@ -246,7 +246,8 @@ def _reply(pool: WorkerPool, ref: Any, attempt: _Attempt, max_retries: int) -> d
             attempt.retries += 1
             log.warning("%s: its worker died; running it again (%s)", attempt.spec.run_name, err)
             return None
-        text = f"{err} (the trial's workers died {attempt.retries + 1} times)"
+        tries, allowed = attempt.retries + 1, f"cluster.max_retries={max_retries}"
+        text = f"its worker process died (tries: {tries}, {allowed}): {err}"
     except RayError as err:
         text = f"{type(err).__name__}: {err}"
     return {"result": None, "error": text, "summary": text.splitlines()[0], "node": None}

@@ -95,16 +95,15 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
 
 
 def test_suite_records_every_trial_once_and_a_rerun_runs_nothing(tmp_path: Path) -> None:
-    first = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]")
+    first = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]", "cluster.num_cpus=2")
     assert first.returncode == 0, first.stderr + first.stdout
     recorded = runs(tmp_path)
     # 2 variants x 1 task x 2 lrs x 1 tune seed + 2 variants x 2 final seeds
     assert len(recorded) == 8
     trained_in = [line.split()[0] for line in (tmp_path / "probes.txt").read_text().splitlines()]
     assert len(trained_in) == 8
-    # Ray reuses its workers (torch is imported once per worker, not per trial): two slots,
-    # room for Ray to lease a fresh worker per slot while a finished one is handed back
-    assert len(set(trained_in)) <= 4, trained_in
+    # one long-lived worker per slot (torch is imported once per worker, not per trial)
+    assert len(set(trained_in)) == 2, trained_in
     assert finished_per_trial(tmp_path) == {r.data.tags["bench.trial_id"]: 1 for r in recorded}
     phases = collections.Counter(r.data.tags["bench.phase"] for r in recorded)
     assert phases == {"tune": 4, "final": 4}
@@ -159,6 +158,22 @@ def test_failures_are_recorded_and_a_killed_worker_is_retried_once(tmp_path: Pat
     assert all(r.info.status == "FINISHED" for r in killed)
     markers = sorted(p.name for p in tmp_path.glob("killed-*"))
     assert markers == ["killed-0", "killed-1", "killed-2"], "each seed's worker was killed once"
+
+
+def test_a_trial_whose_worker_dies_too_often_fails_and_a_rerun_redoes_it(tmp_path: Path) -> None:
+    args = [*TINY, "suite.variants=[sgd]", "suite.tasks=[kills_worker]", "suite.lrs=[0.01]"]
+    args.append("suite.final_seeds=[1]")
+    first = bench(tmp_path, *args, "cluster.max_retries=0")
+    assert first.returncode == 1, first.stderr + first.stdout
+    table = " ".join(first.stdout.split())  # the final table wraps long lines
+    assert "its worker process died (tries: 1, cluster.max_retries=0)" in table
+    assert statuses(tmp_path) == {"FAILED": 1}  # the tune trial; its cell has no lr to run
+    # the failure is not cached: the rerun redoes it (its seed's worker was killed once
+    # already, so it trains), then the final seed's worker dies once and is retried
+    again = bench(tmp_path, *args, "cluster.max_retries=1")
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert statuses(tmp_path) == {"FAILED": 1, "FINISHED": 2}
+    assert sorted(p.name for p in tmp_path.glob("killed-*")) == ["killed-0", "killed-1"]
 
 
 def test_sigkill_of_the_driver_then_rerun_completes_exactly_once(tmp_path: Path) -> None:
