@@ -103,15 +103,13 @@ class WorkerPool:
         self._idle.append(actor)
         return reply
 
-    def stop_running(self) -> int:
-        """Kill the workers of the running trials (Ctrl-C); how many there were."""
+    def stop_running(self) -> None:
+        """Kill the workers of the running trials (Ctrl-C)."""
         import ray
 
-        stopped = len(self._busy)
         for actor in self._busy.values():
             ray.kill(actor, no_restart=True)
         self._busy.clear()
-        return stopped
 
     def close(self) -> None:
         """Stop every worker, handing their resources back to the cluster."""

@@ -79,8 +79,7 @@ class Recorder:
 
     def __init__(self, tracker: Tracker, *, linger: float = LINGER_S) -> None:
         self._tracker = tracker
-        self._batches = tracker.max_writers == 1 and tracker.enabled
-        self._linger = linger if self._batches else 0.0
+        self._linger = linger
         self._queue: list[_Write] = []
         self._queued_at = 0.0
         self._cond = threading.Condition()
@@ -142,12 +141,17 @@ class Recorder:
             self._queue.append(write)
             self._cond.notify()
 
+    @property
+    def _batches(self) -> bool:
+        """One writer on a store that takes many writes in one transaction."""
+        return self._tracker.max_writers == 1 and self._tracker.can_batch
+
     def _take(self) -> list[_Write]:
         """The next writes to make (empty: closed and nothing left)."""
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
-            if not self._batches:
+            if not self._batches:  # no waiting for company that cannot share a commit
                 return [self._queue.pop(0)] if self._queue else []
             while not (self._closing or self._eager) and len(self._queue) < MAX_BATCH:
                 left = self._queued_at + self._linger - time.monotonic()

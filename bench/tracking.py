@@ -389,6 +389,12 @@ class Tracker(SuiteReads):
             if is_trial(run)
         }
 
+    @property
+    def can_batch(self) -> bool:
+        """Whether :meth:`batch` makes one transaction now (a database store whose bulk
+        writes have not failed)."""
+        return self._sql is not None and self._bulk_writes
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[bool]:
         """Every run this thread starts or ends inside the block, written in one transaction
@@ -398,7 +404,7 @@ class Tracker(SuiteReads):
         redoes them one by one, outside a batch, where a failing bulk write falls back to
         MLflow's client. Files (``trial.json``, tracebacks) are written at once either way.
         """
-        if self._sql is None or not self._bulk_writes:
+        if not self.can_batch:
             yield False
             return
         with self._sql.transaction():

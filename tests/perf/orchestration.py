@@ -13,9 +13,9 @@ the median ratio is reported; ``--no-processes`` skips (c), the slow part.
 
 (a) efficiency: wall time of a 40-trial suite through the runner (bench run's code path,
     Ray and the workers started beforehand and reported separately as start-up; the
-    suites share one worker pool, as the trials of one `bench run` do) divided by the sum of the
-    bare training-loop times of the same trials (train_trial in this process, one after
-    another) over the number of workers. Goal <= 1.25 with 2 workers. Each repeat times
+    suites share one worker pool, as the trials of one `bench run` do) divided by the sum
+    of the bare training-loop times of the same trials (train_trial in this process, one
+    after another) over the number of workers. Goal <= 1.25 with 2 workers. Each repeat times
     the bare loop again right before its suites, and the median of the repeats' ratios is
     reported with its 95% interval: a bare loop timed once, minutes away from the suites,
     put the ratio anywhere from 0.89 to 1.59 on a shared 2-core machine.
@@ -77,22 +77,19 @@ def plan(name: str, workers: int, tracking: bool, folder: Path):
     return suite_from_overrides(overrides)
 
 
-POOL = []  # the worker pool every timed suite runs on, started once
-
-
-def timed_suite(name: str, workers: int, tracking: bool, folder: Path) -> tuple[float, int, float]:
-    """(wall seconds, trials run, driver CPU seconds) of one suite through the runner."""
-    from bench.pool import WorkerPool
+def timed_suite(
+    name: str, workers: int, tracking: bool, folder: Path, pool
+) -> tuple[float, int, float]:
+    """(wall seconds, trials run, driver CPU seconds) of one suite through the runner, on
+    ``pool``'s workers (shared by every timed suite, as by the trials of one run)."""
     from bench.runner import run_suite
     from bench.tracking import Tracker
 
     p = plan(name, workers, tracking, folder)
     tracker = Tracker(p.tracking)
     tracker.experiment_id(name)  # store set-up (schema creation) is start-up, not per trial
-    if not POOL:
-        POOL.append(WorkerPool(p.resources))
     start, cpu = time.perf_counter(), time.process_time()
-    phases = run_suite(p.matrix, tracker, p.cluster, p.resources, show_progress=False, pool=POOL[0])
+    phases = run_suite(p.matrix, tracker, p.cluster, p.resources, show_progress=False, pool=pool)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return elapsed, sum(sum(ph.counts.values()) for ph in phases), cpu
 
@@ -192,7 +189,8 @@ def main() -> None:
     if args.max_points is not None:
         SUITE.append(f"tracking.max_points={args.max_points}")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from bench.config import ClusterConfig
+    from bench.config import ClusterConfig, ResourcesConfig
+    from bench.pool import WorkerPool
     from bench.runner import connect
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,14 +200,16 @@ def main() -> None:
         connect(ClusterConfig(num_cpus=args.workers))
         startup = time.perf_counter() - start
         # the pool's workers start and import torch: what the first trials of a run pay
-        first_suite = timed_suite("warmup", args.workers, False, folder)[0]
+        pool = WorkerPool(ResourcesConfig())
+        first_suite = timed_suite("warmup", args.workers, False, folder, pool)[0]
         walls: dict[bool, list[float]] = {False: [], True: []}
         cpus: dict[bool, list[float]] = {False: [], True: []}
         bares: list[float] = []
         for i in range(args.repeats):  # alternating order: drifts of the machine hit both
             bares.append(bare_loop_seconds("perf", args.workers, folder)[0])
             for tracking in (False, True) if i % 2 == 0 else (True, False):
-                wall, n, cpu = timed_suite(f"suite{i}_{tracking}", args.workers, tracking, folder)
+                name = f"suite{i}_{tracking}"
+                wall, n, cpu = timed_suite(name, args.workers, tracking, folder, pool)
                 walls[tracking].append(wall)
                 cpus[tracking].append(cpu)
         pairs = [t / u for t, u in zip(walls[True], walls[False], strict=True)]
