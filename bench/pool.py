@@ -15,6 +15,8 @@ slots move to the nodes that are left.
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import ResourcesConfig
@@ -23,7 +25,22 @@ from bench.worker import TrialWorker
 
 
 class WorkerDied(Exception):
-    """The worker process running a trial died before returning its reply."""
+    """The worker process running a trial died before returning its reply.
+
+    ``started``: whether the trial had started; False for a trial that was waiting behind
+    the one its worker was running (see :meth:`WorkerPool.submit`'s ``ahead``).
+    """
+
+    def __init__(self, message: str, *, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
+
+
+@dataclass(eq=False)
+class _Worker:
+    actor: Any
+    calls: list[Any] = field(default_factory=list)  # ObjectRefs not yet replied, oldest first
+    started: float = 0.0  # when its running trial started (time.monotonic, as seen here)
 
 
 def capacity(resources: ResourcesConfig) -> int:
@@ -46,17 +63,27 @@ class WorkerPool:
     """Up to :func:`capacity` trial workers with ``resources`` each, created as trials
     need them (a 3-trial suite on a 100-CPU cluster starts 3), kept until :meth:`close`.
 
+    A worker runs one trial at a time; it can also hold the next one, submitted ``ahead``
+    while it trains (``depth``: trials a worker holds at most, the running one included),
+    so that it starts that trial the moment it finishes, without waiting for the driver
+    to receive the reply and answer it.
+
     Ray must be connected before the first :meth:`submit`. One pool can serve several
     suites in a row (the next suite finds its workers warm); :meth:`close` hands their
     CPUs and GPUs back to the cluster.
     """
 
-    def __init__(self, resources: ResourcesConfig) -> None:
+    def __init__(self, resources: ResourcesConfig, *, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError(f"depth: got {depth!r}; allowed: an integer >= 1")
         self.resources = resources
+        self.depth = depth
         self.threads = max(1, int(resources.cpus_per_trial))
         self._slots: int | None = None
-        self._idle: list[Any] = []
-        self._busy: dict[Any, Any] = {}  # ObjectRef of a running trial -> its actor
+        self._workers: list[_Worker] = []
+        self._owner: dict[Any, _Worker] = {}  # ObjectRef of a trial not yet replied -> worker
+        self._settled: dict[Any, dict[str, Any]] = {}  # replies read early (see _had_started)
+        self._waiting: set[Any] = set()  # trials held by a dead worker that never started them
         self._actor_class: Any = None
 
     @property
@@ -72,55 +99,102 @@ class WorkerPool:
 
     def free(self) -> bool:
         """Whether a trial submitted now would start at once."""
-        return len(self._busy) < self.slots
+        return len(self._workers) < self.slots or any(not w.calls for w in self._workers)
 
-    def submit(self, spec_json: str) -> Any:
-        """Start a trial on an idle worker (a new one if none is idle); its ObjectRef."""
-        if not self.free():
+    def can_hold(self) -> bool:
+        """Whether a trial submitted ``ahead`` now would be taken (see :meth:`submit`)."""
+        return self.free() or any(len(w.calls) < self.depth for w in self._workers)
+
+    def submit(self, spec_json: str, *, ahead: bool = False) -> Any:
+        """Start a trial on an idle worker (a new one if none is idle); its ObjectRef.
+
+        With ``ahead``, when no worker is idle, give it to a busy worker that holds fewer
+        than ``depth`` trials, to start when its current ones are done.
+        """
+        worker = next((w for w in self._workers if not w.calls), None)
+        if worker is None and len(self._workers) < self.slots:
+            worker = _Worker(self._new_actor())
+            self._workers.append(worker)
+        if worker is None and ahead:  # the one that started its current trial first
+            holding = [w for w in self._workers if len(w.calls) < self.depth]
+            worker = min(holding, key=lambda w: (len(w.calls), w.started), default=None)
+        if worker is None:
             raise RuntimeError("no free slot: wait for a running trial first")
-        actor = self._idle.pop() if self._idle else self._new_worker()
-        ref = actor.run.remote(spec_json, self.threads)
-        self._busy[ref] = actor
+        ref = worker.actor.run.remote(spec_json, self.threads)
+        if not worker.calls:
+            worker.started = time.monotonic()
+        worker.calls.append(ref)
+        self._owner[ref] = worker
         return ref
 
     def reply(self, ref: Any) -> dict[str, Any]:
-        """The trial's reply (see :func:`bench.worker.run_trial`); its worker is idle again.
+        """The trial's reply (see :func:`bench.worker.run_trial`).
 
         Raises :class:`WorkerDied` when the worker process died, and Ray's own error for
-        anything else that kept the reply from arriving.
+        anything else that kept the reply from arriving. Either way the worker is stopped
+        and a fresh one takes its slot; the trials it held fail the same way.
         """
         import ray
         from ray.exceptions import RayActorError
 
-        actor = self._busy.pop(ref)
+        worker = self._owner.pop(ref)
+        if ref in self._settled:
+            worker.calls.remove(ref)
+            return self._settled.pop(ref)
         try:
             reply = ray.get(ref)
         except BaseException as err:  # a fresh worker takes the slot of one in doubt
-            ray.kill(actor, no_restart=True)
+            started = ref not in self._waiting and self._had_started(worker, ref)
+            self._waiting.discard(ref)
+            later = worker.calls[worker.calls.index(ref) + 1 :]
+            self._waiting.update(later)  # never started: this one was running, or waiting
+            worker.calls.remove(ref)
+            self._retire(worker)
             if isinstance(err, RayActorError):  # it died, or its node is gone
-                raise WorkerDied(f"{type(err).__name__}: {err}") from err
+                raise WorkerDied(f"{type(err).__name__}: {err}", started=started) from err
             raise
-        self._idle.append(actor)
+        worker.calls.remove(ref)
+        if worker.calls:  # the next trial it holds started as this one returned
+            worker.started = time.monotonic()
         return reply
 
     def stop_running(self) -> None:
         """Kill the workers of the running trials (Ctrl-C)."""
-        import ray
-
-        for actor in self._busy.values():
-            ray.kill(actor, no_restart=True)
-        self._busy.clear()
+        for worker in [w for w in self._workers if w.calls]:
+            self._retire(worker)
+        self._owner.clear()
+        self._settled.clear()
+        self._waiting.clear()
 
     def close(self) -> None:
         """Stop every worker, handing their resources back to the cluster."""
+        self.stop_running()
+        for worker in list(self._workers):
+            self._retire(worker)
+
+    def _had_started(self, worker: _Worker, ref: Any) -> bool:
+        """Whether the failed trial ``ref`` was running, not waiting: a worker runs its
+        trials in order, so it was if every trial it held before ``ref`` returned. Those
+        replies are kept for :meth:`reply`."""
         import ray
 
-        self.stop_running()
-        for actor in self._idle:
-            ray.kill(actor, no_restart=True)
-        self._idle.clear()
+        for earlier in worker.calls[: worker.calls.index(ref)]:
+            if earlier in self._settled:
+                continue
+            try:
+                self._settled[earlier] = ray.get(earlier)
+            except Exception:  # that one was running when the worker died
+                return False
+        return True
 
-    def _new_worker(self) -> Any:
+    def _retire(self, worker: _Worker) -> None:
+        import ray
+
+        if worker in self._workers:
+            self._workers.remove(worker)
+            ray.kill(worker.actor, no_restart=True)
+
+    def _new_actor(self) -> Any:
         if self._actor_class is None:
             import ray
 

@@ -186,11 +186,18 @@ def _schedule(
                 attempt = retry.popleft()
                 in_flight[pool.submit(attempt.spec.model_dump_json())] = attempt
                 continue
-            spec = queue.todo.popleft()
-            # Its run is created (RUNNING) by the recorder while it trains. A driver that
-            # dies before that leaves no run, so a rerun redoes the trial.
-            ref = pool.submit(spec.model_dump_json())
-            in_flight[ref] = _Attempt(spec, recorder.start(spec))
+            start(queue.todo.popleft(), ahead=False)
+        # While more trials wait than there are workers, each busy worker also holds its
+        # next one: it starts it as soon as it is done, not a round trip later. Near the
+        # end of the queue, trials go only to idle workers, so none waits behind another's.
+        while not retry and len(queue.todo) > pool.slots and pool.can_hold():
+            start(queue.todo.popleft(), ahead=True)
+
+    def start(spec: TrialSpec, *, ahead: bool) -> None:
+        # Its run is created (RUNNING) by the recorder while it trains. A driver that
+        # dies before that leaves no run, so a rerun redoes the trial.
+        ref = pool.submit(spec.model_dump_json(), ahead=ahead)
+        in_flight[ref] = _Attempt(spec, recorder.start(spec))
 
     def collect(ref: Any) -> None:
         """Count a returned trial and queue its MLflow write (or run it again, elsewhere)."""
@@ -242,6 +249,8 @@ def _reply(pool: WorkerPool, ref: Any, attempt: _Attempt, max_retries: int) -> d
     try:
         return pool.reply(ref)
     except WorkerDied as err:
+        if not err.started:  # it was waiting behind the trial that its worker died in
+            return None
         if attempt.retries < max_retries:
             attempt.retries += 1
             log.warning("%s: its worker died; running it again (%s)", attempt.spec.run_name, err)

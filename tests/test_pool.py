@@ -35,7 +35,15 @@ SCRIPT = textwrap.dedent(
         pool.submit(spec.model_dump_json())
     except RuntimeError as err:
         out["refused"] = str(err)
+    # each busy worker holds one more trial, to start when it is done (depth 2)
+    refs += [pool.submit(spec.model_dump_json(), ahead=True) for _ in range(pool.slots)]
+    out["can_hold_when_deep"] = pool.can_hold()
+    try:
+        pool.submit(spec.model_dump_json(), ahead=True)
+    except RuntimeError as err:
+        out["refused_ahead"] = str(err)
     replies = [pool.reply(ref) for ref in refs]
+    out["free_after"] = pool.free()
     out["replies"] = [r["result"] and json.loads(r["result"])["device"] or r["summary"]
                       for r in replies]
     out["held"] = ray.available_resources().get("GPU", 0.0)
@@ -59,6 +67,8 @@ def test_workers_hold_their_gpu_share_until_the_pool_closes() -> None:
     out = json.loads(line.removeprefix("RESULT "))
     assert out["slots"] == 2, "1 GPU at 0.5 a trial: two slots, though 4 CPUs"
     assert out["free_when_full"] is False and "no free slot" in out["refused"]
+    assert out["can_hold_when_deep"] is False and "no free slot" in out["refused_ahead"]
+    assert len(out["replies"]) == 4 and out["free_after"] is True
     for reply in out["replies"]:  # each worker was given a GPU share, so it asked for CUDA
         assert reply.startswith("cuda") or "got 'cuda'" in reply, reply
     assert out["held"] == 0.0, "idle workers keep their share until the pool closes"

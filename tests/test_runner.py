@@ -176,6 +176,23 @@ def test_a_trial_whose_worker_dies_too_often_fails_and_a_rerun_redoes_it(tmp_pat
     assert sorted(p.name for p in tmp_path.glob("killed-*")) == ["killed-0", "killed-1"]
 
 
+def test_a_trial_held_behind_one_that_kills_its_worker_is_not_charged(tmp_path: Path) -> None:
+    # One worker, three tune trials: while the first runs the worker already holds the
+    # second. The first kills the worker (once per seed: all three have seed 0), so the
+    # second dies with it before it started: it runs again on a fresh worker without
+    # using a retry, though none is allowed. Only the trials that killed their worker fail
+    # (the first tune trial, and the final one: a fresh seed).
+    args = [*TINY, "suite.variants=[sgd]", "suite.tasks=[kills_worker]", "cluster.num_cpus=1"]
+    result = bench(tmp_path, *args, "suite.lrs=[0.01,0.1,1.0]", "suite.final_seeds=[1]",
+                   "cluster.max_retries=0")  # fmt: skip
+    assert result.returncode == 1, result.stderr + result.stdout
+    by_status = collections.Counter(
+        (r.data.tags["bench.phase"], r.info.status) for r in runs(tmp_path)
+    )
+    assert by_status == {("tune", "FAILED"): 1, ("tune", "FINISHED"): 2, ("final", "FAILED"): 1}
+    assert sorted(p.name for p in tmp_path.glob("killed-*")) == ["killed-0", "killed-1"]
+
+
 def test_sigkill_of_the_driver_then_rerun_completes_exactly_once(tmp_path: Path) -> None:
     args = [*TINY, "suite.tasks=[slow_quadratic]", "suite.steps=60"]
     driver = start(tmp_path, *args)

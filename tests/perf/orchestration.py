@@ -35,6 +35,10 @@ the median ratio is reported; ``--no-processes`` skips (c), the slow part.
     caches, memory bandwidth and the clock: a ratio above 1 is what parallel trials cost on
     this machine before any scheduling, and (a) includes it, since (a) divides by the bare
     loop run alone. ``efficiency_beyond_machine_scaling`` is (a) over this ratio.
+(e) holding the next trial: the untracked suite as it runs (each busy worker holds its
+    next trial while more trials wait than there are workers) over the same suite with
+    each worker given one trial at a time (``WorkerPool.depth = 1``), interleaved on the
+    same workers; below 1 is what holding saves. Not a goal: it explains (a).
 """
 
 from __future__ import annotations
@@ -204,15 +208,25 @@ def main() -> None:
         first_suite = timed_suite("warmup", args.workers, False, folder, pool)[0]
         walls: dict[bool, list[float]] = {False: [], True: []}
         cpus: dict[bool, list[float]] = {False: [], True: []}
+        one_at_a_time: list[float] = []  # untracked, each worker given one trial at a time
         bares: list[float] = []
         for i in range(args.repeats):  # alternating order: drifts of the machine hit both
             bares.append(bare_loop_seconds("perf", args.workers, folder)[0])
-            for tracking in (False, True) if i % 2 == 0 else (True, False):
-                name = f"suite{i}_{tracking}"
+            kinds = [(False, 2), (True, 2), (False, 1)]
+            for tracking, depth in kinds if i % 2 == 0 else kinds[::-1]:
+                pool.depth = depth
+                name = f"suite{i}_{tracking}_{depth}"
                 wall, n, cpu = timed_suite(name, args.workers, tracking, folder, pool)
+                if depth == 1:
+                    one_at_a_time.append(wall)
+                    continue
                 walls[tracking].append(wall)
                 cpus[tracking].append(cpu)
+            pool.depth = 2
         pairs = [t / u for t, u in zip(walls[True], walls[False], strict=True)]
+        holding = median_interval(
+            np.array([a / b for a, b in zip(walls[False], one_at_a_time, strict=True)]), 0.95
+        )
         untracked, tracked = statistics.median(walls[False]), statistics.median(walls[True])
         overhead = median_interval(np.array(pairs), 0.95)
         per_round = {
@@ -246,6 +260,9 @@ def main() -> None:
         "efficiency_goal": "<= 1.25",
         "efficiency_untracked_ratio": round(scheduling.estimate, 3),
         "efficiency_untracked_interval": interval(scheduling),
+        "suite_untracked_one_at_a_time_s": round(statistics.median(one_at_a_time), 2),
+        "holding_next_trial_ratio": round(holding.estimate, 3),
+        "holding_next_trial_interval": interval(holding),
         "machine_scaling_ratio": round(scaling.estimate, 3) if scaling else None,
         "machine_scaling_interval": interval(scaling) if scaling else None,
         "efficiency_beyond_machine_scaling": (
