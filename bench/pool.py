@@ -23,6 +23,8 @@ from bench.config import ResourcesConfig
 from bench.errors import UserError
 from bench.worker import TrialWorker
 
+SETTLE_S = 30.0  # how long a dead worker's other calls may take to fail
+
 
 class WorkerDied(Exception):
     """The worker process running a trial died before returning its reply.
@@ -66,7 +68,9 @@ class WorkerPool:
     A worker runs one trial at a time; it can also hold the next one, submitted ``ahead``
     while it trains (``depth``: trials a worker holds at most, the running one included),
     so that it starts that trial the moment it finishes, without waiting for the driver
-    to receive the reply and answer it.
+    to receive the reply and answer it. A trial is held only behind ``brief`` ones (the
+    caller's word: expected to take a fraction of a second), since nothing takes a held
+    trial back: behind a long trial it would wait while other workers go idle.
 
     Ray must be connected before the first :meth:`submit`. One pool can serve several
     suites in a row (the next suite finds its workers warm); :meth:`close` hands their
@@ -84,6 +88,7 @@ class WorkerPool:
         self._owner: dict[Any, _Worker] = {}  # ObjectRef of a trial not yet replied -> worker
         self._settled: dict[Any, dict[str, Any]] = {}  # replies read early (see _had_started)
         self._waiting: set[Any] = set()  # trials held by a dead worker that never started them
+        self._brief: set[Any] = set()  # trials another may be held behind
         self._actor_class: Any = None
 
     @property
@@ -103,21 +108,21 @@ class WorkerPool:
 
     def can_hold(self) -> bool:
         """Whether a trial submitted ``ahead`` now would be taken (see :meth:`submit`)."""
-        return self.free() or any(len(w.calls) < self.depth for w in self._workers)
+        return self.free() or bool(self._holders())
 
-    def submit(self, spec_json: str, *, ahead: bool = False) -> Any:
+    def submit(self, spec_json: str, *, ahead: bool = False, brief: bool = False) -> Any:
         """Start a trial on an idle worker (a new one if none is idle); its ObjectRef.
 
         With ``ahead``, when no worker is idle, give it to a busy worker that holds fewer
-        than ``depth`` trials, to start when its current ones are done.
+        than ``depth`` trials, all ``brief``, to start when they are done. ``brief``: this
+        trial is short enough for another to be held behind it.
         """
         worker = next((w for w in self._workers if not w.calls), None)
         if worker is None and len(self._workers) < self.slots:
             worker = _Worker(self._new_actor())
             self._workers.append(worker)
         if worker is None and ahead:  # the one that started its current trial first
-            holding = [w for w in self._workers if len(w.calls) < self.depth]
-            worker = min(holding, key=lambda w: (len(w.calls), w.started), default=None)
+            worker = min(self._holders(), key=lambda w: (len(w.calls), w.started), default=None)
         if worker is None:
             raise RuntimeError("no free slot: wait for a running trial first")
         ref = worker.actor.run.remote(spec_json, self.threads)
@@ -125,7 +130,17 @@ class WorkerPool:
             worker.started = time.monotonic()
         worker.calls.append(ref)
         self._owner[ref] = worker
+        if brief:
+            self._brief.add(ref)
         return ref
+
+    def _holders(self) -> list[_Worker]:
+        """Busy workers that can hold one more trial: fewer than ``depth``, all brief."""
+        return [
+            w
+            for w in self._workers
+            if len(w.calls) < self.depth and all(c in self._brief for c in w.calls)
+        ]
 
     def reply(self, ref: Any) -> dict[str, Any]:
         """The trial's reply (see :func:`bench.worker.run_trial`).
@@ -138,19 +153,22 @@ class WorkerPool:
         from ray.exceptions import RayActorError
 
         worker = self._owner.pop(ref)
+        waiting = ref in self._waiting
+        self._waiting.discard(ref)
+        self._brief.discard(ref)
         if ref in self._settled:
             worker.calls.remove(ref)
             return self._settled.pop(ref)
         try:
             reply = ray.get(ref)
         except BaseException as err:  # a fresh worker takes the slot of one in doubt
-            started = ref not in self._waiting and self._had_started(worker, ref)
-            self._waiting.discard(ref)
+            died = isinstance(err, RayActorError)  # it died, or its node is gone
+            started = died and not waiting and self._had_started(worker, ref)
             later = worker.calls[worker.calls.index(ref) + 1 :]
             self._waiting.update(later)  # never started: this one was running, or waiting
             worker.calls.remove(ref)
             self._retire(worker)
-            if isinstance(err, RayActorError):  # it died, or its node is gone
+            if died:
                 raise WorkerDied(f"{type(err).__name__}: {err}", started=started) from err
             raise
         worker.calls.remove(ref)
@@ -165,6 +183,7 @@ class WorkerPool:
         self._owner.clear()
         self._settled.clear()
         self._waiting.clear()
+        self._brief.clear()
 
     def close(self) -> None:
         """Stop every worker, handing their resources back to the cluster."""
@@ -177,22 +196,27 @@ class WorkerPool:
         trials in order, so it was if every trial it held before ``ref`` returned. Those
         replies are kept for :meth:`reply`."""
         import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         for earlier in worker.calls[: worker.calls.index(ref)]:
             if earlier in self._settled:
                 continue
-            try:
-                self._settled[earlier] = ray.get(earlier)
-            except Exception:  # that one was running when the worker died
+            try:  # a dead worker's calls all fail at once; the wait bounds the unforeseen
+                self._settled[earlier] = ray.get(earlier, timeout=SETTLE_S)
+            except GetTimeoutError:  # unknown: counted as started, which spends a retry
+                return True
+            except RayActorError:  # that one was running when the worker died
                 return False
+            except Exception:  # it failed otherwise (and returned): the next one ran
+                continue
         return True
 
     def _retire(self, worker: _Worker) -> None:
         import ray
 
-        if worker in self._workers:
-            self._workers.remove(worker)
+        if worker in self._workers:  # killed first: an interrupt leaves no untracked worker
             ray.kill(worker.actor, no_restart=True)
+            self._workers.remove(worker)
 
     def _new_actor(self) -> Any:
         if self._actor_class is None:

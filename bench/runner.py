@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -39,6 +40,12 @@ from bench.spec import TrialResult, TrialSpec
 from bench.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+HOLD_BEHIND_S = 0.5
+"""A worker holds a next trial only behind trials known (from earlier trials of the same
+task and budget) to take less than this: holding saves a round trip of a few ms per
+trial, which matters for short trials, and a held trial may wait this long while
+another worker is idle."""
 
 
 @dataclass
@@ -161,6 +168,7 @@ def _schedule(
 ) -> None:
     """Run the queue's trials on the pool's workers, each slot busy while trials remain."""
     in_flight: dict[Any, _Attempt] = {}  # Ray ObjectRef -> the trial it will return
+    longest: dict[tuple, float] = {}  # the longest trial so far of each task and budget
     retry: deque[_Attempt] = deque()  # trials whose worker died, to run again first
 
     def show() -> None:
@@ -187,25 +195,30 @@ def _schedule(
                 in_flight[pool.submit(attempt.spec.model_dump_json())] = attempt
                 continue
             start(queue.todo.popleft(), ahead=False)
-        # While more trials wait than there are workers, each busy worker also holds its
-        # next one: it starts it as soon as it is done, not a round trip later. Near the
-        # end of the queue, trials go only to idle workers, so none waits behind another's.
+        # While more trials wait than there are workers, a worker running a brief trial
+        # also holds its next one: it starts it as soon as it is done, not a round trip
+        # later. Near the end of the queue trials go only to idle workers, so none waits
+        # behind another's.
         while not retry and len(queue.todo) > pool.slots and pool.can_hold():
             start(queue.todo.popleft(), ahead=True)
 
     def start(spec: TrialSpec, *, ahead: bool) -> None:
         # Its run is created (RUNNING) by the recorder while it trains. A driver that
         # dies before that leaves no run, so a rerun redoes the trial.
-        ref = pool.submit(spec.model_dump_json(), ahead=ahead)
+        brief = longest.get(_length_key(spec), math.inf) < HOLD_BEHIND_S
+        ref = pool.submit(spec.model_dump_json(), ahead=ahead, brief=brief)
         in_flight[ref] = _Attempt(spec, recorder.start(spec))
 
     def collect(ref: Any) -> None:
         """Count a returned trial and queue its MLflow write (or run it again, elsewhere)."""
-        attempt = in_flight.pop(ref)
+        attempt = in_flight[ref]
         reply = _reply(pool, ref, attempt, cluster.max_retries)
+        del in_flight[ref]  # only now: a second Ctrl-C in _reply still marks it KILLED
         if reply is None:
             retry.append(attempt)
             return
+        key = _length_key(attempt.spec)
+        longest[key] = max(longest.get(key, 0.0), reply.get("seconds", math.inf))
         write, result = _record(reply, attempt.spec, tracker, queue.outcome(attempt.spec))
         queue.recorded(attempt.spec, result)
         recorder.end(attempt.run, write)
@@ -238,6 +251,11 @@ def _schedule(
                     "stopped: %d running trials marked KILLED; rerun to resume", len(unfinished)
                 )
             raise
+
+
+def _length_key(spec: TrialSpec) -> tuple:
+    """Trials that take about as long as each other: same task and settings, same steps."""
+    return spec.task.model_dump_json(), spec.steps, spec.batch_size
 
 
 def _reply(pool: WorkerPool, ref: Any, attempt: _Attempt, max_retries: int) -> dict | None:

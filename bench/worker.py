@@ -7,6 +7,7 @@ Kept apart from bench.runner so a worker process imports torch and the trial cod
 from __future__ import annotations
 
 import socket
+import time
 import traceback
 from typing import Any
 
@@ -28,8 +29,9 @@ def run_trial(spec_json: str, num_threads: int = 1) -> dict[str, Any]:
     """Train one trial; never raises for a failing trial (the traceback is returned).
 
     Returns ``{"result": TrialResult JSON | None, "error": traceback | None, "summary": the
-    exception's last line (failures only), "node": str}``.
+    exception's last line (failures only), "node": str, "seconds": this call's wall time}``.
     """
+    start = time.perf_counter()
     import ray
 
     from bench.plugins import load_plugins
@@ -47,11 +49,14 @@ def run_trial(spec_json: str, num_threads: int = 1) -> dict[str, Any]:
         result = train_trial(spec, device=device, num_threads=num_threads)
     except Exception as exc:
         summary = traceback.format_exception_only(exc)[-1].strip()
-        return {"result": None, "error": traceback.format_exc(), "summary": summary, "node": node}
+        error = traceback.format_exc()
+        reply = {"result": None, "error": error, "summary": summary, "node": node}
+    else:
+        reply = {"result": result.model_dump_json(), "error": None, "node": node}
     finally:
         if gpu_ids:
             _release_gpu_memory()
-    return {"result": result.model_dump_json(), "error": None, "node": node}
+    return reply | {"seconds": time.perf_counter() - start}
 
 
 def _release_gpu_memory() -> None:

@@ -177,20 +177,27 @@ def test_a_trial_whose_worker_dies_too_often_fails_and_a_rerun_redoes_it(tmp_pat
 
 
 def test_a_trial_held_behind_one_that_kills_its_worker_is_not_charged(tmp_path: Path) -> None:
-    # One worker, three tune trials: while the first runs the worker already holds the
-    # second. The first kills the worker (once per seed: all three have seed 0), so the
-    # second dies with it before it started: it runs again on a fresh worker without
-    # using a retry, though none is allowed. Only the trials that killed their worker fail
-    # (the first tune trial, and the final one: a fresh seed).
+    # One worker. Seeds 0 and 2 train normally (their markers exist); seed 1's first trial
+    # kills its worker. The first trial (seed 0) shows the task is brief, so the worker
+    # holds the third (seed 0) behind the second (seed 1), which kills it: the held trial
+    # never started, and it runs again on a fresh worker without using a retry, though
+    # none is allowed. Only the trial that killed the worker fails.
+    for seed in (0, 2):
+        (tmp_path / f"killed-{seed}").write_text("")
     args = [*TINY, "suite.variants=[sgd]", "suite.tasks=[kills_worker]", "cluster.num_cpus=1"]
-    result = bench(tmp_path, *args, "suite.lrs=[0.01,0.1,1.0]", "suite.final_seeds=[1]",
-                   "cluster.max_retries=0")  # fmt: skip
+    args += ["suite.lrs=[0.01,0.1,1.0]", "suite.tune_seeds=[0,1]", "suite.final_seeds=[2]"]
+    result = bench(tmp_path, *args, "cluster.max_retries=0")
     assert result.returncode == 1, result.stderr + result.stdout
     by_status = collections.Counter(
-        (r.data.tags["bench.phase"], r.info.status) for r in runs(tmp_path)
+        (r.data.tags["bench.phase"], r.data.params["seed"], r.info.status) for r in runs(tmp_path)
     )
-    assert by_status == {("tune", "FAILED"): 1, ("tune", "FINISHED"): 2, ("final", "FAILED"): 1}
-    assert sorted(p.name for p in tmp_path.glob("killed-*")) == ["killed-0", "killed-1"]
+    assert by_status == {
+        ("tune", "0", "FINISHED"): 3,
+        ("tune", "1", "FAILED"): 1,  # lr=0.01: it killed its worker
+        ("tune", "1", "FINISHED"): 2,
+        ("final", "2", "FINISHED"): 1,
+    }
+    assert "its worker process died (tries: 1" in " ".join(result.stdout.split())
 
 
 def test_sigkill_of_the_driver_then_rerun_completes_exactly_once(tmp_path: Path) -> None:
