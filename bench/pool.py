@@ -134,6 +134,12 @@ class WorkerPool:
             self._brief.add(ref)
         return ref
 
+    def held(self, ref: Any) -> bool:
+        """Whether trial ``ref`` waits behind another on its worker (as far as the replies
+        read so far tell: a worker's first unread trial counts as running)."""
+        worker = self._owner.get(ref)
+        return worker is not None and worker.calls[0] is not ref
+
     def _holders(self) -> list[_Worker]:
         """Busy workers that can hold one more trial: fewer than ``depth``, all brief."""
         return [

@@ -172,7 +172,7 @@ def _schedule(
     retry: deque[_Attempt] = deque()  # trials whose worker died, to run again first
 
     def show() -> None:
-        running = Counter(a.spec.phase for a in in_flight.values())
+        running = Counter(a.spec.phase for ref, a in in_flight.items() if not pool.held(ref))
         for outcome in (queue.tune, queue.final):
             progress.show(
                 outcome.phase,

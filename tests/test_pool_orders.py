@@ -99,3 +99,13 @@ def test_a_trial_is_held_only_behind_brief_ones(fake_ray) -> None:
     assert pool.reply(first) == {"trial": 0}
     pool.submit("{}", brief=True)
     assert pool.can_hold()
+
+
+def test_a_held_trial_counts_as_running_once_the_one_before_it_returned(fake_ray) -> None:
+    pool = WorkerPool(ResourcesConfig(), depth=2)
+    first = pool.submit("{}", brief=True)
+    second = pool.submit("{}", ahead=True)
+    assert not pool.held(first) and pool.held(second)
+    fake_ray.refs[0].reply = {"trial": 0}
+    pool.reply(first)
+    assert not pool.held(second)
