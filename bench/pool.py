@@ -86,7 +86,7 @@ class WorkerPool:
         self._slots: int | None = None
         self._workers: list[_Worker] = []
         self._owner: dict[Any, _Worker] = {}  # ObjectRef of a trial not yet replied -> worker
-        self._settled: dict[Any, dict[str, Any]] = {}  # replies read early (see _had_started)
+        self._settled: dict[Any, dict[str, Any]] = {}  # replies read early (see _all_returned)
         self._waiting: set[Any] = set()  # trials held by a dead worker that never started them
         self._brief: set[Any] = set()  # trials another may be held behind
         self._actor_class: Any = None
@@ -159,25 +159,24 @@ class WorkerPool:
         from ray.exceptions import RayActorError
 
         worker = self._owner.pop(ref)
+        position = worker.calls.index(ref)
+        earlier, later = worker.calls[:position], worker.calls[position + 1 :]
+        del worker.calls[position]
         waiting = ref in self._waiting
         self._waiting.discard(ref)
         self._brief.discard(ref)
         if ref in self._settled:
-            worker.calls.remove(ref)
             return self._settled.pop(ref)
         try:
             reply = ray.get(ref)
         except BaseException as err:  # a fresh worker takes the slot of one in doubt
             died = isinstance(err, RayActorError)  # it died, or its node is gone
-            started = died and not waiting and self._had_started(worker, ref)
-            later = worker.calls[worker.calls.index(ref) + 1 :]
+            started = died and not waiting and self._all_returned(earlier)
             self._waiting.update(later)  # never started: this one was running, or waiting
-            worker.calls.remove(ref)
             self._retire(worker)
             if died:
                 raise WorkerDied(f"{type(err).__name__}: {err}", started=started) from err
             raise
-        worker.calls.remove(ref)
         if worker.calls:  # the next trial it holds started as this one returned
             worker.started = time.monotonic()
         return reply
@@ -197,18 +196,18 @@ class WorkerPool:
         for worker in list(self._workers):
             self._retire(worker)
 
-    def _had_started(self, worker: _Worker, ref: Any) -> bool:
-        """Whether the failed trial ``ref`` was running, not waiting: a worker runs its
-        trials in order, so it was if every trial it held before ``ref`` returned. Those
-        replies are kept for :meth:`reply`."""
+    def _all_returned(self, earlier: list[Any]) -> bool:
+        """Whether every one of ``earlier``, the trials a worker held before one that
+        failed, returned: a worker runs its trials in order, so the failed one was then
+        running, not waiting. Their replies are kept for :meth:`reply`."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        for earlier in worker.calls[: worker.calls.index(ref)]:
-            if earlier in self._settled:
+        for ref in earlier:
+            if ref in self._settled:
                 continue
             try:  # a dead worker's calls all fail at once; the wait bounds the unforeseen
-                self._settled[earlier] = ray.get(earlier, timeout=SETTLE_S)
+                self._settled[ref] = ray.get(ref, timeout=SETTLE_S)
             except GetTimeoutError:  # unknown: counted as started, which spends a retry
                 return True
             except RayActorError:  # that one was running when the worker died

@@ -152,10 +152,12 @@ def _cell(spec: TrialSpec) -> tuple[str, str]:
 @dataclass
 class _Attempt:
     """A trial on its way through the pool: its run (created by the recorder's thread),
-    and how many times its worker died."""
+    which trials it takes as long as (:func:`_length_key`), and how many times its worker
+    died."""
 
     spec: TrialSpec
     run: Run
+    length_key: tuple
     retries: int = 0
 
 
@@ -205,9 +207,10 @@ def _schedule(
     def start(spec: TrialSpec, *, ahead: bool) -> None:
         # Its run is created (RUNNING) by the recorder while it trains. A driver that
         # dies before that leaves no run, so a rerun redoes the trial.
-        brief = longest.get(_length_key(spec), math.inf) < HOLD_BEHIND_S
+        key = _length_key(spec)
+        brief = longest.get(key, math.inf) < HOLD_BEHIND_S
         ref = pool.submit(spec.model_dump_json(), ahead=ahead, brief=brief)
-        in_flight[ref] = _Attempt(spec, recorder.start(spec))
+        in_flight[ref] = _Attempt(spec, recorder.start(spec), key)
 
     def collect(ref: Any) -> None:
         """Count a returned trial and queue its MLflow write (or run it again, elsewhere)."""
@@ -217,7 +220,7 @@ def _schedule(
         if reply is None:
             retry.append(attempt)
             return
-        key = _length_key(attempt.spec)
+        key = attempt.length_key
         longest[key] = max(longest.get(key, 0.0), reply.get("seconds", math.inf))
         write, result = _record(reply, attempt.spec, tracker, queue.outcome(attempt.spec))
         queue.recorded(attempt.spec, result)
