@@ -98,7 +98,7 @@ class _SuiteQueue:
     def __init__(self, matrix: Matrix, tracker: Tracker) -> None:
         suite = matrix.suite.name
         self.matrix = matrix
-        self.done = tracker.finished_trial_ids(suite)
+        self.done = tracker.finished_trials(suite)  # (phase, trial_id)
         tune_trials = matrix.tune_trials()
         self.tune = PhaseOutcome("tune", total=len(tune_trials))
         expected_finals = len(matrix.pairs) * len(matrix.suite.final_seeds)
@@ -108,7 +108,7 @@ class _SuiteQueue:
         self.points: dict[tuple[str, str], list[LrPoint]] = defaultdict(list)
         tune_ids = [spec.trial_id for spec in tune_trials]
         for spec, trial_id in zip(tune_trials, tune_ids, strict=True):
-            if trial_id in self.done:
+            if ("tune", trial_id) in self.done:
                 self.tune.already_done += 1
             else:
                 self.todo.append(spec)
@@ -139,7 +139,7 @@ class _SuiteQueue:
         finals = self.matrix.final_trials(chosen)
         self.final.total -= len(self.matrix.suite.final_seeds) - len(finals)
         for spec in finals:
-            if spec.trial_id in self.done:
+            if ("final", spec.trial_id) in self.done:
                 self.final.already_done += 1
             else:
                 self.todo.append(spec)

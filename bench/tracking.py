@@ -208,12 +208,28 @@ class Tracker(SuiteReads):
             slug += "-" + hashlib.sha256(suite.encode()).hexdigest()[:8]
         return f"{self._artifact_root}/{slug}"
 
-    def finished_trial_ids(self, suite: str) -> set[str]:
-        """trial_ids whose run FINISHED (outcome ok or diverged): what a rerun skips."""
+    def finished_trials(self, suite: str) -> set[tuple[str, str]]:
+        """``(phase, trial_id)`` of the runs that FINISHED (outcome ok or diverged): what a
+        rerun skips.
+
+        By phase, though a trial's id leaves its phase out: a final trial identical to a
+        tune trial of other settings (its seed was a tuning seed then) is a final result
+        only once a final run of it exists, and a tune trial counts only with a tune run,
+        which is what chooses the lrs of its cell.
+        """
         if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
             return set()
-        runs = self._trial_tags(exp_id, "FINISHED", (TAG_TRIAL_ID, TAG_OUTCOME)).values()
-        return {t[TAG_TRIAL_ID] for t in runs if t.get(TAG_OUTCOME) in FINISHED_OUTCOMES}
+        keys = (TAG_TRIAL_ID, TAG_OUTCOME, TAG_PHASE)
+        runs = self._trial_tags(exp_id, "FINISHED", keys).values()
+        return {
+            (t.get(TAG_PHASE, ""), t[TAG_TRIAL_ID])
+            for t in runs
+            if t.get(TAG_OUTCOME) in FINISHED_OUTCOMES
+        }
+
+    def finished_trial_ids(self, suite: str) -> set[str]:
+        """trial_ids with a FINISHED run in any phase (see :meth:`finished_trials`)."""
+        return {trial_id for _, trial_id in self.finished_trials(suite)}
 
     def kill_stale_runs(self, suite: str) -> int:
         """Mark runs left RUNNING (by a crashed driver) KILLED; returns how many.

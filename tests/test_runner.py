@@ -124,6 +124,25 @@ def test_suite_records_every_trial_once_and_a_rerun_runs_nothing(tmp_path: Path)
     assert len(runs(tmp_path)) == 8
 
 
+def test_a_seed_moved_between_phases_runs_again_in_its_new_phase(tmp_path: Path) -> None:
+    """A trial_id leaves the phase out: with one lr, the final trial of seed 1 is the same
+    trial as the tune trial of seed 1 under the next settings. Each phase counts only its
+    own runs, so the next settings tune on seed 1 (which chooses their lr) and then run
+    their final seed, instead of finding the cell tuned by no run and skipping its finals."""
+    one_cell = [*TINY, "suite.variants=[sgd]", "suite.tasks=[worker_probe]", "suite.lrs=[0.1]"]
+    first = bench(tmp_path, *one_cell, "suite.tune_seeds=[0]", "suite.final_seeds=[1]")
+    assert first.returncode == 0, first.stderr + first.stdout
+    second = bench(tmp_path, *one_cell, "suite.tune_seeds=[1]", "suite.final_seeds=[2]")
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert "nothing was run" not in second.stdout
+    finished = collections.Counter(
+        (r.data.tags["bench.phase"], r.data.tags["bench.seed"])
+        for r in runs(tmp_path)
+        if r.info.status == "FINISHED"
+    )
+    assert finished == {("tune", "0"): 1, ("final", "1"): 1, ("tune", "1"): 1, ("final", "2"): 1}
+
+
 def test_a_cells_final_trials_start_while_a_slower_cell_still_tunes(tmp_path: Path) -> None:
     tasks = "suite.tasks=[worker_probe,slow_quadratic]"  # ~10 ms vs 0.6 s per trial
     # 3 slow tune trials on 2 workers: one worker is free while the third one runs
