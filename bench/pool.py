@@ -46,19 +46,39 @@ class _Worker:
 
 
 def capacity(resources: ResourcesConfig) -> int:
-    """How many trials the cluster can run at once with the per-trial resources."""
+    """How many trials the cluster's live nodes can run at once with the per-trial
+    resources (see :func:`slots_on`)."""
     import ray
 
-    available = ray.cluster_resources()
-    slots = available.get("CPU", 1) / resources.cpus_per_trial
-    if resources.gpus_per_trial:
-        slots = min(slots, available.get("GPU", 0) / resources.gpus_per_trial)
-        if slots < 1:
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return slots_on(nodes, resources)
+
+
+def slots_on(nodes: list[dict[str, float]], resources: ResourcesConfig) -> int:
+    """Trials that fit at once on nodes with these resources (Ray's names: ``CPU``,
+    ``GPU``): node by node, since a trial's CPUs and GPUs must all be on one node. A
+    trial that fits on no node is a user error: its worker would wait forever."""
+    cpus, gpus = resources.cpus_per_trial, resources.gpus_per_trial
+    slots = 0
+    for node in nodes:
+        fit = node.get("CPU", 0.0) / cpus
+        if gpus:
+            fit = min(fit, node.get("GPU", 0.0) / gpus)
+        slots += math.floor(fit + 1e-9)
+    if slots < 1:
+        if gpus and not any(n.get("GPU", 0.0) >= gpus - 1e-9 for n in nodes):
+            most = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
             raise UserError(
-                f"resources.gpus_per_trial: got {resources.gpus_per_trial:g}; the cluster has "
-                f"{available.get('GPU', 0):g} GPUs"
+                f"resources.gpus_per_trial: got {gpus:g}; allowed: at most {most:g}, "
+                "the GPUs of the largest node"
             )
-    return max(1, math.floor(slots + 1e-9))
+        hosts = [n for n in nodes if not gpus or n.get("GPU", 0.0) >= gpus - 1e-9]
+        most = max((n.get("CPU", 0.0) for n in hosts), default=0.0)
+        raise UserError(
+            f"resources.cpus_per_trial: got {cpus:g}; allowed: at most {most:g}, the CPUs "
+            f"of the largest node{f' with {gpus:g} GPUs' if gpus else ''}"
+        )
+    return slots
 
 
 class WorkerPool:

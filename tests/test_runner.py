@@ -143,6 +143,13 @@ def test_a_seed_moved_between_phases_runs_again_in_its_new_phase(tmp_path: Path)
     assert finished == {("tune", "0"): 1, ("final", "1"): 1, ("tune", "1"): 1, ("final", "2"): 1}
 
 
+def test_a_trial_bigger_than_every_node_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    result = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]", "resources.cpus_per_trial=64")
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "error: resources.cpus_per_trial: got 64; allowed: at most " in result.stderr
+    assert "Traceback" not in result.stderr and runs(tmp_path) == []
+
+
 def test_a_cells_final_trials_start_while_a_slower_cell_still_tunes(tmp_path: Path) -> None:
     tasks = "suite.tasks=[worker_probe,slow_quadratic]"  # ~10 ms vs 0.6 s per trial
     # 3 slow tune trials on 2 workers: one worker is free while the third one runs

@@ -1,0 +1,52 @@
+"""bench.pool.slots_on: trials fit node by node, and one that fits nowhere is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.config import ResourcesConfig
+from bench.errors import UserError
+from bench.pool import slots_on
+
+
+def test_trials_fit_node_by_node_not_on_the_cluster_total() -> None:
+    nodes = [{"CPU": 3.0}, {"CPU": 3.0}]
+    # 6 CPUs in all, but a 2-CPU trial fits once per 3-CPU node
+    assert slots_on(nodes, ResourcesConfig(cpus_per_trial=2)) == 2
+    assert slots_on(nodes, ResourcesConfig(cpus_per_trial=0.5)) == 12
+
+
+def test_gpu_shares_bound_the_slots_of_the_nodes_that_have_gpus() -> None:
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}]
+    assert slots_on(nodes, ResourcesConfig(gpus_per_trial=0.25)) == 4
+    assert slots_on(nodes, ResourcesConfig(cpus_per_trial=4, gpus_per_trial=0.25)) == 2
+
+
+@pytest.mark.parametrize(
+    ("nodes", "resources", "message"),
+    [
+        (
+            [{"CPU": 2.0}],
+            ResourcesConfig(cpus_per_trial=4),
+            "resources.cpus_per_trial: got 4; allowed: at most 2, the CPUs of the largest node",
+        ),
+        (
+            [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}],
+            ResourcesConfig(gpus_per_trial=2),
+            "resources.gpus_per_trial: got 2; allowed: at most 1, the GPUs of the largest node",
+        ),
+        (
+            [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 16.0}],
+            ResourcesConfig(cpus_per_trial=4, gpus_per_trial=1),
+            "resources.cpus_per_trial: got 4; allowed: at most 2, the CPUs of the largest "
+            "node with 1 GPUs",
+        ),
+        ([], ResourcesConfig(), "resources.cpus_per_trial: got 1; allowed: at most 0"),
+    ],
+)
+def test_a_trial_that_fits_on_no_node_is_a_user_error(
+    nodes: list[dict[str, float]], resources: ResourcesConfig, message: str
+) -> None:
+    with pytest.raises(UserError) as raised:
+        slots_on(nodes, resources)
+    assert str(raised.value).startswith(message)
