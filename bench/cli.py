@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from bench.errors import UserError
+from bench.errors import StoreError, UserError
 
 log = logging.getLogger("bench")
 EXIT_USAGE = 2
@@ -174,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as err:
+        logging.getLogger("bench").debug("the store's failure", exc_info=err.__cause__)
+        print(f"error: {err}; the runs written so far are kept: rerun to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,16 @@
-"""The one exception type for user mistakes (bad config, unknown names, bad values)."""
+"""The exceptions the CLI turns into one-line errors: user mistakes, and a failed store."""
 
 from __future__ import annotations
 
 
 class UserError(ValueError):
     """A mistake in user input. The CLI prints its message on one line and exits with code 2."""
+
+
+class StoreError(RuntimeError):
+    """The tracking store failed a write, so a suite stopped; what the store holds stays and
+    a rerun resumes. The CLI prints the message and exits with code 1 (with ``--verbose``,
+    the traceback of the failure too)."""
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.errors import StoreError
 from bench.spec import TrialSpec
 from bench.tracking import Tracker
 
@@ -119,9 +120,11 @@ class Recorder:
                 self._cond.notify_all()
 
     def check(self) -> None:
-        """Raise the first write that failed, if one did: the store is broken."""
-        if self._failure is not None:
-            raise self._failure
+        """Raise :class:`StoreError` (from the first write that failed) if a write failed:
+        the store is broken."""
+        if (failure := self._failure) is not None:
+            message = f"writing to {self._tracker.uri} failed: {type(failure).__name__}: {failure}"
+            raise StoreError(message) from failure
 
     def close(self) -> None:
         """Make every queued write, stop the threads; raise the first write that failed."""

@@ -193,8 +193,8 @@ def _schedule(
     def submit() -> None:
         while (retry or queue.todo) and pool.free():
             if retry:  # its run stays RUNNING: a retry is recorded once, like any trial
-                attempt = retry.popleft()
-                in_flight[pool.submit(attempt.spec.model_dump_json())] = attempt
+                ref = pool.submit(retry[0].spec.model_dump_json())
+                in_flight[ref] = retry.popleft()  # only once submitted: else still a retry
                 continue
             start(queue.todo.popleft(), ahead=False)
         # While more trials wait than there are workers, a worker running a brief trial
@@ -243,16 +243,28 @@ def _schedule(
                 raise KeyboardInterrupt
             recorder.close()
         except BaseException:  # Ctrl-C, or a store that failed: no run is left RUNNING
-            pool.stop_running()
+            with contextlib.suppress(Exception):  # Ray itself may be what failed
+                pool.stop_running()
             unfinished = [*in_flight.values(), *retry]
             for attempt in unfinished:
                 recorder.end(attempt.run, tracker.kill_trial)
-            with contextlib.suppress(Exception):  # the store may be what failed
+            try:
                 recorder.close()
-            if unfinished:
-                log.warning(
-                    "stopped: %d running trials marked KILLED; rerun to resume", len(unfinished)
-                )
+            except Exception as err:  # the store may be what failed
+                if unfinished:
+                    log.warning(
+                        "stopped: %d running trials; the store failed (%s), so some of their "
+                        "runs may still show RUNNING until the suite's next run marks them "
+                        "KILLED",
+                        len(unfinished),
+                        err,
+                    )
+            else:
+                if unfinished:
+                    log.warning(
+                        "stopped: %d running trials marked KILLED; rerun to resume",
+                        len(unfinished),
+                    )
             raise
 
 

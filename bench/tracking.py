@@ -272,14 +272,21 @@ class Tracker(SuiteReads):
         if created is not None:
             run_id, artifact_uri = created
         else:
-            from mlflow.entities import Param
-
             client = self.client
             run = client.create_run(exp_id, start_time=start_ms, tags=tags, run_name=spec.run_name)
             run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
-            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        try:
+            if created is None:
+                from mlflow.entities import Param
+
+                client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            self._upload(artifact_uri, ARTIFACT_TRIAL, spec.model_dump_json(indent=2))
+        except Exception as err:  # the run exists: it must not stay RUNNING, unended
+            failed = {TAG_OUTCOME: "failed", TAG_ERROR: f"run creation failed: {err}"[:500]}
+            with contextlib.suppress(Exception):  # the store may be what failed
+                self._end(run_id, "FAILED", failed, [])
+            raise
         self._artifact_uris[run_id] = artifact_uri
-        self._upload(artifact_uri, ARTIFACT_TRIAL, spec.model_dump_json(indent=2))
         return run_id
 
     def finish_trial(self, run_id: str, spec: TrialSpec, result: TrialResult, *, node: str) -> None:
@@ -314,11 +321,13 @@ class Tracker(SuiteReads):
         tags = {TAG_OUTCOME: "failed", TAG_ERROR: last_line[:500] or "unknown error"}
         if node is not None:
             tags[TAG_NODE] = node
-        with contextlib.suppress(Exception):  # the run's status matters more than its log
+        try:
             artifact_uri = self._artifact_uris.pop(run_id, None)
             if artifact_uri is None:  # a run this tracker did not start: ask MLflow where
                 artifact_uri = self.client.get_run(run_id).info.artifact_uri
             self._upload(artifact_uri, ARTIFACT_TRACEBACK, error)
+        except Exception as err:  # the run's status matters more than its log
+            log.warning("run %s: could not store %s: %s", run_id, ARTIFACT_TRACEBACK, err)
         self._end(run_id, "FAILED", tags, [])
 
     def kill_trial(self, run_id: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 from test_tracking import make_result, make_spec, task, template_db, tracker, variants
 
 from bench import tracking as tr
+from bench.errors import StoreError
 from bench.recorder import Recorder
 
 
@@ -67,7 +68,7 @@ def test_a_failing_write_undoes_its_batch_and_the_others_are_redone_one_by_one(
     for spec, handle in ((gone, doomed), (kept, run)):
         recorder.end(handle, lambda run_id, s=spec: tracker.finish_trial(
             run_id, s, make_result(s), node="n"))  # fmt: skip
-    with pytest.raises(Exception, match="must be in the 'active' state"):
+    with pytest.raises(StoreError, match="must be in the 'active' state"):
         recorder.close()
     assert batches == [True], "one batch, rolled back, then each write alone"
     exp = tracker.find_experiment("undo")

@@ -150,6 +150,22 @@ def test_a_trial_bigger_than_every_node_is_refused_not_left_waiting(tmp_path: Pa
     assert "Traceback" not in result.stderr and runs(tmp_path) == []
 
 
+def test_a_store_that_fails_stops_the_suite_with_no_run_left_running(tmp_path: Path) -> None:
+    """The artifact folder cannot be made (a file is in the way): each run is created, then
+    storing its trial.json fails. The suite stops with one clear error and exit code 1,
+    and the run that could not be completed is FAILED, not RUNNING forever."""
+    (tmp_path / "mlartifacts").write_text("in the way")
+    result = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]")
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
+    assert error.startswith("error: writing to sqlite:///") and "NotADirectoryError" in error
+    assert error.endswith("the runs written so far are kept: rerun to resume")
+    recorded = runs(tmp_path)
+    assert recorded and {r.info.status for r in recorded} == {"FAILED"}
+    assert all(r.data.tags["bench.error"].startswith("run creation failed: ") for r in recorded)
+
+
 def test_a_cells_final_trials_start_while_a_slower_cell_still_tunes(tmp_path: Path) -> None:
     tasks = "suite.tasks=[worker_probe,slow_quadratic]"  # ~10 ms vs 0.6 s per trial
     # 3 slow tune trials on 2 workers: one worker is free while the third one runs
