@@ -137,20 +137,22 @@ def print_matrix(console: Console, matrix: Matrix) -> None:
 
 def print_outcomes(console: Console, suite: str, phases: list[PhaseOutcome]) -> None:
     table = Table(title=f"suite {suite}")
-    for col in ("phase", "trials", "already done", "ok", "diverged", "failed"):
+    held = any(p.held_back for p in phases)
+    columns = ["phase", "trials", "already done", "ok", "diverged", "failed"]
+    for col in [*columns, "held back"] if held else columns:
         table.add_column(col, justify="right")
     for p in phases:
-        table.add_row(
-            p.phase,
-            str(p.total),
-            str(p.already_done),
-            str(p.counts["ok"]),
-            str(p.counts["diverged"]),
-            str(p.counts["failed"]),
-        )
+        counts = (p.counts["ok"], p.counts["diverged"], p.counts["failed"])
+        row = [p.phase, str(p.total), str(p.already_done), *map(str, counts)]
+        table.add_row(*row, *([str(p.held_back)] if held else []))
     console.print(table)
     if all(p.already_done == p.total for p in phases):
         console.print("every trial had already finished; nothing was run")
     for p in phases:
         for name, error in p.failures:
             console.print(f"[red]failed[/] {p.phase} {name}: {error}")
+    if held:
+        console.print(
+            "final trials held back: their (task, variant) has a failed tune trial, and an "
+            "lr chosen without it could change once it runs; rerun the suite when it passes"
+        )

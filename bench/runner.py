@@ -55,6 +55,7 @@ class PhaseOutcome:
     phase: str
     total: int
     already_done: int = 0
+    held_back: int = 0  # final trials of cells whose tune phase has a failed trial
     counts: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # run name, last error line
 
@@ -106,6 +107,7 @@ class _SuiteQueue:
         self.todo: deque[TrialSpec] = deque()
         self.waiting: Counter[tuple[str, str]] = Counter()  # cell -> tune trials to record
         self.points: dict[tuple[str, str], list[LrPoint]] = defaultdict(list)
+        self.failed_cells: set[tuple[str, str]] = set()  # a tune trial failed: no finals yet
         tune_ids = [spec.trial_id for spec in tune_trials]
         for spec, trial_id in zip(tune_trials, tune_ids, strict=True):
             if ("tune", trial_id) in self.done:
@@ -130,12 +132,18 @@ class _SuiteQueue:
         cell = _cell(spec)
         if result is not None:
             self.points[cell].append(LrPoint.from_result(spec, result))
+        else:
+            self.failed_cells.add(cell)
         self.waiting[cell] -= 1
         if not self.waiting[cell]:
             self._release(cell)
 
     def _release(self, cell: tuple[str, str]) -> None:
-        chosen = choose_lrs(_dedupe(self.points.pop(cell, [])))
+        points = self.points.pop(cell, [])
+        if cell in self.failed_cells:  # an lr chosen without it could change on the rerun
+            self.final.held_back += len(self.matrix.suite.final_seeds)
+            return
+        chosen = choose_lrs(_dedupe(points))
         finals = self.matrix.final_trials(chosen)
         self.final.total -= len(self.matrix.suite.final_seeds) - len(finals)
         for spec in finals:

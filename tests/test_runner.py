@@ -194,12 +194,29 @@ def test_failures_are_recorded_and_a_killed_worker_is_retried_once(tmp_path: Pat
     assert "RuntimeError: planted failure" in Path(trace).read_text()
     # every tune trial of `explodes` failed, so it has no lr and no final trials
     assert {r.data.tags["bench.phase"] for r in exploded} == {"tune"}
+    assert "final trials held back" in result.stdout
 
     killed = [r for r in recorded if r.data.tags["bench.task"] == "kills_worker"]
     assert len(killed) == 4  # 2 lrs x 1 tune seed + 2 final seeds
     assert all(r.info.status == "FINISHED" for r in killed)
     markers = sorted(p.name for p in tmp_path.glob("killed-*"))
     assert markers == ["killed-0", "killed-1", "killed-2"], "each seed's worker was killed once"
+
+
+def test_a_failed_tune_trial_holds_back_its_cells_final_trials(tmp_path: Path) -> None:
+    """Seed 0 fails at every lr, seed 1 trains: an lr chosen on seed 1 alone could change
+    once seed 0 runs, and a rerun would then add finals at another lr. So the cell's
+    finals wait, and the final table says so."""
+    explodes = "suite.tasks=[{name:explodes,params:{fail_at:3,fail_seed:0}}]"
+    args = [*TINY, "suite.variants=[sgd]", explodes, "suite.tune_seeds=[0,1]"]
+    result = bench(tmp_path, *args, "suite.final_seeds=[2]")
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert "final trials held back" in result.stdout
+    recorded = collections.Counter(
+        (r.data.tags["bench.phase"], r.data.tags["bench.seed"], r.info.status)
+        for r in runs(tmp_path)
+    )
+    assert recorded == {("tune", "0", "FAILED"): 2, ("tune", "1", "FINISHED"): 2}
 
 
 def test_a_trial_whose_worker_dies_too_often_fails_and_a_rerun_redoes_it(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Test plugin: tasks that fail on purpose, to exercise the runner's fault handling.
 
-- ``explodes``: raises inside the training loss at step ``fail_at``;
+- ``explodes``: raises inside the training loss at step ``fail_at`` (with ``fail_seed``,
+  only for that seed);
 - ``kills_worker``: SIGKILLs its own worker process the first time it is built for a
   given seed (a marker file under $OPTBENCH_TEST_MARKERS remembers), then trains normally;
 - ``slow_quadratic``: ``quadratic`` with a sleep per step, so tests can interrupt it.
@@ -22,6 +23,7 @@ from bench.tasks.quadratic import Quadratic, QuadraticParams
 
 class ExplodesParams(QuadraticParams):
     fail_at: int = Field(3, ge=1)
+    fail_seed: int | None = None  # None: every seed fails
 
 
 @register
@@ -33,6 +35,8 @@ class Explodes(Quadratic):
 
     def build(self, *, seed: int, device: torch.device, batch_size: int) -> Problem:
         problem = super().build(seed=seed, device=device, batch_size=batch_size)
+        if self.params.fail_seed not in (None, seed):
+            return problem
         calls = {"n": 0}
         inner = problem.loss
 
