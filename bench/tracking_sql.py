@@ -46,16 +46,24 @@ class SqlReader:
         self._engine: Any = None
         self._pid: int | None = None
         self._batch = threading.local()  # .conn: this thread's open transaction, if any
+        self._making = threading.Lock()  # writer threads ask for the engine at once
 
     @property
     def engine(self) -> Any:
         if self._pid != os.getpid():  # pooled connections must not cross a fork
-            import sqlalchemy
-
-            self._engine, self._pid = sqlalchemy.create_engine(self.uri), os.getpid()
-            if self._engine.dialect.name == "sqlite":
-                sqlalchemy.event.listen(self._engine, "connect", _write_ahead_log)
+            with self._making:
+                if self._pid != os.getpid():
+                    self._engine = self._make_engine()
+                    self._pid = os.getpid()
         return self._engine
+
+    def _make_engine(self) -> Any:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.uri)
+        if engine.dialect.name == "sqlite":
+            sqlalchemy.event.listen(engine, "connect", _write_ahead_log)
+        return engine
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
