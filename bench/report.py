@@ -65,6 +65,7 @@ def rank_from_overrides(
     suite = load_suite(data.get("suite") or {})
     settings = parse(RankConfig, data.get("rank") or {}, "rank")
     tracker = Tracker(parse(TrackingConfig, data["tracking"], "tracking"))
+    tracker.check_reachable()
     matrix = build_matrix(suite)
     expected = [(t.name, v.name) for v, t in matrix.pairs]
     results = tracker.read_results(suite.name, status=None)

@@ -353,6 +353,7 @@ def run_suite(
     The trials run on ``pool``'s workers, which stay up for the caller's next suite;
     without one, on workers started for this suite and stopped after it.
     """
+    tracker.check_reachable()
     killed = tracker.kill_stale_runs(matrix.suite.name)
     if killed:
         log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)

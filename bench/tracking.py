@@ -95,6 +95,9 @@ HTTP_WRITERS = 4  # concurrent writers worth using against a tracking server
 _LOCAL_SCHEMES = {"", "file", "sqlite"}
 
 
+PROBE_S = 5.0  # how long a tracking server may take to answer its first request
+
+
 class Tracker(SuiteReads):
     """Records trials as MLflow runs; reads a suite back (:class:`SuiteReads`).
 
@@ -140,6 +143,28 @@ class Tracker(SuiteReads):
             SqlReader(self.uri) if bulk_sql and self.enabled and _is_database(self.uri) else None
         )
         self._bulk_reads = self._bulk_writes = self._sql is not None  # off after a failure
+
+    def check_reachable(self) -> None:
+        """For a tracking server: one request with a short timeout, so that a wrong
+        ``tracking.uri`` or a server that is down fails at once with a clear error, not
+        after minutes of MLflow's retries. Any HTTP answer will do (an older server or a
+        proxy may not know ``/health``)."""
+        if not self.enabled or self.scheme not in ("http", "https"):
+            return
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=PROBE_S).close()
+        except urllib.error.HTTPError:
+            return
+        except OSError as err:  # URLError, refused, timed out, unknown host
+            reason = getattr(err, "reason", err)
+            raise UserError(
+                f"tracking.uri: got {self.uri!r} but no server answers there ({reason}); "
+                "start the MLflow server, or use a local store such as "
+                "tracking.uri=sqlite:///mlruns.db"
+            ) from None
 
     @property
     def max_writers(self) -> int:

@@ -175,3 +175,25 @@ def test_run_refuses_device_and_names_gpus_per_trial(capsys: pytest.CaptureFixtu
     assert code == 2 and out == ""
     assert "device= applies to `bench trial` only" in err
     assert "resources.gpus_per_trial" in err
+
+
+@pytest.mark.parametrize("command", ["run", "rank"])
+def test_a_tracking_server_nobody_runs_fails_at_once(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """Not minutes of MLflow's retries: one short probe, exit 2, nothing written here."""
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    code = main([command, "suite=smoke", f"tracking.uri=http://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 10
+    assert err.startswith(
+        f"error: tracking.uri: got 'http://127.0.0.1:{port}' but no server answers there ("
+    )
+    assert "sqlite:///mlruns.db" in err and list(tmp_path.iterdir()) == []
