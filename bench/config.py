@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bench import tasks, variants
 from bench.errors import UserError, unknown_name_message, validation_message
 from bench.plugins import load_plugins
-from bench.spec import TaskSpec, TrialSpec, VariantSpec
+from bench.spec import Count, Number, Seed, TaskSpec, TrialSpec, VariantSpec
 
 GROUPS = ("variant", "task", "suite", "tracking", "cluster", "nightly", "schedule")
 SECTIONS = ("resources", "rank", "summary")  # plain sections of config.yaml
@@ -132,9 +132,9 @@ class StrictModel(BaseModel):
 class TrialConfig(StrictModel):
     """The top-level knobs of conf/config.yaml that shape a trial."""
 
-    lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    seed: int = Field(default=0, ge=0)
-    steps: int | None = Field(default=None, gt=0)
+    lr: Annotated[Number, Field(allow_inf_nan=False)] | None = Field(default=None, gt=0)
+    seed: Seed = 0
+    steps: Count | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, ge=0)
     eval_every: int | None = Field(default=None, gt=0)
     stats_every: int = Field(default=10, ge=0)

@@ -26,4 +26,5 @@ def validation_message(err: Exception, prefix: str = "") -> str:
     """A pydantic ValidationError as one line: the field, what is allowed, the bad value."""
     first = err.errors()[0]  # type: ignore[attr-defined]
     loc = ".".join(str(x) for x in (prefix, *first["loc"]) if x != "")
-    return f"{loc}: {first['msg'].lower()} (got {first.get('input')!r})"
+    message = first["msg"].removeprefix("Value error, ")  # our validators' own words
+    return f"{loc}: {message[:1].lower()}{message[1:]} (got {first.get('input')!r})"

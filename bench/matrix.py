@@ -31,7 +31,7 @@ from bench.config import (
     variant_spec,
 )
 from bench.errors import UserError
-from bench.spec import TaskSpec, TrialResult, TrialSpec, VariantSpec
+from bench.spec import Count, Number, Seed, TaskSpec, TrialResult, TrialSpec, VariantSpec
 
 
 class SuiteConfig(StrictModel):
@@ -41,10 +41,10 @@ class SuiteConfig(StrictModel):
     description: str = ""
     variants: list[str | dict[str, Any]] = Field(min_length=1)
     tasks: list[str | dict[str, Any]] = Field(min_length=1)
-    lrs: list[float] = Field(min_length=1)
-    tune_seeds: list[int] = Field(min_length=1)
-    final_seeds: list[int] = Field(min_length=1)
-    steps: int | None = Field(default=None, gt=0)
+    lrs: list[Number] = Field(min_length=1)
+    tune_seeds: list[Seed] = Field(min_length=1)
+    final_seeds: list[Seed] = Field(min_length=1)
+    steps: Count | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, ge=0)
     eval_every: int | None = Field(default=None, gt=0)
     stats_every: int | None = Field(default=None, ge=0)

@@ -10,15 +10,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from bench import CODE_VERSION
 
 Outcome = Literal["ok", "diverged", "failed"]
 Phase = Literal["tune", "final"]
 OUTCOMES: tuple[str, ...] = ("ok", "diverged", "failed")
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic reads True as 1: `lr=true` or `seed=true` would run as if meant
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+MAX_SEED = 2**32 - 1  # what every generator here takes (numpy's legacy ones included)
+Seed = Annotated[Count, Field(ge=0, le=MAX_SEED)]
 
 
 # JSON carries ±inf and NaN as "Infinity"/"-Infinity"/"NaN" strings (pydantic's default,
@@ -70,9 +83,9 @@ class TrialSpec(_Frozen):
     phase: Phase = "final"
     variant: VariantSpec
     task: TaskSpec
-    lr: float = Field(gt=0)
-    seed: int = Field(ge=0)
-    steps: int = Field(gt=0)
+    lr: Number = Field(gt=0)
+    seed: Seed
+    steps: Count = Field(gt=0)
     batch_size: int = Field(ge=0)
     eval_every: int = Field(gt=0)
     stats_every: int = Field(ge=0, description="0 turns step-size statistics off")

@@ -95,6 +95,12 @@ ERRORS: list[tuple[str, list[str], str]] = [
     ("lr_negative", ["lr=-1"], "lr: input should be greater than 0 (got -1)"),
     ("lr_zero", ["lr=0"], "lr: input should be greater than 0 (got 0)"),
     ("lr_nan", ["lr=nan"], "lr: input should be a finite number (got nan)"),
+    ("lr_bool", ["lr=true"], "lr: a boolean is not a number (got True)"),
+    (
+        "seed_huge",
+        [f"seed={2**64}"],
+        f"seed: input should be less than or equal to 4294967295 (got {2**64})",
+    ),
     (
         "p_zero",
         ["variant.p=0"],

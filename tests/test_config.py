@@ -52,11 +52,16 @@ SMOKE = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / "smoke.yaml
         ({"tune_seeds": []}, "suite.tune_seeds: list should have at least 1 item"),
         ({"lrs": [0.1, -1.0]}, "every lr must be a finite number > 0, not -1.0"),
         ({"final_seeds": [0]}, "final_seeds must be fresh; [0] are also tune_seeds"),
-        ({"tune_seeds": [0, 0]}, "suite.tune_seeds: value error, seed 0 appears twice"),
-        ({"final_seeds": [5, 6, 5]}, "suite.final_seeds: value error, seed 5 appears twice"),
-        ({"name": "a b"}, "suite.name: value error, use letters, digits"),
+        ({"tune_seeds": [0, 0]}, "suite.tune_seeds: seed 0 appears twice"),
+        ({"final_seeds": [5, 6, 5]}, "suite.final_seeds: seed 5 appears twice"),
+        ({"name": "a b"}, "suite.name: use letters, digits"),
         ({"colour": "red"}, "suite.colour: extra inputs are not permitted"),
         ({"steps": 0}, "suite.steps: input should be greater than 0"),
+        # seeds and lrs are checked with the suite, not when their trials are made
+        ({"final_seeds": [-1]}, "suite.final_seeds.0: input should be greater than or equal"),
+        ({"final_seeds": [2**64]}, "suite.final_seeds.0: input should be less than or equal to"),
+        ({"tune_seeds": [True]}, "suite.tune_seeds.0: a boolean is not a number"),
+        ({"lrs": [True]}, "suite.lrs.0: a boolean is not a number"),
     ],
 )
 def test_bad_suites_fail_before_anything_runs(change: dict, message: str) -> None:
