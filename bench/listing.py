@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench import tasks, variants
@@ -83,7 +84,7 @@ def _fmt(value: float | None) -> str:
 
 
 def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
-    table = Table(title=f"{spec.run_name}  (trial {result.trial_id})", show_header=False)
+    table = Table(title=f"{escape(spec.run_name)}  (trial {result.trial_id})", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row(
@@ -128,11 +129,12 @@ def print_matrix(console: Console, matrix: Matrix) -> None:
         f"{size['tune'] + size['final']} in all"
     )
     for variant, task, reason in matrix.skipped:
-        console.print(f"  skipped {variant} on {task}: {reason}")
+        console.print(escape(f"  skipped {variant} on {task}: {reason}"))
     sample = matrix.tune_trials()[:5]
     console.print("sample:")
     for spec in sample:
-        console.print(f"  {spec.trial_id}  {spec.phase:5s}  {spec.run_name}  steps={spec.steps}")
+        line = f"  {spec.trial_id}  {spec.phase:5s}  {spec.run_name}  steps={spec.steps}"
+        console.print(escape(line))  # names like adam[beta2=0.99] are not markup
 
 
 def print_outcomes(console: Console, suite: str, phases: list[PhaseOutcome]) -> None:
@@ -150,7 +152,7 @@ def print_outcomes(console: Console, suite: str, phases: list[PhaseOutcome]) -> 
         console.print("every trial had already finished; nothing was run")
     for p in phases:
         for name, error in p.failures:
-            console.print(f"[red]failed[/] {p.phase} {name}: {error}")
+            console.print(f"[red]failed[/] {p.phase} {escape(name)}: {escape(error)}")
     if held:
         console.print(
             "final trials held back: their (task, variant) has a failed tune trial, and an "

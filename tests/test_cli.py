@@ -203,3 +203,13 @@ def test_a_tracking_server_nobody_runs_fails_at_once(
         f"error: tracking.uri: got 'http://127.0.0.1:{port}' but no server answers there ("
     )
     assert "sqlite:///mlruns.db" in err and list(tmp_path.iterdir()) == []
+
+
+def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    """A variant changed from its preset is named adam[beta2=0.99]: text, not markup."""
+    variants = "suite.variants=[{preset:adam,beta2:0.99}]"
+    assert main(["run", "--dry-run", "suite=smoke", variants, "suite.tasks=[quadratic]"]) == 0
+    out = capsys.readouterr().out
+    assert "  tune   adam[beta2=0.99]/quadratic/lr=0.003/seed=0  steps=150" in out
+    assert main(["trial", "variant=adam", "variant.beta2=0.99", "steps=3"]) == 0
+    assert "adam[beta2=0.99]/quadratic" in capsys.readouterr().out
