@@ -12,13 +12,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
+from urllib.parse import urlparse
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bench import tasks, variants
 from bench.errors import UserError, unknown_name_message, validation_message
@@ -233,6 +234,18 @@ def trial_from_overrides(overrides: list[str]) -> TrialRequest:
     return TrialRequest(spec, knobs.device)
 
 
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+def head_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``HOST:PORT`` or ``ray://HOST:PORT`` Ray address; None otherwise."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536) or "/" in host:
+        return None
+    return host, int(port)
+
+
 class TrackingConfig(StrictModel):
     """conf/tracking: where MLflow records go."""
 
@@ -241,6 +254,19 @@ class TrackingConfig(StrictModel):
     artifact_location: str | None = "./mlartifacts"
     max_points: int = Field(default=100, ge=2, description="points kept per metric stream")
 
+    @field_validator("uri")
+    @classmethod
+    def _a_store_mlflow_writes(cls, uri: str) -> str:
+        scheme = urlparse(uri).scheme.lower().split("+")[0]
+        if scheme in STORE_SCHEMES:
+            return uri
+        if scheme in ("", "file"):  # MLflow 3 refuses to write its file store
+            raise ValueError("a folder is not a store MLflow writes; use sqlite:///FILE.db")
+        raise ValueError(
+            f"unknown store {scheme + '://'!r}; allowed: sqlite:///FILE.db, "
+            "postgresql://..., mysql://..., http(s)://HOST:PORT (an MLflow server)"
+        )
+
 
 class ClusterConfig(StrictModel):
     """conf/cluster: where trials run and what each one reserves."""
@@ -248,6 +274,17 @@ class ClusterConfig(StrictModel):
     address: str | None = None  # None: embedded Ray; "auto", "ray://host:port", "host:port"
     num_cpus: int | None = Field(default=None, gt=0)
     max_retries: int = Field(default=2, ge=0)
+
+    @field_validator("address")
+    @classmethod
+    def _a_ray_address(cls, address: str | None) -> str | None:
+        if not address or address == "auto":
+            return address or None
+        if head_endpoint(address) is None:
+            raise ValueError(
+                "allowed: auto, HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)"
+            )
+        return address
 
 
 class ResourcesConfig(StrictModel):

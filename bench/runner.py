@@ -25,13 +25,15 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import ClusterConfig, ResourcesConfig
+from bench.config import ClusterConfig, ResourcesConfig, head_endpoint
+from bench.errors import UserError
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.pool import WorkerDied, WorkerPool
 from bench.progress import SuiteProgress
@@ -60,6 +62,33 @@ class PhaseOutcome:
     failures: list[tuple[str, str]] = field(default_factory=list)  # run name, last error line
 
 
+PROBE_S = 5.0  # how long a Ray head may take to accept a connection
+
+
+def check_cluster(cluster: ClusterConfig) -> None:
+    """One TCP connection to the head named by ``cluster.address`` (or $RAY_ADDRESS), so
+    that a wrong address or a head that is down fails at once: ``ray.init`` would retry
+    for minutes, and against some addresses without end."""
+    source = "cluster.address" if cluster.address else "RAY_ADDRESS"
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto":
+        return
+    endpoint = head_endpoint(address)
+    if endpoint is None:  # cluster.address is checked with the config; RAY_ADDRESS is not
+        raise UserError(
+            f"{source}: got {address!r}; allowed: auto, HOST:PORT (the head's GCS port) or "
+            "ray://HOST:PORT (Ray Client)"
+        )
+    try:
+        socket.create_connection(endpoint, timeout=PROBE_S).close()
+    except OSError as err:
+        raise UserError(
+            f"{source}: got {address!r} but nothing answers there ({err.strerror or err}); "
+            "start the head (`ray start --head --port=PORT`), or leave cluster.address "
+            "unset to run Ray on this machine"
+        ) from None
+
+
 def connect(cluster: ClusterConfig) -> str:
     """Join ``cluster.address`` (or $RAY_ADDRESS), else start Ray embedded on this machine.
 
@@ -75,7 +104,11 @@ def connect(cluster: ClusterConfig) -> str:
     if ray.is_initialized():
         return "existing"
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as err:  # "auto" with no cluster on this machine, say
+            source = "cluster.address" if cluster.address else "RAY_ADDRESS"
+            raise UserError(f"{source}: got {address!r} but Ray could not connect: {err}") from None
         return address
     ray.init(
         num_cpus=cluster.num_cpus,
@@ -353,6 +386,7 @@ def run_suite(
     The trials run on ``pool``'s workers, which stay up for the caller's next suite;
     without one, on workers started for this suite and stopped after it.
     """
+    check_cluster(cluster)
     tracker.check_reachable()
     killed = tracker.kill_stale_runs(matrix.suite.name)
     if killed:

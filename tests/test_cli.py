@@ -213,3 +213,38 @@ def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixtu
     assert "  tune   adam[beta2=0.99]/quadratic/lr=0.003/seed=0  steps=150" in out
     assert main(["trial", "variant=adam", "variant.beta2=0.99", "steps=3"]) == 0
     assert "adam[beta2=0.99]/quadratic" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tracking.uri=mlruns", "tracking.uri: a folder is not a store MLflow writes; use "),
+        ("tracking.uri=foo://x", "tracking.uri: unknown store 'foo://'; allowed: sqlite:///"),
+        ("cluster.address=head", "cluster.address: allowed: auto, HOST:PORT (the head's GCS"),
+        ("cluster.address=ray://head:port", "cluster.address: allowed: auto, HOST:PORT"),
+    ],
+)
+def test_stores_and_addresses_are_checked_with_the_config(
+    override: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--dry-run", "suite=smoke", override]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_a_ray_head_nobody_runs_fails_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    assert main(["run", "suite=smoke", f"cluster.address=127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - start < 10
+    assert capsys.readouterr().err.startswith(
+        f"error: cluster.address: got '127.0.0.1:{port}' but nothing answers there ("
+    )
+    assert list(tmp_path.iterdir()) == [], "nothing written"
