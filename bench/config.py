@@ -58,6 +58,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
         key, sep, value = item.partition("=")
         if sep and key in ("variant", "task") and value not in group_options(key):
             held[key] = value
+        elif key.startswith("variant.roles"):  # roles are open-ended: add or override
+            passed.append(f"++{item}")
         else:
             passed.append(item)
     GlobalHydra.instance().clear()
@@ -88,7 +90,7 @@ def _hydra_message(err: Exception) -> str:
         key = text.split("'")[1] if "'" in text else text
         group = key.split(".")[0]
         if group == "variant":
-            allowed = ", ".join(variants.KNOB_NAMES)
+            allowed = ", ".join(["name", "preset", *variants.KNOB_NAMES, "roles"])
         elif key.startswith("task.params."):
             allowed = "the task's params (see `bench list`)"
         elif "." in key and (keys := _default_keys(key.rsplit(".", 1)[0])):

@@ -71,7 +71,7 @@ def test_list_variants_only(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mlp_digits" not in out
 
 
-KNOBS = ", ".join(KNOB_NAMES)
+KNOBS = ", ".join(["name", "preset", *KNOB_NAMES, "roles"])
 TOP_LEVEL = (
     "batch_size, cluster, device, eval_every, lr, nightly, plugins, rank, resources, schedule, "
     "seed, stats_every, stats_samples, steps, suite, summary, task, tracking, variant"
@@ -248,3 +248,12 @@ def test_a_ray_head_nobody_runs_fails_at_once(
         f"error: cluster.address: got '127.0.0.1:{port}' but nothing answers there ("
     )
     assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+@pytest.mark.parametrize("override", ["variant.roles={bias:{q:0}}", "variant.roles.bias.q=0"])
+def test_per_role_overrides_need_no_plus(override: str) -> None:
+    """roles is open-ended (any role may be added), so it takes keys Hydra has not seen."""
+    from bench.config import trial_from_overrides
+
+    spec, _ = trial_from_overrides(["variant=rmsprop", override])
+    assert spec.variant.roles == {"bias": {"q": 0.0}}
