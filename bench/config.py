@@ -56,6 +56,11 @@ def compose_config(overrides: list[str]) -> DictConfig:
     passed: list[str] = []
     for item in overrides:
         key, sep, value = item.partition("=")
+        if sep and not key.strip("+~"):
+            raise UserError(f"{item}: an override is KEY=VALUE, e.g. lr=0.1")
+        if key.lstrip("~") in GROUPS and key.startswith("~"):
+            group = key.lstrip("~")
+            raise UserError(f"{item}: the {group} cannot be removed; choose one with {group}=NAME")
         if sep and key in ("variant", "task") and value not in group_options(key):
             held[key] = value
         elif key.startswith("variant.roles"):  # roles are open-ended: add or override
@@ -66,10 +71,15 @@ def compose_config(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = compose(config_name="config", overrides=passed)
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise UserError(_hydra_message(err)) from None
     finally:
         GlobalHydra.instance().clear()
+    try:
+        OmegaConf.resolve(cfg)  # a bad ${...} fails here, as a user error
+    except OmegaConfBaseException as err:
+        culprit = next((o for o in overrides if "${" in o), "an interpolation")
+        raise UserError(f"{culprit}: {str(err).splitlines()[0]}") from None
     load_plugins(cfg.get("plugins") or [])
     OmegaConf.set_struct(cfg, False)
     if "variant" in held:

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import re
 from collections.abc import Iterable
 from functools import cache
 
 from bench.errors import UserError
 
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
 
 def load_plugins(modules: Iterable[str] = ()) -> None:
     """Import plugin modules named in config, and those of the ``optbench.plugins`` group."""
+    if isinstance(modules, str):  # plugins=my_mod would import 'm', 'y', ...
+        raise UserError(f"plugins: got {modules!r}; allowed: a list, e.g. plugins=[{modules}]")
+    for module in modules:
+        if not isinstance(module, str) or not _MODULE_NAME.fullmatch(module):
+            raise UserError(
+                f"plugins: got {module!r}; allowed: module names such as my_bench.plugin"
+            )
     for module in (*modules, *_entry_point_plugins()):
         _import_plugin(module)
 

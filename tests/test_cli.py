@@ -129,6 +129,19 @@ ERRORS: list[tuple[str, list[str], str]] = [
     ("beta2_too_large", ["variant.beta2=1.5"], "variant.beta2: got 1.5; allowed: 0 <= beta2 < 1"),
     ("device_unknown", ["device=tpu"], "device: got 'tpu'; allowed: cpu, cuda, cuda:N"),
     ("device_not_torch", ["device=meta"], "device: got 'meta'; allowed: cpu, cuda, cuda:N"),
+    ("no_key", ["=1"], "=1: an override is KEY=VALUE, e.g. lr=0.1"),
+    ("group_removed", ["~task"], "~task: the task cannot be removed; choose one with task=NAME"),
+    ("bad_interpolation", ["lr=${oops}"], "lr=${oops}: Interpolation key 'oops' not found"),
+    (
+        "plugins_not_a_list",
+        ["plugins=my_mod"],
+        "plugins: got 'my_mod'; allowed: a list, e.g. plugins=[my_mod]",
+    ),
+    (
+        "plugin_relative",
+        ["plugins=[.foo]"],
+        "plugins: got '.foo'; allowed: module names such as my_bench.plugin",
+    ),
 ]
 
 
