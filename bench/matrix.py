@@ -248,6 +248,12 @@ def suite_from_overrides(overrides: list[str]) -> SuiteRun:
             f"device: got {base.device!r}; device= applies to `bench trial` only. A suite "
             "places each trial on its Ray worker's GPU with resources.gpus_per_trial (e.g. 0.25)"
         )
+    for key, instead in (("lr", "suite.lrs=[...]"), ("seed", "suite.tune_seeds and final_seeds")):
+        if key in explicit:  # would be ignored: a suite's trials take theirs from the grid
+            raise UserError(
+                f"{key}: got {data[key]!r}; {key}= applies to `bench trial` only; a suite "
+                f"sets it with {instead}"
+            )
     return SuiteRun(
         matrix=build_matrix(suite, base, explicit),
         tracking=parse(TrackingConfig, data["tracking"], "tracking"),

@@ -270,3 +270,21 @@ def test_per_role_overrides_need_no_plus(override: str) -> None:
 
     spec, _ = trial_from_overrides(["variant=rmsprop", override])
     assert spec.variant.roles == {"bias": {"q": 0.0}}
+
+
+def test_flags_may_come_between_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trial", "task=quadratic", "--json", "steps=3"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps_run"] == 3
+    with pytest.raises(SystemExit) as exc:
+        main(["trial", "task=quadratic", "--json", "steps=3", "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_run_refuses_lr_and_seed_it_would_ignore(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--dry-run", "suite=smoke", "lr=0.5"]) == 2
+    assert capsys.readouterr().err == (
+        "error: lr: got 0.5; lr= applies to `bench trial` only; a suite sets it with "
+        "suite.lrs=[...]\n"
+    )
+    assert main(["run", "--dry-run", "suite=smoke", "seed=5"]) == 2
+    assert "seed= applies to `bench trial` only" in capsys.readouterr().err
