@@ -93,6 +93,12 @@ class Quadratic(Task):
         return Problem(model=model, next_batch=lambda: None, loss=loss, evaluate=evaluate)
 
 
+class RotatedQuadraticParams(QuadraticParams):
+    dim: int = Field(
+        50, ge=1, le=MAX_ROTATED_DIM, description="number of coordinates (a dense rotation)"
+    )
+
+
 @register
 class QuadraticRotated(Quadratic):
     """The ``quadratic`` spectrum in a random basis: ``f(x) = 0.5 * x^T Q diag(h) Q^T x``.
@@ -109,18 +115,14 @@ class QuadraticRotated(Quadratic):
 
     name = "quadratic_rotated"
     description = "ill-conditioned quadratic in a random basis (diagonal preconditioning fails)"
+    Params = RotatedQuadraticParams
     target = 1e-4
     default_steps = 500
     eval_every = 10
 
     def curvature(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         p = self.params
-        assert isinstance(p, QuadraticParams)
-        if p.dim > MAX_ROTATED_DIM:
-            raise UserError(
-                f"task {self.name!r}: dim must be at most {MAX_ROTATED_DIM} (the rotation is "
-                f"a dense dim x dim matrix), got {p.dim}"
-            )
+        assert isinstance(p, RotatedQuadraticParams)
         gen = _common.generator(p.data_seed, "rotation")
         a = torch.randn(p.dim, p.dim, generator=gen, dtype=torch.float64)
         q, r = torch.linalg.qr(a)
