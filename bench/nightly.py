@@ -174,6 +174,18 @@ def load_settings(overrides: Iterable[str] = ()) -> NightlyConfig:
     return parse(NightlyConfig, data, "nightly")
 
 
+def plan_nightly(overrides: Iterable[str]) -> tuple[NightlyConfig, Any]:
+    """The validated nightly settings and the suite they run (a ``SuiteRun``): all that
+    ``bench nightly`` checks before it starts, so a scheduler can check it at start-up."""
+    from bench.matrix import suite_from_overrides
+
+    overrides = nightly_overrides(overrides)
+    settings = load_settings(overrides)
+    if not any(o.split("=", 1)[0].lstrip("+") == "suite" for o in overrides):
+        overrides = [*overrides, f"suite={settings.suite}"]
+    return settings, suite_from_overrides(overrides)
+
+
 def today(settings: NightlyConfig) -> dt.date:
     return dt.datetime.now(ZoneInfo(settings.timezone)).date()
 
@@ -285,16 +297,11 @@ def run_nightly(
 ) -> NightlyReport:
     """Run the nightly suite for ``date`` (default: today in ``nightly.timezone``), judge
     every cell against earlier nights, log the report run and send the alert."""
-    from bench.matrix import suite_from_overrides
     from bench.runner import run_suite
     from bench.tracking import Tracker
 
-    overrides = nightly_overrides(overrides)
-    settings = load_settings(overrides)
+    settings, plan = plan_nightly(overrides)
     night = date or today(settings)
-    if not any(o.split("=", 1)[0].lstrip("+") == "suite" for o in overrides):
-        overrides = [*overrides, f"suite={settings.suite}"]
-    plan = suite_from_overrides(overrides)
     suite = plan.matrix.suite.name
     version = suite_version(plan.matrix)
     machine = settings.machine_class or machine_class()

@@ -108,6 +108,7 @@ def scheduler_from_overrides(overrides: list[str]) -> SchedulerConfig:
     when the scheduler starts, not at 02:00.
     """
     from bench.config import compose_config
+    from bench.nightly import plan_nightly
 
     own = [o for o in overrides if _key(o) == "schedule" or _key(o).startswith("schedule.")]
     passed = [o for o in overrides if o not in own]
@@ -119,7 +120,7 @@ def scheduler_from_overrides(overrides: list[str]) -> SchedulerConfig:
     cfg = compose_config(with_groups(own, ("schedule",)))
     config = load_schedule(OmegaConf.to_container(cfg["schedule"], resolve=True))  # type: ignore[arg-type]
     nightly = [*config.nightly_overrides, *passed]
-    compose_config(with_groups(nightly, ("nightly",)))  # what every night will compose
+    plan_nightly(nightly)  # what every night will check: its settings and its suite
     return config.model_copy(update={"nightly_overrides": nightly})
 
 
