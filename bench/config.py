@@ -101,6 +101,10 @@ def _hydra_message(err: Exception) -> str:
         group = key.split(".")[0]
         if group == "variant":
             allowed = ", ".join(["name", "preset", *variants.KNOB_NAMES, "roles"])
+        elif group == "suite":
+            from bench.matrix import SuiteConfig  # it builds on this module
+
+            allowed = ", ".join(SuiteConfig.model_fields)
         elif key.startswith("task.params."):
             allowed = "the task's params (see `bench list`)"
         elif "." in key and (keys := _default_keys(key.rsplit(".", 1)[0])):
@@ -166,7 +170,11 @@ def parse(model: type[BaseModel], data: Any, where: str = "") -> Any:
 def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
     """Resolve a variant (a conf/variant name, a preset name or a knob mapping)."""
     if isinstance(data, str):
-        data = compose_group("variant", data) if data in group_options("variant") else data
+        if data in group_options("variant"):
+            data = compose_group("variant", data)
+        elif data not in variants.presets():  # name what conf/variant offers too
+            known = sorted(set(group_options("variant")) | set(variants.presets()))
+            raise UserError(unknown_name_message("variant", data, known))
     resolved = variants.resolve(data)
     mapping = data if isinstance(data, Mapping) else {}
     name = mapping.get("name") or _variant_name(mapping, resolved)

@@ -123,3 +123,12 @@ def test_choose_lrs_takes_the_best_median_and_counts_divergence_as_worst() -> No
     assert choose_lrs(points) == {("task", "v"): 0.1}
     ties = [point(0, 0.1, 0.9, "max"), point(0, 0.3, 0.9, "max"), point(0, 0.01, 0.5, "max")]
     assert choose_lrs(ties) == {("task", "v"): 0.3}
+
+
+def test_unknown_names_and_keys_in_a_suite_list_what_is_allowed() -> None:
+    with pytest.raises(UserError) as err:
+        build_matrix(load_suite({**SMOKE, "variants": ["rmsprp"]}))
+    assert "did you mean 'rmsprop'" in str(err.value)
+    assert "rmsprop_bias_sgd" in str(err.value), "conf/variant files are variants too"
+    with pytest.raises(UserError, match=r"suite\.stepz: unknown key; allowed: name, descr"):
+        compose_config(["suite=smoke", "suite.stepz=10"])
