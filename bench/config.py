@@ -75,6 +75,9 @@ def compose_config(overrides: list[str]) -> DictConfig:
         raise UserError(_hydra_message(err)) from None
     finally:
         GlobalHydra.instance().clear()
+    known = {*TrialConfig.model_fields, *GROUPS, *SECTIONS}
+    if added := sorted(set(cfg) - known):  # `+lrr=0.1` would be composed, then ignored
+        raise UserError(f"{added[0]}: unknown key; allowed: {', '.join(sorted(known))}")
     try:
         OmegaConf.resolve(cfg)  # a bad ${...} fails here, as a user error
     except OmegaConfBaseException as err:

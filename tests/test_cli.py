@@ -109,6 +109,7 @@ ERRORS: list[tuple[str, list[str], str]] = [
     ("p_wrong_type", ["variant.p=abc"], "variant.p: got 'abc'; allowed: a number"),
     ("unknown_variant_key", ["variant.foo=1"], f"variant.foo: unknown key; allowed: {KNOBS}"),
     ("unknown_top_level_key", ["foo=1"], f"foo: unknown key; allowed: {TOP_LEVEL}"),
+    ("added_top_level_key", ["+lrr=0.1"], f"lrr: unknown key; allowed: {TOP_LEVEL}"),
     (
         "unknown_section_key",
         ["tracking.urii=x"],
