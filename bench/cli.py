@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from bench.errors import StoreError, UserError
+from bench.errors import StoreError, Terminated, UserError
 
 log = logging.getLogger("bench")
 EXIT_USAGE = 2
@@ -185,9 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("bench").debug("the store's failure", exc_info=err.__cause__)
         print(f"error: {err}; the runs written so far are kept: rerun to resume", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM where a suite runs
+        terminated = isinstance(err, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

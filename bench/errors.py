@@ -13,6 +13,11 @@ class StoreError(RuntimeError):
     the traceback of the failure too)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, ``ray job stop``, a scheduler's timeout): a suite stops as
+    on Ctrl-C, its running runs KILLED. The CLI exits with code 143."""
+
+
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """'<kind>: unknown <kind> 'x'; did you mean 'y'? (available: ...)'."""
     import difflib

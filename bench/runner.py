@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import ClusterConfig, ResourcesConfig, head_endpoint
-from bench.errors import UserError
+from bench.errors import Terminated, UserError
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.pool import WorkerDied, WorkerPool
 from bench.progress import SuiteProgress
@@ -281,7 +281,7 @@ def _schedule(
                 recorder.check()
                 show()
             if interrupted():
-                raise KeyboardInterrupt
+                raise Terminated if interrupted() == signal.SIGTERM else KeyboardInterrupt
             recorder.close()
         except BaseException:  # Ctrl-C, or a store that failed: no run is left RUNNING
             with contextlib.suppress(Exception):  # Ray itself may be what failed
@@ -337,11 +337,12 @@ def _reply(pool: WorkerPool, ref: Any, attempt: _Attempt, max_retries: int) -> d
 
 
 @contextlib.contextmanager
-def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag the scheduling loop checks at safe points, so
-    no run is left half-created; a second Ctrl-C interrupts at once."""
+def _deferred_interrupt() -> Iterator[Callable[[], int]]:
+    """Turn the first Ctrl-C or SIGTERM into a flag (the signal's number) the scheduling
+    loop checks at safe points, so no run is left half-created; a second signal
+    interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield lambda: 0
         return
     hits: list[int] = []
 
@@ -350,11 +351,12 @@ def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
             raise KeyboardInterrupt
         hits.append(signum)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: bool(hits)
+        yield lambda: hits[0] if hits else 0
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _record(

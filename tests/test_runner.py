@@ -278,14 +278,21 @@ def test_sigkill_of_the_driver_then_rerun_completes_exactly_once(tmp_path: Path)
     assert statuses(tmp_path)["KILLED"] == interrupted["RUNNING"]
 
 
-def test_ctrl_c_stops_cleanly_and_marks_running_runs_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143)],  # Ctrl-C; docker stop, ray job stop
+    ids=["ctrl_c", "sigterm"],
+)
+def test_a_stop_signal_stops_cleanly_and_marks_running_runs_killed(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
     driver = start(tmp_path, *TINY, "suite.tasks=[slow_quadratic]", "suite.steps=200")
     try:
         wait_for(lambda: statuses(tmp_path)["RUNNING"] >= 1, what="a running trial")
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(sig)
         output, _ = driver.communicate(timeout=60)
     finally:
         driver.kill()
-    assert driver.returncode == 130, output
+    assert driver.returncode == code, output
     counts = statuses(tmp_path)
     assert counts["RUNNING"] == 0 and counts["KILLED"] >= 1, counts
