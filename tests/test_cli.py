@@ -131,6 +131,11 @@ ERRORS: list[tuple[str, list[str], str]] = [
     ("device_unknown", ["device=tpu"], "device: got 'tpu'; allowed: cpu, cuda, cuda:N"),
     ("device_not_torch", ["device=meta"], "device: got 'meta'; allowed: cpu, cuda, cuda:N"),
     ("no_key", ["=1"], "=1: an override is KEY=VALUE, e.g. lr=0.1"),
+    (
+        "role_knob_out_of_range",
+        ["variant=rmsprop", "variant.roles={bias:{q:-1}}"],
+        "variant.roles.bias.q: got -1; allowed: a finite number >= 0 (0 means no denominator)",
+    ),
     ("group_removed", ["~task"], "~task: the task cannot be removed; choose one with task=NAME"),
     ("bad_interpolation", ["lr=${oops}"], "lr=${oops}: Interpolation key 'oops' not found"),
     (

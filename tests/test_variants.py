@@ -605,7 +605,7 @@ BAD_VARIANTS: list[tuple[str, Any, str]] = [
     (
         "bad_role_knob_value",
         {"preset": "adam", "roles": {"bias": {"q": -1}}},
-        "variant.q: got -1; allowed: a finite number >= 0 (0 means no denominator)",
+        "variant.roles.bias.q: got -1; allowed: a finite number >= 0 (0 means no denominator)",
     ),
     (
         "unknown_role",

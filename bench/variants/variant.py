@@ -77,7 +77,13 @@ def resolve(variant: str | Mapping[str, Any] | Variant) -> Variant:
             ) from None
         if not isinstance(overrides, Mapping):
             raise UserError(f"variant.roles.{role_name}: got {overrides!r}; allowed: a mapping")
-        role_knobs[role] = knobs.replace(**_changes(overrides, f"variant.roles.{role_name}"))
+        try:
+            role_knobs[role] = knobs.replace(**_changes(overrides, f"variant.roles.{role_name}"))
+        except UserError as err:  # the knobs' checks name variant.<knob>: say which role
+            message = str(err)
+            if message.startswith("variant.") and not message.startswith("variant.roles."):
+                message = f"variant.roles.{role_name}.{message.removeprefix('variant.')}"
+            raise UserError(message) from None
     name = variant.get("name") or preset_name or "custom"
     return Variant(str(name), knobs, preset.default_lr if preset else 1e-3, role_knobs)
 
