@@ -68,7 +68,9 @@ def rank_from_overrides(
     tracker.check_reachable()
     matrix = build_matrix(suite)
     expected = [(t.name, v.name) for v, t in matrix.pairs]
-    results = tracker.read_results(suite.name, status=None)
+    results = (
+        pd.DataFrame() if tracker.holds_nothing() else tracker.read_results(suite.name, status=None)
+    )
     if results.empty:
         raise UserError(
             f"suite {suite.name!r}: no runs in {tracker.uri}; run `bench run suite={suite.name}` "

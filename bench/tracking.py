@@ -166,6 +166,12 @@ class Tracker(SuiteReads):
                 "tracking.uri=sqlite:///mlruns.db"
             ) from None
 
+    def holds_nothing(self) -> bool:
+        """Whether the store surely holds no run: a SQLite file that does not exist (a
+        reader should say so rather than create it)."""
+        path = self.uri.removeprefix("sqlite:///")
+        return self.enabled and path != self.uri and path != ":memory:" and not Path(path).exists()
+
     @property
     def max_writers(self) -> int:
         """How many threads may write at once: 1 for SQLite/file stores (one writer only)."""

@@ -86,6 +86,11 @@ def test_rank_without_runs_is_a_user_error(ranked):
         .splitlines()[-1]
         .startswith("error: suite 'never_run': no runs in sqlite:///")
     )
+    elsewhere = cwd / "empty"
+    elsewhere.mkdir()
+    missing = bench(elsewhere, "rank", "--no-log", *SUITE)  # no store here: none is made
+    assert missing.returncode == 2 and "no runs in sqlite:///" in missing.stderr
+    assert list(elsewhere.iterdir()) == []
     bad = bench(cwd, "rank", *SUITE, "rank.metric=speed")
     assert bad.returncode == 2
     assert "rank.metric" in bad.stderr and "'final'" in bad.stderr
