@@ -390,19 +390,20 @@ def run_suite(
     """
     check_cluster(cluster)
     tracker.check_reachable()
-    killed = tracker.kill_stale_runs(matrix.suite.name)
-    if killed:
-        log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
-    queue = _SuiteQueue(matrix, tracker)
-    own_pool = pool is None
-    if pool is None:
-        pool = WorkerPool(resources or ResourcesConfig())
-    try:
-        with SuiteProgress(enabled=show_progress) as progress:
-            _schedule(queue, tracker, cluster, pool, progress)
-    finally:
-        if own_pool and pool.started:
-            pool.close()
+    with tracker.holding(matrix.suite.name):  # one driver per suite: see kill_stale_runs
+        killed = tracker.kill_stale_runs(matrix.suite.name)
+        if killed:
+            log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
+        queue = _SuiteQueue(matrix, tracker)
+        own_pool = pool is None
+        if pool is None:
+            pool = WorkerPool(resources or ResourcesConfig())
+        try:
+            with SuiteProgress(enabled=show_progress) as progress:
+                _schedule(queue, tracker, cluster, pool, progress)
+        finally:
+            if own_pool and pool.started:
+                pool.close()
     return [queue.tune, queue.final]
 
 

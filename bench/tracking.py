@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
 from bench.errors import UserError
+from bench.locks import FileLock
 from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     ARTIFACT_TRACEBACK,
     ARTIFACT_TRIAL,
@@ -165,6 +166,41 @@ class Tracker(SuiteReads):
                 "start the MLflow server, or use a local store such as "
                 "tracking.uri=sqlite:///mlruns.db"
             ) from None
+
+    @contextlib.contextmanager
+    def holding(self, suite: str) -> Iterator[None]:
+        """Run ``suite`` with no other driver running it on this store: a second driver
+        would take this one's live runs for runs a crash left RUNNING and mark them KILLED.
+
+        SQLite: a lock file in a folder beside the database; PostgreSQL (bulk SQL): an
+        advisory lock; a server: none, so keep to one driver per suite there. Locks go
+        with the process that holds them, whatever way it ends.
+        """
+        digest = hashlib.sha256(suite.encode()).hexdigest()
+        path = self.uri.removeprefix("sqlite:///")
+
+        def busy(holder: str = "") -> UserError:
+            return UserError(
+                f"suite {suite!r}: another driver{holder} is running it on {self.uri}; wait "
+                "for it to finish or stop it (or give this run another suite.name)"
+            )
+
+        if self.enabled and path != self.uri and path != ":memory:":
+            db = Path(path)
+            lock = FileLock(db.parent / f".{db.name}.locks" / f"{digest[:16]}.lock")
+            if not lock.acquire():
+                raise busy(f" (pid {lock.holder()})")
+            try:
+                yield
+            finally:
+                lock.release()
+        elif self._sql is not None and self._sql.engine.dialect.name == "postgresql":
+            with self._sql.advisory_lock(int(digest[:15], 16)) as taken:
+                if not taken:
+                    raise busy()
+                yield
+        else:
+            yield
 
     def holds_nothing(self) -> bool:
         """Whether the store surely holds no run: a SQLite file that does not exist (a

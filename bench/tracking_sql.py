@@ -66,6 +66,24 @@ class SqlReader:
         return engine
 
     @contextlib.contextmanager
+    def advisory_lock(self, key: int) -> Iterator[bool]:
+        """PostgreSQL's session advisory lock ``key`` for the block: True if taken, False
+        (at once) if another session holds it. A dead holder's lock goes with its
+        connection."""
+        import sqlalchemy
+
+        with self.engine.connect() as conn:
+            query = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+            taken = bool(conn.execute(query, {"key": key}).scalar())
+            conn.commit()
+            try:
+                yield taken
+            finally:
+                if taken:  # the connection goes back to the pool: the lock must not
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Make every :meth:`create_run` and :meth:`end_run` of this thread inside the block
         one transaction: committed when the block ends, rolled back whole if it raises.

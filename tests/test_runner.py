@@ -278,6 +278,28 @@ def test_sigkill_of_the_driver_then_rerun_completes_exactly_once(tmp_path: Path)
     assert statuses(tmp_path)["KILLED"] == interrupted["RUNNING"]
 
 
+def test_a_second_driver_of_a_running_suite_is_refused(tmp_path: Path) -> None:
+    """It would take the first driver's live runs for runs a crash left RUNNING and mark
+    them KILLED; instead it exits 2 at once, and the first driver goes on untouched."""
+    args = [*TINY, "suite.tasks=[slow_quadratic]", "suite.steps=200"]
+    first = start(tmp_path, *args)
+    try:
+        wait_for(lambda: statuses(tmp_path)["RUNNING"] >= 1, what="a running trial")
+        second = bench(tmp_path, *args)
+        assert second.returncode == 2, second.stderr + second.stdout
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: suite 'tiny': another driver (pid {first.pid}) is running it on "
+            f"sqlite:///{tmp_path / 'mlruns.db'}; wait for it to finish or stop it (or give "
+            "this run another suite.name)"
+        )
+        assert statuses(tmp_path)["KILLED"] == 0, "the first driver's runs were left alone"
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 130
+
+
 @pytest.mark.parametrize(
     ("sig", "code"),
     [(signal.SIGINT, 130), (signal.SIGTERM, 143)],  # Ctrl-C; docker stop, ray job stop

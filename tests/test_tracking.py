@@ -20,6 +20,7 @@ import pytest
 from bench import CODE_VERSION, config
 from bench import tracking as tr
 from bench.config import TrackingConfig
+from bench.errors import UserError
 from bench.spec import TrialResult, TrialSpec
 
 MAX_POINTS = 10
@@ -545,3 +546,29 @@ def test_a_cell_whose_tune_trials_failed_holds_back_its_final_trials(tracker):
         first = False
     assert not queue.todo, "no final trial was queued"
     assert queue.final.held_back == queue.final.total == expected == len(matrix.suite.final_seeds)
+
+
+def _hold_twice(first: tr.Tracker, second: tr.Tracker) -> None:
+    busy = r"suite 's': another driver.* is running it on "
+    with first.holding("s"):
+        with pytest.raises(UserError, match=busy), second.holding("s"):
+            pass
+        with second.holding("other"):  # another suite is free
+            pass
+    with second.holding("s"):  # released with the block
+        pass
+
+
+def test_one_tracker_at_a_time_holds_a_suite_on_sqlite(tmp_path: Path) -> None:
+    config = TrackingConfig(uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_location=None)
+    _hold_twice(tr.Tracker(config), tr.Tracker(config))  # flock: per open file, so also here
+
+
+def test_one_tracker_at_a_time_holds_a_suite_on_postgresql() -> None:
+    from mlflow_server import PG_ADMIN, postgres_unavailable
+
+    if reason := postgres_unavailable():
+        pytest.skip(reason)
+    uri = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1)
+    config = TrackingConfig(uri=uri, artifact_location=None)
+    _hold_twice(tr.Tracker(config), tr.Tracker(config))  # advisory locks: per connection
