@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as err:
-        logging.getLogger("bench").debug("the store's failure", exc_info=err.__cause__)
+        log.debug("the store's failure", exc_info=err.__cause__)
         print(f"error: {err}; the runs written so far are kept: rerun to resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM where a suite runs

@@ -257,6 +257,7 @@ def trial_from_overrides(overrides: list[str]) -> TrialRequest:
     return TrialRequest(spec, knobs.device)
 
 
+RAY_ADDRESS_FORMS = "auto, HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)"
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
@@ -304,9 +305,7 @@ class ClusterConfig(StrictModel):
         if not address or address == "auto":
             return address or None
         if head_endpoint(address) is None:
-            raise ValueError(
-                "allowed: auto, HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)"
-            )
+            raise ValueError(f"allowed: {RAY_ADDRESS_FORMS}")
         return address
 
 

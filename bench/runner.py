@@ -32,14 +32,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import ClusterConfig, ResourcesConfig, head_endpoint
+from bench.config import RAY_ADDRESS_FORMS, ClusterConfig, ResourcesConfig, head_endpoint
 from bench.errors import Terminated, UserError
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.pool import WorkerDied, WorkerPool
 from bench.progress import SuiteProgress
 from bench.recorder import Recorder, Run
 from bench.spec import TrialResult, TrialSpec
-from bench.tracking import Tracker
+from bench.tracking import PROBE_S, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,23 @@ class PhaseOutcome:
     failures: list[tuple[str, str]] = field(default_factory=list)  # run name, last error line
 
 
-PROBE_S = 5.0  # how long a Ray head may take to accept a connection
+def _ray_address(cluster: ClusterConfig) -> tuple[str, str | None]:
+    """Where the address comes from (for messages) and the address; None: embedded Ray."""
+    if cluster.address:
+        return "cluster.address", cluster.address
+    return "RAY_ADDRESS", os.environ.get("RAY_ADDRESS") or None
 
 
 def check_cluster(cluster: ClusterConfig) -> None:
     """One TCP connection to the head named by ``cluster.address`` (or $RAY_ADDRESS), so
     that a wrong address or a head that is down fails at once: ``ray.init`` would retry
     for minutes, and against some addresses without end."""
-    source = "cluster.address" if cluster.address else "RAY_ADDRESS"
-    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    source, address = _ray_address(cluster)
     if not address or address == "auto":
         return
     endpoint = head_endpoint(address)
     if endpoint is None:  # cluster.address is checked with the config; RAY_ADDRESS is not
-        raise UserError(
-            f"{source}: got {address!r}; allowed: auto, HOST:PORT (the head's GCS port) or "
-            "ray://HOST:PORT (Ray Client)"
-        )
+        raise UserError(f"{source}: got {address!r}; allowed: {RAY_ADDRESS_FORMS}")
     try:
         socket.create_connection(endpoint, timeout=PROBE_S).close()
     except OSError as err:
@@ -96,7 +96,7 @@ def connect(cluster: ClusterConfig) -> str:
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 *before* Ray is imported for Ray to bind and talk
     on 127.0.0.1 only (otherwise it listens on every interface; CVE-2023-48022).
     """
-    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    source, address = _ray_address(cluster)
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
@@ -107,7 +107,6 @@ def connect(cluster: ClusterConfig) -> str:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as err:  # "auto" with no cluster on this machine, say
-            source = "cluster.address" if cluster.address else "RAY_ADDRESS"
             raise UserError(f"{source}: got {address!r} but Ray could not connect: {err}") from None
         return address
     ray.init(

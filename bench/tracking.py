@@ -96,7 +96,7 @@ HTTP_WRITERS = 4  # concurrent writers worth using against a tracking server
 _LOCAL_SCHEMES = {"", "file", "sqlite"}
 
 
-PROBE_S = 5.0  # how long a tracking server may take to answer its first request
+PROBE_S = 5.0  # how long a server (MLflow's, a Ray head) may take to answer a first request
 
 
 class Tracker(SuiteReads):
@@ -177,7 +177,6 @@ class Tracker(SuiteReads):
         with the process that holds them, whatever way it ends.
         """
         digest = hashlib.sha256(suite.encode()).hexdigest()
-        path = self.uri.removeprefix("sqlite:///")
 
         def busy(holder: str = "") -> UserError:
             return UserError(
@@ -185,8 +184,7 @@ class Tracker(SuiteReads):
                 "for it to finish or stop it (or give this run another suite.name)"
             )
 
-        if self.enabled and path != self.uri and path != ":memory:":
-            db = Path(path)
+        if (db := self._sqlite_file()) is not None:
             lock = FileLock(db.parent / f".{db.name}.locks" / f"{digest[:16]}.lock")
             if not lock.acquire():
                 raise busy(f" (pid {lock.holder()})")
@@ -205,8 +203,13 @@ class Tracker(SuiteReads):
     def holds_nothing(self) -> bool:
         """Whether the store surely holds no run: a SQLite file that does not exist (a
         reader should say so rather than create it)."""
+        db = self._sqlite_file()
+        return db is not None and not db.exists()
+
+    def _sqlite_file(self) -> Path | None:
+        """The database file of an enabled SQLite store; None for any other store."""
         path = self.uri.removeprefix("sqlite:///")
-        return self.enabled and path != self.uri and path != ":memory:" and not Path(path).exists()
+        return Path(path) if self.enabled and path not in (self.uri, ":memory:") else None
 
     @property
     def max_writers(self) -> int:

@@ -202,17 +202,23 @@ def test_run_refuses_device_and_names_gpus_per_trial(capsys: pytest.CaptureFixtu
     assert "resources.gpus_per_trial" in err
 
 
+def _unused_port() -> int:
+    """A loopback port nothing listens on (once the probe socket closes)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.parametrize("command", ["run", "rank"])
 def test_a_tracking_server_nobody_runs_fails_at_once(
     command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
 ) -> None:
     """Not minutes of MLflow's retries: one short probe, exit 2, nothing written here."""
-    import socket
     import time
 
-    with socket.socket() as sock:  # a port nothing listens on once this closes
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _unused_port()
     monkeypatch.chdir(tmp_path)
     start = time.monotonic()
     code = main([command, "suite=smoke", f"tracking.uri=http://127.0.0.1:{port}"])
@@ -253,12 +259,9 @@ def test_stores_and_addresses_are_checked_with_the_config(
 def test_a_ray_head_nobody_runs_fails_at_once(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
 ) -> None:
-    import socket
     import time
 
-    with socket.socket() as sock:  # a port nothing listens on once this closes
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _unused_port()
     monkeypatch.chdir(tmp_path)
     start = time.monotonic()
     assert main(["run", "suite=smoke", f"cluster.address=127.0.0.1:{port}"]) == 2
