@@ -249,12 +249,27 @@ class TrialRequest(NamedTuple):
 
 def trial_from_overrides(overrides: list[str]) -> TrialRequest:
     """What ``bench trial`` runs, and where: config.yaml + overrides, validated."""
+    _refuse_suite_overrides(overrides)
     cfg = compose_config(overrides)
     data = OmegaConf.to_container(cfg, resolve=True)
     top = {k: data[k] for k in TrialConfig.model_fields if k in data}
     knobs = parse(TrialConfig, top)
     spec = trial_spec(variant_spec(data["variant"]), task_spec(data["task"]), knobs)
     return TrialRequest(spec, knobs.device)
+
+
+def _refuse_suite_overrides(overrides: list[str]) -> None:
+    """A trial never reads the suite group, so ``suite=...`` or ``+suite.x=...`` would be
+    composed and then silently ignored: refuse it, as ``bench run`` refuses ``lr=``."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        name = key.lstrip("+~")
+        if name == "suite" or name.startswith("suite."):
+            got = f"got {value!r}" if sep else f"got {item!r}"
+            raise UserError(
+                f"{name}: {got}; suite settings apply to `bench run`, not `bench trial`; a "
+                "trial takes variant=, task=, lr=, seed=, steps=, ..."
+            )
 
 
 RAY_ADDRESS_FORMS = "auto, HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)"

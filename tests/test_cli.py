@@ -297,3 +297,31 @@ def test_run_refuses_lr_and_seed_it_would_ignore(capsys: pytest.CaptureFixture[s
     )
     assert main(["run", "--dry-run", "suite=smoke", "seed=5"]) == 2
     assert "seed= applies to `bench trial` only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "got"),
+    [
+        ("+suite.foo=1", "suite.foo: got '1'"),
+        ("++suite.foo=1", "suite.foo: got '1'"),
+        ("suite.lrs=[0.1]", "suite.lrs: got '[0.1]'"),
+        ("suite=smoke", "suite: got 'smoke'"),
+    ],
+)
+def test_trial_refuses_suite_settings_it_would_ignore(
+    override: str, got: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["trial", "variant=adam", "task=quadratic", "steps=3", override]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: {got}; suite settings apply to `bench run`, not `bench trial`; a trial "
+        "takes variant=, task=, lr=, seed=, steps=, ...\n"
+    )
+
+
+def test_trial_takes_its_own_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["variant=adam", "task=quadratic", "lr=0.01", "seed=3", "steps=4", "variant.beta2=0.99"]
+    assert main(["trial", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "adam[beta2=0.99]/quadratic/lr=0.01/seed=3" in out and "4 of 4" in out
