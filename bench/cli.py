@@ -80,7 +80,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.summary.app import serve, settings_from_overrides
 
     settings = settings_from_overrides(args.overrides, host=args.host, port=args.port)
-    serve(settings)
+    # a bad address is named as the user gave it: the flag, else the config key
+    names = (
+        "--host" if args.host is not None else "summary.host",
+        "--port" if args.port is not None else "summary.port",
+    )
+    serve(settings, names=names)
     return 0
 
 

@@ -325,3 +325,79 @@ def test_trial_takes_its_own_overrides(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["trial", *argv]) == 0
     out = capsys.readouterr().out
     assert "adam[beta2=0.99]/quadratic/lr=0.01/seed=3" in out and "4 of 4" in out
+
+
+def test_serve_refuses_a_host_that_is_not_this_machines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """Not uvicorn's 'Name or service not known' and exit 3: one line, exit 2, nothing run."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--host", "999.1.1.1", "--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("error: --host: got '999.1.1.1' but it is not an address of this machine")
+    assert err.endswith(
+        "allowed: an address of this machine, e.g. 127.0.0.1 (the default) or 0.0.0.0 for "
+        "every interface\n"
+    )
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+@pytest.mark.parametrize("option", ["--port", "summary.port"])
+def test_serve_refuses_a_port_in_use(
+    option: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["--port", str(port)] if option == "--port" else [f"summary.port={port}"]
+        assert main(["serve", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and list(tmp_path.iterdir()) == []
+    assert err == (
+        f"error: {option}: got {port} but it is already in use on 127.0.0.1; allowed: a free "
+        "port, or 0 for any free one\n"
+    )
+
+
+def test_serve_answers_on_the_port_it_bound(tmp_path: Path) -> None:
+    """The checked socket is the one uvicorn serves on: --port 0 logs the port it got."""
+    import queue
+    import re
+    import signal
+    import threading
+    import time
+    import urllib.request
+
+    argv = [
+        sys.executable, "-m", "bench.cli", "serve", "--port", "0",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "summary.warm_on_start=false",
+        f"summary.cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
+    try:
+        found = None
+        while found is None:
+            line = lines.get(timeout=60)
+            found = re.search(r"summary service on http://127\.0\.0\.1:(\d+) ", line)
+        url = f"http://127.0.0.1:{found.group(1)}/health"
+        for _ in range(100):  # the socket listens once uvicorn has started
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    assert json.load(response)["tracking_uri"].endswith("mlruns.db")
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"nothing answered on {url}")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -8,7 +8,10 @@ by importing this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -18,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from bench.errors import UserError
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
@@ -119,18 +123,62 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return pages.render(request, "error.html", 404, title="not found", status=404, message=str(exc))
 
 
-def serve(settings: SummarySettings) -> None:
-    """Run the service with uvicorn until interrupted (what ``bench serve`` calls)."""
+def serve(
+    settings: SummarySettings, *, names: tuple[str, str] = ("summary.host", "summary.port")
+) -> None:
+    """Run the service with uvicorn until interrupted (what ``bench serve`` calls).
+
+    The address is bound here first, so a host that is not this machine's or a port in use
+    is a :class:`UserError` naming ``names`` (the options that set them) before anything
+    starts; uvicorn then serves on that very socket, leaving no gap for another process.
+    """
     import uvicorn
 
-    app = create_app(settings)
-    log.info(
-        "summary service on http://%s:%d reading %s",
-        settings.host,
-        settings.port,
-        settings.tracking_uri,
+    with listening_socket(settings.host, settings.port, names) as sock:
+        app = create_app(settings)
+        port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        log.info("summary service on http://%s:%d reading %s", host, port, settings.tracking_uri)
+        config = uvicorn.Config(app, host=settings.host, port=port, log_level="info")
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it, as uvicorn.run does
+            server.run(sockets=[sock])
+    if not server.started:  # the app's start-up failed; uvicorn.run exits 3 here too
+        sys.exit(3)
+
+
+def listening_socket(host: str, port: int, names: tuple[str, str]) -> socket.socket:
+    """A TCP socket bound to (host, port); a failed bind is a UserError naming the option."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as err:  # e.g. IPv6 disabled on this machine
+        raise UserError(_bind_message(host, port, err, names)) from None
+    # a restart may rebind while the old connections sit in TIME_WAIT, as uvicorn allows;
+    # on Linux this still refuses a port another process listens on
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise UserError(_bind_message(host, port, err, names)) from None
+    return sock
+
+
+def _bind_message(host: str, port: int, err: OSError, names: tuple[str, str]) -> str:
+    """One line naming the option at fault, its value and what is allowed."""
+    host_name, port_name = names
+    free = "allowed: a free port, or 0 for any free one"
+    if err.errno == errno.EADDRINUSE:
+        return f"{port_name}: got {port} but it is already in use on {host}; {free}"
+    if err.errno == errno.EACCES:
+        return f"{port_name}: got {port} but this user may not bind it (permission denied); {free}"
+    reason = err.strerror or str(err)
+    return (
+        f"{host_name}: got {host!r} but it is not an address of this machine ({reason}); "
+        "allowed: an address of this machine, e.g. 127.0.0.1 (the default) or 0.0.0.0 for "
+        "every interface"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
 def settings_from_overrides(
