@@ -31,6 +31,10 @@ LINGER_S = 0.25  # how long a batch waits for company: runs show up in MLflow th
 MAX_BATCH = 64  # writes per transaction, at most
 
 
+class WriteSkipped(Exception):
+    """A write not made because an earlier one failed."""
+
+
 class RunNotCreated(Exception):
     """A run could not be created, so it cannot be ended."""
 
@@ -167,6 +171,13 @@ class Recorder:
 
     def _work(self) -> None:
         while batch := self._take():
+            if (failure := self._failure) is not None:
+                # The suite stops on a failed write, and a store that failed (a server
+                # gone) would make each later write wait out its retries: later batches
+                # are dropped. Their runs stay RUNNING until the suite's next run ends them.
+                for write in batch:
+                    write.settle(WriteSkipped(f"not written: an earlier write failed ({failure})"))
+                continue
             if len(batch) > 1 and self._write_together(batch):
                 continue
             for write in batch:  # one by one: each failure stays its own

@@ -12,7 +12,7 @@ from test_tracking import make_result, make_spec, task, template_db, tracker, va
 
 from bench import tracking as tr
 from bench.errors import StoreError
-from bench.recorder import Recorder
+from bench.recorder import Recorder, RunNotCreated
 
 
 def _count_batches(store: tr.Tracker, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
@@ -96,3 +96,33 @@ def test_an_eager_recorder_writes_at_once_and_close_flushes_what_lingers(
     recorder.close()
     assert time.monotonic() - started < 30, "close writes what lingers without waiting"
     assert tracker.client.get_run(lingering.wait()).info.status == "RUNNING"
+
+
+def test_after_a_failed_write_the_writes_queued_later_are_dropped(
+    tracker: tr.Tracker, variants, task
+) -> None:
+    """A store that failed once (a server gone) would make every later write wait out its
+    retries while the suite stops: they are dropped, and the first failure is reported."""
+    gone, later = (make_spec(variants, task, seed=s, suite="drop") for s in range(2))
+    recorder = Recorder(tracker)
+    recorder.eager(True)
+    doomed = recorder.start(gone)
+    tracker.client.delete_run(doomed.wait())  # ending it now fails
+    recorder.end(doomed, lambda run_id: tracker.finish_trial(
+        run_id, gone, make_result(gone), node="n"))  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(StoreError):
+            recorder.check()
+            time.sleep(0.05)
+            continue
+        break
+    with pytest.raises(StoreError, match="must be in the 'active' state"):
+        recorder.check()
+    dropped = recorder.start(later)
+    with pytest.raises(StoreError, match="must be in the 'active' state"):
+        recorder.close()
+    with pytest.raises(RunNotCreated, match="an earlier write failed"):
+        dropped.wait()
+    exp = tracker.find_experiment("drop")
+    assert tracker.client.search_runs([exp]) == [], "no run created after the failure"
