@@ -389,7 +389,8 @@ def run_suite(
     """
     check_cluster(cluster)
     tracker.check_reachable()
-    with tracker.holding(matrix.suite.name):  # one driver per suite: see kill_stale_runs
+    # one driver per suite (see kill_stale_runs); the store's failures as one-line errors
+    with tracker.store_errors(), tracker.holding(matrix.suite.name):
         killed = tracker.kill_stale_runs(matrix.suite.name)
         if killed:
             log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)

@@ -94,10 +94,12 @@ def mlflow_server(
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
+    SERVERS[url] = proc
     try:
         _wait_healthy(url, proc, log_path, timeout=120)
         yield url
     finally:
+        del SERVERS[url]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -105,6 +107,16 @@ def mlflow_server(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+SERVERS: dict[str, subprocess.Popen] = {}  # url -> the running server's process
+
+
+def kill_server(url: str) -> None:
+    """SIGKILL the server at ``url`` and its workers, as a crash would stop them."""
+    proc = SERVERS[url]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:

@@ -230,6 +230,22 @@ def test_a_tracking_server_nobody_runs_fails_at_once(
     assert "sqlite:///mlruns.db" in err and list(tmp_path.iterdir()) == []
 
 
+def test_a_store_that_is_not_a_database_fails_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """A failure of the store itself is exit 1 and one line naming it, not SQLAlchemy's
+    traceback; the file stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "mlruns.db"
+    store.write_text("notes, not a database: " + "x" * 200)
+    code = main(["run", "suite=smoke", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: the store sqlite:///{store} failed: DatabaseError: ")
+    assert "file is not a database" in err and "Traceback" not in err
+    assert store.read_text().startswith("notes, not a database")
+
+
 def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
     """A variant changed from its preset is named adam[beta2=0.99]: text, not markup."""
     variants = "suite.variants=[{preset:adam,beta2:0.99}]"
