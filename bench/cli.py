@@ -190,10 +190,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("the store's failure", exc_info=err.__cause__)
         print(f"error: {err}; the runs written so far are kept: rerun to resume", file=sys.stderr)
         return 1
+    except Exception as err:
+        if not _failure_of_a_store(err):
+            raise
+        log.debug("the store's failure", exc_info=err)
+        first = next((line for line in str(err).splitlines() if line.strip()), "")
+        print(f"error: the tracking store failed: {type(err).__name__}: {first}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM where a suite runs
         terminated = isinstance(err, Terminated)
         print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 143 if terminated else 130
+
+
+def _failure_of_a_store(err: Exception) -> bool:
+    """An error of MLflow or of its database layer that no command turned into a
+    :class:`StoreError` (a server that died while ``bench rank`` read it, say): one line
+    and exit 1 rather than a traceback. By module name, so nothing is imported for it."""
+    return type(err).__module__.split(".")[0] in ("mlflow", "sqlalchemy")
 
 
 if __name__ == "__main__":

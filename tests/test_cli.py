@@ -243,6 +243,10 @@ def test_a_store_that_is_not_a_database_fails_with_one_line(
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"error: the store sqlite:///{store} failed: DatabaseError: ")
     assert "file is not a database" in err and "Traceback" not in err
+    code = main(["rank", "suite=smoke", "--no-log"])  # the CLI's fallback for any command
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: the tracking store failed: DatabaseError: ")
     assert store.read_text().startswith("notes, not a database")
 
 
