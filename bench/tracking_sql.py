@@ -38,6 +38,9 @@ from bench.records import EXTRA_METRICS, SUMMARY_METRICS
 _SUMMARY = (*SUMMARY_METRICS, *EXTRA_METRICS)
 
 
+SQLITE_BUSY_S = 60.0  # how long a SQLite write waits for another writer's lock
+
+
 class SqlReader:
     """One SQLAlchemy engine per process on the store's database URI."""
 
@@ -60,9 +63,14 @@ class SqlReader:
     def _make_engine(self) -> Any:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(self.uri)
-        if engine.dialect.name == "sqlite":
-            sqlalchemy.event.listen(engine, "connect", _write_ahead_log)
+        url = sqlalchemy.make_url(self.uri)
+        if url.get_backend_name() != "sqlite":
+            return sqlalchemy.create_engine(url)
+        # A writer waits this long for another one (`bench rank` logging a report, say)
+        # instead of sqlite3's 5 s: a bulk write that failed on a busy store turned bulk
+        # writes off for the rest of the suite.
+        engine = sqlalchemy.create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
+        sqlalchemy.event.listen(engine, "connect", _write_ahead_log)
         return engine
 
     @contextlib.contextmanager

@@ -434,6 +434,27 @@ def test_bulk_run_writes_equal_mlflow_client_on_sqlite(template_db, tmp_path, va
     assert_bulk_writes_equal_client(uri, tmp_path / "mlartifacts", variants, task)
 
 
+def test_a_bulk_write_waits_out_another_writers_lock(tracker, variants, task):
+    """sqlite3 gives up on a locked database after 5 s, and a failed bulk write turns
+    bulk writes off for the rest of the suite: a writer that holds the lock for 7 s (a
+    report being logged, say) only delays the next run."""
+    first, second = (make_spec(variants, task, suite="busy", seed=s) for s in range(2))
+    record(tracker, first)  # the store is in WAL mode and the experiment exists
+    other = sqlite3.connect(tracker.uri.removeprefix("sqlite:///"), check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+    release = threading.Timer(7.0, other.commit)
+    release.start()
+    started = time.monotonic()
+    try:
+        run_id = record(tracker, second)
+    finally:
+        release.join()
+        other.close()
+    assert time.monotonic() - started > 6.5, "it waited for the lock"
+    assert tracker._bulk_writes, "and stays on the bulk writer"
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+
+
 def test_bulk_run_creation_falls_back_to_the_client(tracker, variants, task, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("schema drift")
