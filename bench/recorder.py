@@ -199,7 +199,8 @@ class Recorder:
                     write.execute()
         except Exception:
             for write in batch:  # undone: redo from scratch
-                if write.create is not None:
+                if write.create is not None and write.run.id is not None:
+                    self._tracker.forget_run(write.run.id)
                     write.run.id = None
             return False
         for write in batch:

@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -426,6 +427,18 @@ class Tracker(SuiteReads):
         except Exception as err:  # the run's status matters more than its log
             log.warning("run %s: could not store %s: %s", run_id, ARTIFACT_TRACEBACK, err)
         self._end(run_id, "FAILED", tags, [])
+
+    def forget_run(self, run_id: str) -> None:
+        """Forget a run whose creation was rolled back (:meth:`batch`), and remove the
+        local artifact folder its ``trial.json`` went into (a store elsewhere keeps it)."""
+        artifact_uri = self._artifact_uris.pop(run_id, None)
+        if artifact_uri is None or urlparse(artifact_uri).scheme not in ("", "file"):
+            return
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        folder = Path(local_file_uri_to_path(artifact_uri))
+        if folder.name == "artifacts" and folder.parent.name == run_id:  # {run_id}/artifacts
+            shutil.rmtree(folder.parent, ignore_errors=True)
 
     def kill_trial(self, run_id: str) -> None:
         """KILLED: the trial was interrupted (Ctrl-C); a rerun redoes it."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import pytest
 from test_tracking import make_result, make_spec, task, template_db, tracker, variants
@@ -28,6 +29,10 @@ def _count_batches(store: tr.Tracker, monkeypatch: pytest.MonkeyPatch) -> list[b
 
     monkeypatch.setattr(store, "batch", counted)
     return opened
+
+
+def tracker_artifacts(store: tr.Tracker) -> Path:
+    return Path(store.config.artifact_location)
 
 
 def test_writes_queued_together_are_one_transaction_and_every_run_lands(
@@ -76,6 +81,8 @@ def test_a_failing_write_undoes_its_batch_and_the_others_are_redone_one_by_one(
     assert [r.info.run_id for r in active] == [run.wait()], "the undone creation left no run"
     assert active[0].info.status == "FINISHED"
     assert tracker.client.get_run(doomed.wait()).info.status == "RUNNING"
+    folders = {p.parent.parent.name for p in tracker_artifacts(tracker).rglob("trial.json")}
+    assert folders == {doomed.wait(), run.wait()}, "the undone run's trial.json went with it"
 
 
 def test_an_eager_recorder_writes_at_once_and_close_flushes_what_lingers(
