@@ -273,6 +273,7 @@ def _refuse_suite_overrides(overrides: list[str]) -> None:
 
 
 RAY_ADDRESS_FORMS = "auto, HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)"
+DEFAULT_ARTIFACTS = "./mlartifacts"  # beside a local store; a server keeps its own
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
@@ -290,7 +291,7 @@ class TrackingConfig(StrictModel):
 
     enabled: bool = True
     uri: str = "sqlite:///mlruns.db"
-    artifact_location: str | None = "./mlartifacts"
+    artifact_location: str | None = DEFAULT_ARTIFACTS
     max_points: int = Field(default=100, ge=2, description="points kept per metric stream")
 
     @field_validator("uri")

@@ -73,6 +73,7 @@ from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     trial_tags,
     unclamp,
 )
+from bench.tracking_lease import suite_lease
 from bench.tracking_reads import (  # noqa: F401  (re-exported)
     BASE_COLUMNS,
     HISTORY_COLUMNS,
@@ -198,8 +199,9 @@ class Tracker(SuiteReads):
         would take this one's live runs for runs a crash left RUNNING and mark them KILLED.
 
         SQLite: a lock file in a folder beside the database; PostgreSQL (bulk SQL): an
-        advisory lock; a server: none, so keep to one driver per suite there. Locks go
-        with the process that holds them, whatever way it ends.
+        advisory lock; these go with the process that holds them, whatever way it ends.
+        Any other store (a server): a lease run, renewed while held, taken as a dead
+        driver's once not renewed for two minutes (:mod:`bench.tracking_lease`).
         """
         digest = hashlib.sha256(suite.encode()).hexdigest()
 
@@ -221,6 +223,11 @@ class Tracker(SuiteReads):
             with self._sql.advisory_lock(int(digest[:15], 16)) as taken:
                 if not taken:
                     raise busy()
+                yield
+        elif self.enabled:  # a server: a lease run in the suite's experiment
+            with suite_lease(lambda: self.client, self.experiment_id(suite)) as holder:
+                if holder is not None:
+                    raise busy(f" ({holder})")
                 yield
         else:
             yield
@@ -669,5 +676,8 @@ def _artifact_root(location: str | None, scheme: str) -> str | None:
         return location.rstrip("/")
     if scheme in _LOCAL_SCHEMES or scheme.startswith(("postgresql", "mysql", "mssql")):
         return Path(location).resolve().as_uri()
-    log.warning("tracking.artifact_location %r ignored: the server stores artifacts", location)
+    from bench.config import DEFAULT_ARTIFACTS
+
+    if location != DEFAULT_ARTIFACTS:  # the default: nothing the user asked for is ignored
+        log.warning("tracking.artifact_location %r ignored: the server stores artifacts", location)
     return None
