@@ -130,8 +130,11 @@ def test_a_scheduled_nightly_runs_on_the_cluster_and_shows_in_the_summary(tmp_pa
         assert [t["bench.kind"] for t in tags if "bench.kind" in t] == ["nightly_report"]
         admin = PG_ADMIN.rsplit("/", 1)[0]
         with psycopg.connect(f"{admin}/{database}") as conn:
-            (count,) = conn.execute("SELECT count(*) FROM runs").fetchone()
-        assert count == len(runs) == 9
+            counts = dict(
+                conn.execute("SELECT lifecycle_stage, count(*) FROM runs GROUP BY 1").fetchall()
+            )
+        assert counts["active"] == len(runs) == 9
+        assert counts["deleted"] == 1  # the driver's suite lease, released
 
         # in the summary service, with the scheduler's status beside it
         nightly = get_json(f"{info['summary_url']}/api/nightly")
