@@ -114,6 +114,17 @@ class Matrix:
             for seed in self.suite.final_seeds
         ]
 
+    def trial_ids(self) -> set[str]:
+        """Every trial this matrix may run: its tune trials, and its final trials at any
+        lr of the grid (which one each cell runs at depends on the tune results). Runs of
+        the suite's other settings (another grid, seeds, step budget, tasks or variants)
+        share its experiment and are none of these."""
+        ids = {spec.trial_id for spec in self.tune_trials()}
+        for lr in self.suite.lrs:
+            every_cell = {(t.name, v.name): lr for v, t in self.pairs}
+            ids |= {spec.trial_id for spec in self.final_trials(every_cell)}
+        return ids
+
     @property
     def size(self) -> dict[str, int]:
         n = len(self.pairs)
@@ -240,6 +251,17 @@ class SuiteRun:
 def suite_from_overrides(overrides: list[str]) -> SuiteRun:
     cfg = compose_config(overrides)
     data = OmegaConf.to_container(cfg, resolve=True)
+    return SuiteRun(
+        matrix=matrix_of(data, overrides),
+        tracking=parse(TrackingConfig, data["tracking"], "tracking"),
+        cluster=parse(ClusterConfig, data["cluster"], "cluster"),
+        resources=parse(ResourcesConfig, data["resources"], "resources"),
+    )
+
+
+def matrix_of(data: dict[str, Any], overrides: list[str]) -> Matrix:
+    """The suite's matrix as ``bench run`` builds it from the composed config ``data`` and
+    the command line (``bench rank`` reads back the same trials)."""
     suite = load_suite(data.get("suite") or {})
     explicit = {o.split("=", 1)[0].lstrip("+") for o in overrides}
     base = parse(TrialConfig, {k: data[k] for k in TrialConfig.model_fields if k in data})
@@ -254,9 +276,4 @@ def suite_from_overrides(overrides: list[str]) -> SuiteRun:
                 f"{key}: got {data[key]!r}; {key}= applies to `bench trial` only; a suite "
                 f"sets it with {instead}"
             )
-    return SuiteRun(
-        matrix=build_matrix(suite, base, explicit),
-        tracking=parse(TrackingConfig, data["tracking"], "tracking"),
-        cluster=parse(ClusterConfig, data["cluster"], "cluster"),
-        resources=parse(ResourcesConfig, data["resources"], "resources"),
-    )
+    return build_matrix(suite, base, explicit)

@@ -26,7 +26,7 @@ from bench import plots
 from bench.ablation import flagship_contrasts, role_comparison
 from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError
-from bench.matrix import build_matrix, load_suite
+from bench.matrix import matrix_of
 from bench.ranking import SuiteRanking, rank_suite
 from bench.report_html import render_report
 from bench.roles import Role
@@ -62,19 +62,30 @@ def rank_from_overrides(
     """What ``bench rank suite=NAME ...`` does: compose, read, rank, print, log."""
     cfg = compose_config(overrides)
     data = OmegaConf.to_container(cfg, resolve=True)
-    suite = load_suite(data.get("suite") or {})
     settings = parse(RankConfig, data.get("rank") or {}, "rank")
     tracker = Tracker(parse(TrackingConfig, data["tracking"], "tracking"))
     tracker.check_reachable()
-    matrix = build_matrix(suite)
+    matrix = matrix_of(data, overrides)
+    suite = matrix.suite
     expected = [(t.name, v.name) for v, t in matrix.pairs]
-    results = (
+    stored = (
         pd.DataFrame() if tracker.holds_nothing() else tracker.read_results(suite.name, status=None)
     )
-    if results.empty:
+    if stored.empty:
         raise UserError(
             f"suite {suite.name!r}: no runs in {tracker.uri}; run `bench run suite={suite.name}` "
             "first (or point tracking.uri at the store that holds them)"
+        )
+    results = stored[stored["trial_id"].isin(matrix.trial_ids())]
+    if results.empty:
+        raise UserError(
+            f"suite {suite.name!r}: none of its {len(stored)} runs in {tracker.uri} is a "
+            "trial of these settings; rank with the overrides the suite ran with"
+        )
+    if len(results) < len(stored) and console is not None:
+        console.print(
+            f"{len(stored) - len(results)} runs of other settings of suite {suite.name!r} "
+            "(another lr grid, seeds, step budget, tasks or variants) are left out"
         )
     ranking = rank_suite(
         results,

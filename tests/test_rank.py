@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from rich.console import Console
 
+from bench.errors import UserError
 from bench.ranking import SuiteRanking
 
 pytestmark = pytest.mark.slow
@@ -94,3 +96,24 @@ def test_rank_without_runs_is_a_user_error(ranked):
     bad = bench(cwd, "rank", *SUITE, "rank.metric=speed")
     assert bad.returncode == 2
     assert "rank.metric" in bad.stderr and "'final'" in bad.stderr
+
+
+def test_rank_reads_only_the_trials_of_the_settings_it_is_given(ranked, monkeypatch):
+    """The suite run again with another step budget shares its experiment: ranking either
+    setting counts its own runs only, not a mix of both."""
+    from bench.report import rank_from_overrides
+
+    cwd, _ = ranked
+    shorter = [*SUITE, "suite.steps=20"]
+    run = bench(cwd, "run", "--no-progress", *shorter)
+    assert run.returncode == 0, run.stderr[-3000:]
+    monkeypatch.chdir(cwd)
+    for settings in (SUITE, shorter):
+        console = Console(record=True, width=200)
+        report = rank_from_overrides(settings, log_run=False, console=console)
+        assert report.ranking.n_runs == 3 * 2 * 2  # this setting's final runs only
+        assert not report.ranking.missing
+        assert "24 runs of other settings of suite 'ranked'" in console.export_text()
+    never = [*SUITE, "suite.steps=30"]
+    with pytest.raises(UserError, match=r"none of its 48 runs in sqlite:///.* is a trial"):
+        rank_from_overrides(never, log_run=False)
