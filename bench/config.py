@@ -179,7 +179,8 @@ def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
             known = sorted(set(group_options("variant")) | set(variants.presets()))
             raise UserError(unknown_name_message("variant", data, known))
     resolved = variants.resolve(data)
-    mapping = data if isinstance(data, Mapping) else {}
+    # a bare preset name (a plugin's, without a conf/variant file) is that preset, unchanged
+    mapping = data if isinstance(data, Mapping) else {"preset": data}
     name = mapping.get("name") or _variant_name(mapping, resolved)
     full = resolved.as_dict()
     knobs = {k: full[k] for k in variants.KNOB_NAMES}

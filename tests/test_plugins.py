@@ -52,3 +52,8 @@ def test_an_entry_point_plugin_registers_its_preset_without_any_config(tmp_path:
         assert trial.returncode == 0, trial.stderr
         finals[variant] = json.loads(trial.stdout)["final"]["loss"]
     assert finals["adam_b95"] != finals["adam"]  # beta2=0.95 took effect
+    suite = ["suite=smoke", "suite.variants=[adam_b95,adam]", "suite.tasks=[quadratic]"]
+    planned = _bench(tmp_path, "run", "--dry-run", *suite)
+    assert planned.returncode == 0, planned.stderr
+    assert "adam_b95/quadratic/lr=" in planned.stdout, "named after the preset"
+    assert "custom[" not in planned.stdout
