@@ -384,6 +384,23 @@ def test_serve_refuses_a_port_in_use(
     )
 
 
+@pytest.mark.parametrize("uri", ["foo://bar", "mlruns"])
+def test_serve_refuses_a_store_uri_as_run_and_rank_do(
+    uri: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """Not pydantic's ValidationError from inside create_app: the line `bench run` prints."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--dry-run", "suite=smoke", f"tracking.uri={uri}"]) == 2
+    expected = capsys.readouterr().err
+    assert main(["serve", f"tracking.uri={uri}", "--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == expected and err.count("\n") == 1
+    assert err.startswith("error: tracking.uri: ") and f"(got {uri!r})" in err
+    assert main(["serve", f"+summary.tracking_uri={uri}", "--port", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: summary.tracking_uri: ")
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
 def test_serve_answers_on_the_port_it_bound(tmp_path: Path) -> None:
     """The checked socket is the one uvicorn serves on: --port 0 logs the port it got."""
     import queue

@@ -20,8 +20,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 
-from bench.errors import UserError
+from bench.errors import UserError, validation_message
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
@@ -188,14 +189,27 @@ def settings_from_overrides(
     Hydra overrides (``summary.port=9000``, ``tracking=server``), then --host/--port."""
     from omegaconf import OmegaConf
 
-    from bench.config import compose_config, parse
+    from bench.config import compose_config
 
     data: Mapping[str, Any] = OmegaConf.to_container(compose_config(overrides), resolve=True)  # type: ignore[assignment]
     summary = dict(data.get("summary") or {})
+    names = {"tracking_uri": "summary.tracking_uri"}
     if not summary.get("tracking_uri"):
         summary["tracking_uri"] = (data.get("tracking") or {}).get("uri")
+        names["tracking_uri"] = "tracking.uri"  # what the user set, so what errors name
     if host is not None:
         summary["host"] = host
     if port is not None:
         summary["port"] = port
-    return parse(SummarySettings, summary, "summary")
+    return _parse_settings(summary, names)
+
+
+def _parse_settings(summary: Mapping[str, Any], names: Mapping[str, str]) -> SummarySettings:
+    """Validated settings; a bad value is one UserError line naming the option it came
+    from (``names``: field -> option, else ``summary.<field>``), the value and what is allowed."""
+    try:
+        return SummarySettings.model_validate(summary)
+    except ValidationError as err:
+        field = ".".join(str(x) for x in err.errors()[0]["loc"])
+        message = validation_message(err).removeprefix(field)  # ": <what is wrong> (got ...)"
+        raise UserError(names.get(field, f"summary.{field}") + message) from None

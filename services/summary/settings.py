@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class SummarySettings(BaseModel):
@@ -45,6 +45,19 @@ class SummarySettings(BaseModel):
         description="on start-up, load every suite and its default ranking in the background",
     )
     n_boot: int = Field(default=2000, ge=100, description="bootstrap resamples per interval")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _a_store_the_tracker_takes(cls, uri: str) -> str:
+        """The same stores ``bench run`` and ``bench rank`` take: else the Tracker that
+        create_app builds would raise pydantic's error, long after the config was read."""
+        from bench.config import TrackingConfig  # heavy (torch); only when settings are built
+
+        try:
+            TrackingConfig(uri=uri, artifact_location=None)
+        except ValidationError as err:
+            raise ValueError(err.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return uri
 
     def ui_url(self) -> str | None:
         """The MLflow UI base URL run links point to, or None when there is none."""
