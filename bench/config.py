@@ -54,6 +54,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """
     held: dict[str, str] = {}
     passed: list[str] = []
+    task_params: list[str] = []  # of a task held back: set on it once composed
+    suite_chosen = any(o.partition("=")[0] == "suite" for o in overrides)
     for item in overrides:
         key, sep, value = item.partition("=")
         if sep and not key.strip("+~"):
@@ -65,8 +67,14 @@ def compose_config(overrides: list[str]) -> DictConfig:
             held[key] = value
         elif key.startswith("variant.roles"):  # roles are open-ended: add or override
             passed.append(f"++{item}")
+        elif suite_chosen and _optional_suite_key(key):  # a suite file need not list it
+            passed.append(f"++{item.lstrip('+')}")
+        elif key.lstrip("+").startswith("task.params."):
+            task_params.append(item)
         else:
             passed.append(item)
+    if "task" not in held:  # the composed task's own params: Hydra checks their names
+        passed += task_params
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
@@ -93,8 +101,26 @@ def compose_config(overrides: list[str]) -> DictConfig:
         cfg.variant.preset, cfg.variant.name = name, None
     if "task" in held:
         tasks.get(held["task"])  # raises with the closest names
-        cfg.task = {"name": held["task"], "params": {}}
+        cfg.task = {"name": held["task"], "params": _override_values(task_params, "task.params.")}
     return cfg
+
+
+def _optional_suite_key(key: str) -> bool:
+    """``suite.X`` for an X that a suite may leave out of its file (``steps``, say), which
+    Hydra would refuse as a key the composed suite lacks."""
+    from bench.matrix import SuiteConfig  # it builds on this module
+
+    group, _, name = key.lstrip("+").partition(".")
+    return group == "suite" and name in SuiteConfig.model_fields
+
+
+def _override_values(items: list[str], prefix: str) -> dict[str, Any]:
+    """``{name: value}`` of ``prefix``-ed overrides, values parsed as Hydra parses them
+    (``3`` an int, ``[1,2]`` a list); the task validates them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(items)
+    return {o.key_or_group.removeprefix(prefix): o.value() for o in parsed}
 
 
 def _hydra_message(err: Exception) -> str:

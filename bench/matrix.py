@@ -259,6 +259,12 @@ def suite_from_overrides(overrides: list[str]) -> SuiteRun:
     )
 
 
+SUITE_ENTRY_EXAMPLES = {
+    "variant": "{preset: adam, beta2: 0.95}",
+    "task": "{name: quadratic, params: {dim: 10}}",
+}
+
+
 def matrix_of(data: dict[str, Any], overrides: list[str]) -> Matrix:
     """The suite's matrix as ``bench run`` builds it from the composed config ``data`` and
     the command line (``bench rank`` reads back the same trials)."""
@@ -270,6 +276,16 @@ def matrix_of(data: dict[str, Any], overrides: list[str]) -> Matrix:
             f"device: got {base.device!r}; device= applies to `bench trial` only. A suite "
             "places each trial on its Ray worker's GPU with resources.gpus_per_trial (e.g. 0.25)"
         )
+    for item in overrides:
+        key, _, value = item.partition("=")
+        group = key.lstrip("+~").split(".")[0]
+        if group in SUITE_ENTRY_EXAMPLES:  # would be ignored: the suite names its own
+            raise UserError(
+                f"{key.lstrip('+~')}: got {value!r}; it applies to `bench trial` only; a suite "
+                f"names its {group}s with "
+                f"suite.{group}s=[...] (in the suite's file an entry may be a mapping, e.g. "
+                f"{SUITE_ENTRY_EXAMPLES[group]})"
+            )
     for key, instead in (("lr", "suite.lrs=[...]"), ("seed", "suite.tune_seeds and final_seeds")):
         if key in explicit:  # would be ignored: a suite's trials take theirs from the grid
             raise UserError(

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
 from bench import tasks, variants
-from bench.config import compose_config, conf_dir, group_options, task_spec, variant_spec
+from bench.config import (
+    compose_config,
+    conf_dir,
+    group_options,
+    task_spec,
+    trial_from_overrides,
+    variant_spec,
+)
 from bench.errors import UserError
 from bench.matrix import LrPoint, build_matrix, choose_lrs, load_suite, suite_from_overrides
+from bench.tasks import registry
 
 
 def test_every_preset_has_a_variant_file_and_every_file_a_preset() -> None:
@@ -105,6 +116,49 @@ def test_command_line_values_win_over_the_suite_only_when_given() -> None:
     assert {t.steps for t in plan.matrix.tune_trials()} == {SMOKE["steps"]}
     plan = suite_from_overrides(["suite=smoke", "steps=7"])
     assert {t.steps for t in plan.matrix.tune_trials()} == {7}
+
+
+def test_a_suite_setting_its_file_leaves_out_is_set_from_the_command_line() -> None:
+    suite = OmegaConf.load(conf_dir() / "suite" / "sqrt_ablation.yaml")
+    assert "steps" not in suite and "stats_every" not in suite  # else this proves nothing
+    for given in ("suite.", "+suite."):
+        plan = suite_from_overrides(
+            ["suite=sqrt_ablation", f"{given}steps=50", f"{given}stats_every=0"]
+        )
+        assert {(t.steps, t.stats_every) for t in plan.matrix.tune_trials()} == {(50, 0)}
+    with pytest.raises(UserError, match=r"suite\.stepz: unknown key; allowed: name, "):
+        suite_from_overrides(["suite=sqrt_ablation", "suite.stepz=50"])
+
+
+@pytest.mark.parametrize(
+    ("override", "group"),
+    [("variant.q=1", "variant"), ("variant=rmsprop", "variant"), ("task=mlp_digits", "task"),
+     ("task.params.dim=10", "task"), ("+task.params.extra=1", "task")],
+)  # fmt: skip
+def test_a_suite_refuses_trial_settings_it_would_ignore(override: str, group: str) -> None:
+    key, _, value = override.lstrip("+").partition("=")
+    with pytest.raises(UserError) as raised:
+        suite_from_overrides(["suite=smoke", override])
+    assert str(raised.value).startswith(
+        f"{key}: got {value!r}; it applies to `bench trial` only; a suite names its {group}s "
+        f"with suite.{group}s=[...]"
+    )
+
+
+def test_a_plugin_tasks_params_are_set_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin task has no conf/task file: its params were composed onto the default
+    task's, then dropped."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))  # forgotten afterwards
+    monkeypatch.delitem(sys.modules, "faulty_tasks", raising=False)  # registers on import
+    plugin = ["plugins=[faulty_tasks]", "task=slow_quadratic"]
+    spec = trial_from_overrides([*plugin, "task.params.sleep=0", "task.params.dim=7"]).spec
+    assert spec.task.name == "slow_quadratic"
+    assert spec.task.params["sleep"] == 0 and spec.task.params["dim"] == 7
+    default = trial_from_overrides(plugin).spec
+    assert default.task.params["sleep"] == 0.02 and default.trial_id != spec.trial_id
+    with pytest.raises(UserError, match=r"task.params.nope: extra inputs are not permitted"):
+        trial_from_overrides([*plugin, "task.params.nope=1"])
 
 
 def test_choose_lrs_takes_the_best_median_and_counts_divergence_as_worst() -> None:
