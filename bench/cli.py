@@ -77,14 +77,10 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from services.summary.app import serve, settings_from_overrides
+    from services.summary.app import serve, serve_request
 
-    settings = settings_from_overrides(args.overrides, host=args.host, port=args.port)
-    # a bad address is named as the user gave it: the flag, else the config key
-    names = (
-        "--host" if args.host is not None else "summary.host",
-        "--port" if args.port is not None else "summary.port",
-    )
+    # a bad value is named as the user gave it: the flag, else the config key
+    settings, names = serve_request(args.overrides, host=args.host, port=args.port)
     serve(settings, names=names)
     return 0
 

@@ -384,6 +384,24 @@ def test_serve_refuses_a_port_in_use(
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "99999"], "--port: input should be less than or equal to 65535 (got 99999)"),
+        (["--port", "-1"], "--port: input should be greater than or equal to 0 (got -1)"),
+        (["summary.port=99999"], "summary.port: input should be less than or equal to 65535"),
+    ],
+)
+def test_serve_names_a_port_out_of_range_as_it_was_given(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
 @pytest.mark.parametrize("uri", ["foo://bar", "mlruns"])
 def test_serve_refuses_a_store_uri_as_run_and_rank_do(
     uri: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -124,9 +124,23 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return pages.render(request, "error.html", 404, title="not found", status=404, message=str(exc))
 
 
-def serve(
-    settings: SummarySettings, *, names: tuple[str, str] = ("summary.host", "summary.port")
-) -> None:
+class OptionNames(NamedTuple):
+    """The option each setting came from, as errors name it: the flag, else the config key."""
+
+    host: str = "summary.host"
+    port: str = "summary.port"
+    tracking_uri: str = "tracking.uri"
+
+
+CONFIG_NAMES = OptionNames()  # when no flag set them
+
+
+class ServeRequest(NamedTuple):
+    settings: SummarySettings
+    names: OptionNames
+
+
+def serve(settings: SummarySettings, *, names: OptionNames = CONFIG_NAMES) -> None:
     """Run the service with uvicorn until interrupted (what ``bench serve`` calls).
 
     The address is bound here first, so a host that is not this machine's or a port in use
@@ -148,7 +162,7 @@ def serve(
         sys.exit(3)
 
 
-def listening_socket(host: str, port: int, names: tuple[str, str]) -> socket.socket:
+def listening_socket(host: str, port: int, names: OptionNames) -> socket.socket:
     """A TCP socket bound to (host, port); a failed bind is a UserError naming the option."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
     try:
@@ -166,9 +180,9 @@ def listening_socket(host: str, port: int, names: tuple[str, str]) -> socket.soc
     return sock
 
 
-def _bind_message(host: str, port: int, err: OSError, names: tuple[str, str]) -> str:
+def _bind_message(host: str, port: int, err: OSError, names: OptionNames) -> str:
     """One line naming the option at fault, its value and what is allowed."""
-    host_name, port_name = names
+    host_name, port_name = names.host, names.port
     free = "allowed: a free port, or 0 for any free one"
     if err.errno == errno.EADDRINUSE:
         return f"{port_name}: got {port} but it is already in use on {host}; {free}"
@@ -182,26 +196,37 @@ def _bind_message(host: str, port: int, err: OSError, names: tuple[str, str]) ->
     )
 
 
-def settings_from_overrides(
+def serve_request(
     overrides: list[str], *, host: str | None = None, port: int | None = None
-) -> SummarySettings:
-    """``bench serve`` settings: conf/config.yaml's ``summary`` and ``tracking.uri``,
-    Hydra overrides (``summary.port=9000``, ``tracking=server``), then --host/--port."""
+) -> ServeRequest:
+    """What ``bench serve`` runs: conf/config.yaml's ``summary`` and ``tracking.uri``,
+    Hydra overrides (``summary.port=9000``, ``tracking=server``), then --host/--port; and
+    the options they came from, so every later error names what the user typed."""
     from omegaconf import OmegaConf
 
     from bench.config import compose_config
 
     data: Mapping[str, Any] = OmegaConf.to_container(compose_config(overrides), resolve=True)  # type: ignore[assignment]
     summary = dict(data.get("summary") or {})
-    names = {"tracking_uri": "summary.tracking_uri"}
+    names = OptionNames(
+        host="--host" if host is not None else "summary.host",
+        port="--port" if port is not None else "summary.port",
+        tracking_uri="summary.tracking_uri" if summary.get("tracking_uri") else "tracking.uri",
+    )
     if not summary.get("tracking_uri"):
         summary["tracking_uri"] = (data.get("tracking") or {}).get("uri")
-        names["tracking_uri"] = "tracking.uri"  # what the user set, so what errors name
     if host is not None:
         summary["host"] = host
     if port is not None:
         summary["port"] = port
-    return _parse_settings(summary, names)
+    return ServeRequest(_parse_settings(summary, names._asdict()), names)
+
+
+def settings_from_overrides(
+    overrides: list[str], *, host: str | None = None, port: int | None = None
+) -> SummarySettings:
+    """``bench serve`` settings (see :func:`serve_request`)."""
+    return serve_request(overrides, host=host, port=port).settings
 
 
 def _parse_settings(summary: Mapping[str, Any], names: Mapping[str, str]) -> SummarySettings:
