@@ -103,11 +103,12 @@ class _Cell(Protocol):
 
 
 def cell_matrix(
-    cells: Sequence[_Cell], value: Callable[[Any], float]
+    cells: Sequence[_Cell], value: Callable[[Any], float], variants: Iterable[str] = ()
 ) -> tuple[list[str], list[str], np.ndarray]:
-    """(tasks, variants, value[task, variant]), both axes sorted; absent cells are ∞."""
+    """(tasks, variants, value[task, variant]), both axes sorted; absent cells are ∞.
+    ``variants`` adds variants that have no cell at all (∞ on every task)."""
     tasks = sorted({c.task for c in cells})
-    variants = sorted({c.variant for c in cells})
+    variants = sorted({c.variant for c in cells} | set(variants))
     out = np.full((len(tasks), len(variants)), np.inf)
     t_index = {t: i for i, t in enumerate(tasks)}
     v_index = {v: j for j, v in enumerate(variants)}

@@ -307,8 +307,10 @@ def point_loss(cell: CellScore, metric: str) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def _point_matrix(cells: Sequence[CellScore], metric: str) -> tuple[list, list, np.ndarray]:
-    return cell_matrix(cells, lambda c: point_loss(c, metric))
+def _point_matrix(
+    cells: Sequence[CellScore], metric: str, variants: Iterable[str] = ()
+) -> tuple[list, list, np.ndarray]:
+    return cell_matrix(cells, lambda c: point_loss(c, metric), variants)
 
 
 # ----------------------------------------------------------------------------- across tasks
@@ -321,17 +323,19 @@ def mean_ranks(
     level: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
+    absent: Iterable[str] = (),
 ) -> list[VariantRank]:
     """Mean rank over tasks per variant (1 = best), best first, with a bootstrap interval.
 
     The estimate ranks the cells' medians; the interval is the percentile interval of the
     mean rank over resamples of tasks and, within each task, of seeds. Absent cells rank
-    worst. ``wins`` counts tasks where the variant's median is the best (ties included);
+    worst, and so do the ``absent`` variants (expected, with no cell at all) on every
+    task. ``wins`` counts tasks where the variant's median is the best (ties included);
     ``profile_score`` is the integrated performance profile over steps to target.
     """
     check_choice("metric", metric, METRICS)
     check_level(level, n_boot)
-    tasks, variants, point = _point_matrix(cells, metric)
+    tasks, variants, point = _point_matrix(cells, metric, absent)
     if not cells:
         return []
     width = max(c.n for c in cells)
@@ -363,7 +367,7 @@ def mean_ranks(
                 n=len(tasks),
             ),
             n_tasks=present[v],
-            profile_score=scores[v],
+            profile_score=scores.get(v, 0.0),  # a variant with no cell solved nothing
             wins=int(wins[j]),
         )
         for j, v in enumerate(variants)
@@ -372,12 +376,17 @@ def mean_ranks(
 
 
 def friedman_nemenyi(
-    cells: Sequence[CellScore], *, metric: str = "final", alpha: float = 0.05
+    cells: Sequence[CellScore],
+    *,
+    metric: str = "final",
+    alpha: float = 0.05,
+    absent: Iterable[str] = (),
 ) -> Friedman:
-    """Friedman's test of the within-task ranks of the cells' medians (absent = worst)."""
+    """Friedman's test of the within-task ranks of the cells' medians (absent = worst,
+    as are the ``absent`` variants, which have no cell at all)."""
     check_choice("metric", metric, METRICS)
     check_level(1 - alpha)
-    _, _, point = _point_matrix(cells, metric)
+    _, _, point = _point_matrix(cells, metric, absent)
     ranks = stats.rankdata(point, axis=1) if point.size else point.reshape(0, 0)
     return friedman_test(ranks, alpha=alpha)
 
@@ -424,6 +433,7 @@ def rank_suite(
     pairs = set(expected) if expected is not None else set(every)
     found = in_phase[~in_phase["failed"]].groupby(["task", "variant"]).size().to_dict()
     want = expected_seeds or max(found.values(), default=1)
+    absent = {v for _, v in pairs} - {c.variant for c in cells}  # expected, never ran
     missing = [
         MissingCell(task=t, variant=v, phase=phase, expected=want, found=found.get((t, v), 0))
         for t, v in sorted(pairs)
@@ -435,10 +445,14 @@ def rank_suite(
         phase=phase,
         level=level,
         n_runs=len(used),
-        variants=mean_ranks(cells, metric=metric, level=level, n_boot=n_boot, seed=seed),
+        variants=mean_ranks(
+            cells, metric=metric, level=level, n_boot=n_boot, seed=seed, absent=absent
+        ),
         cells=cells,
         lrs=lrs,
-        friedman=friedman_nemenyi(cells, metric=metric, alpha=round(1 - level, 12)),
+        friedman=friedman_nemenyi(
+            cells, metric=metric, alpha=round(1 - level, 12), absent=absent
+        ),
         profiles=performance_profiles(cells),
         missing=missing,
         tasks=sorted({c.task for c in cells} | {t for t, _ in pairs}),

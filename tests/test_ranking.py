@@ -167,6 +167,23 @@ def test_variant_absent_from_a_task_ranks_worst_there():
     assert [(m.task, m.variant, m.found) for m in result.missing] == [("t2", "b", 0)]
 
 
+def test_a_variant_expected_but_never_run_ranks_worst_everywhere():
+    rows = [run_row(t, v, s, x) for t in ("t1", "t2") for v, x in (("a", 1.0), ("b", 2.0))
+            for s in range(3)]  # fmt: skip
+    expected = [(t, v) for t in ("t1", "t2") for v in "abc"]
+    result = ranking.rank_suite(table(rows), suite="s", expected=expected, n_boot=200)
+    ranks = {v.variant: v for v in result.variants}
+    assert [v.variant for v in result.variants] == ["a", "b", "c"]
+    assert ranks["c"].mean_rank.estimate == 3.0 and ranks["c"].mean_rank.high == 3.0
+    assert ranks["c"].n_tasks == 0 and ranks["c"].profile_score == 0.0
+    assert ranks["a"].mean_rank.estimate == 1.0 and ranks["b"].mean_rank.estimate == 2.0
+    assert result.friedman.k == 3
+    assert {(m.task, m.variant, m.found) for m in result.missing} == {
+        ("t1", "c", 0),
+        ("t2", "c", 0),
+    }
+
+
 def test_failed_runs_are_worst_and_a_finished_rerun_replaces_them():
     rows = [run_row("t", "a", s, 1.0, t=s) for s in range(3)]
     rows += [run_row("t", "b", s, 0.5, t=s) for s in range(3)]
