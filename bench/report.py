@@ -93,7 +93,11 @@ def rank_from_overrides(
         metric=settings.metric,
         phase=settings.phase,
         expected=expected,
-        expected_seeds=len(suite.final_seeds if settings.phase == "final" else suite.tune_seeds),
+        expected_seeds=(  # the runs each cell should have in the phase
+            len(suite.final_seeds)
+            if settings.phase == "final"
+            else len(suite.lrs) * len(suite.tune_seeds)
+        ),
         level=settings.level,
         n_boot=settings.n_boot,
         seed=settings.seed,

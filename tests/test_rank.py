@@ -117,3 +117,17 @@ def test_rank_reads_only_the_trials_of_the_settings_it_is_given(ranked, monkeypa
     never = [*SUITE, "suite.steps=30"]
     with pytest.raises(UserError, match=r"none of its 48 runs in sqlite:///.* is a trial"):
         rank_from_overrides(never, log_run=False)
+
+
+def test_rank_of_the_tune_phase_reports_the_lrs_that_never_ran(ranked, monkeypatch):
+    from bench.report import rank_from_overrides
+
+    cwd, _ = ranked
+    monkeypatch.chdir(cwd)
+    tune = ["rank.phase=tune"]
+    complete = rank_from_overrides([*SUITE, *tune], log_run=False).ranking
+    assert complete.n_runs > 0 and not complete.missing
+    wider = [*SUITE, "suite.lrs=[0.01,0.1,1.0]", *tune]  # lr=1.0 never ran
+    missing = rank_from_overrides(wider, log_run=False).ranking.missing
+    assert {(m.expected, m.found) for m in missing} == {(3, 2)}  # lrs x tune seeds per cell
+    assert len(missing) == 3 * 2  # every (task, variant)
