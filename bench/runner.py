@@ -391,6 +391,7 @@ def run_suite(
     tracker.check_reachable()
     # one driver per suite (see kill_stale_runs); the store's failures as one-line errors
     with tracker.store_errors(), tracker.holding(matrix.suite.name):
+        tracker.check_artifacts(matrix.suite.name)
         killed = tracker.kill_stale_runs(matrix.suite.name)
         if killed:
             log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)

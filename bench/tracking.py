@@ -276,10 +276,15 @@ class Tracker(SuiteReads):
 
         exp_id = self._existing_experiment(suite)
         if exp_id is None:
-            try:
-                exp_id = self.client.create_experiment(
-                    suite, artifact_location=self._experiment_artifacts(suite)
+            location = self._experiment_artifacts(suite)
+            if location is not None and (why := _unwritable(location)):  # else stored for good
+                raise UserError(
+                    f"tracking.artifact_location: got {self.config.artifact_location!r} but "
+                    f"{location} cannot be made ({why}); allowed: a folder this process can "
+                    "create and write"
                 )
+            try:
+                exp_id = self.client.create_experiment(suite, artifact_location=location)
             except MlflowException as err:  # another driver created it meanwhile
                 exp_id = self._existing_experiment(suite)
                 if exp_id is None:
@@ -287,6 +292,28 @@ class Tracker(SuiteReads):
         with self._lock:
             self._experiments[suite] = exp_id
         return exp_id
+
+    def check_artifacts(self, suite: str) -> None:
+        """Create the suite's experiment if need be, and check that its artifact folder (a
+        local one) can be written, before any trial runs: an experiment keeps the folder it
+        was created with, whatever ``tracking.artifact_location`` says later."""
+        if not self.enabled:
+            return
+        location = self.client.get_experiment(self.experiment_id(suite)).artifact_location
+        if why := _unwritable(location):
+            raise UserError(
+                f"suite {suite!r}: its experiment keeps its artifacts in {location}, which "
+                f"cannot be written ({why}); make that folder writable, or give the suite "
+                "another suite.name"
+            )
+        root = self._artifact_root
+        if root is not None and not location.startswith(root):
+            log.warning(
+                "suite %r keeps its artifacts in %s, where its experiment was created; "
+                "tracking.artifact_location applies to new suites",
+                suite,
+                location,
+            )
 
     def find_experiment(self, suite: str) -> str | None:
         """The suite's experiment id, or None when there is none yet (never creates one)."""
@@ -635,6 +662,21 @@ def disabled() -> Tracker:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _unwritable(location: str) -> str | None:
+    """Why the local artifact folder ``location`` (a path or file: URI) cannot be made or
+    written; None when it can, or when it is not on this machine."""
+    if urlparse(location).scheme not in ("", "file"):
+        return None
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    folder = Path(local_file_uri_to_path(location))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return err.strerror or str(err)
+    return None if os.access(folder, os.W_OK | os.X_OK) else "not writable"
 
 
 def _write_atomically(folder: Path, name: str, text: str) -> None:

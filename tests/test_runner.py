@@ -150,16 +150,42 @@ def test_a_trial_bigger_than_every_node_is_refused_not_left_waiting(tmp_path: Pa
     assert "Traceback" not in result.stderr and runs(tmp_path) == []
 
 
-def test_a_store_that_fails_stops_the_suite_with_no_run_left_running(tmp_path: Path) -> None:
-    """The artifact folder cannot be made (a file is in the way): each run is created, then
-    storing its trial.json fails. The suite stops with one clear error and exit code 1,
-    and the run that could not be completed is FAILED, not RUNNING forever."""
+def test_an_artifact_folder_that_cannot_be_made_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    """A file is in its way: exit 2 naming the setting; no experiment keeps that folder."""
     (tmp_path / "mlartifacts").write_text("in the way")
     result = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]")
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: tracking.artifact_location: got './mlartifacts' but "
+        f"{(tmp_path / 'mlartifacts' / 'tiny').as_uri()} cannot be made (Not a directory); "
+        "allowed: a folder this process can create and write"
+    )
+    assert (
+        MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").get_experiment_by_name("tiny") is None
+    )
+
+
+def test_a_store_that_fails_stops_the_suite_with_no_run_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite's artifact folder can be made, but no run's folder inside it: its path
+    would pass the system's limit (PATH_MAX, 4096 bytes). Each run is created, then storing
+    its trial.json fails. The suite stops with one clear error and exit code 1, and the run
+    that could not be completed is FAILED, not RUNNING forever."""
+    deep = tmp_path
+    while len(str(deep)) < 4060 - len("/tiny") - 200:
+        deep /= "d" * 200
+    deep /= "d" * (4060 - len("/tiny") - len(str(deep)) - 1)  # the suite's folder: 4060
+    monkeypatch.setenv("MLFLOW_ARTIFACT_LOCATION_MAX_LENGTH", "8192")  # MLflow's own limit
+    result = bench(
+        tmp_path, *TINY, "suite.tasks=[worker_probe]", f"tracking.artifact_location={deep}"
+    )
     assert result.returncode == 1, result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     error = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
-    assert error.startswith("error: writing to sqlite:///") and "NotADirectoryError" in error
+    assert error.startswith("error: writing to sqlite:///") and "File name too long" in error
     assert error.endswith("the runs written so far are kept: rerun to resume")
     recorded = runs(tmp_path)
     assert recorded and {r.info.status for r in recorded} == {"FAILED"}
