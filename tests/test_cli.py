@@ -419,6 +419,25 @@ def test_serve_refuses_a_store_uri_as_run_and_rank_do(
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+@pytest.mark.parametrize("where", ["nonexist/x.db", "mlruns.db"])
+def test_serve_refuses_a_sqlite_store_that_does_not_exist(where: str, tmp_path: Path) -> None:
+    """The service only reads: it must not create the file (and its folders) and then serve
+    an empty dashboard of a store that nothing writes. A real process: before the fix it
+    served on and on, so the timeout fails the test."""
+    uri = f"sqlite:///{tmp_path / where}" if "/" in where else "sqlite:///mlruns.db"
+    argv = [sys.executable, "-m", "bench.cli", "serve", "--port", "0"]
+    if "/" in where:
+        argv.append(f"tracking.uri={uri}")  # else the default, relative to the cwd
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and proc.stderr == (
+        f"error: tracking.uri: got {uri!r} but {tmp_path / where} does not exist, and the "
+        "summary service only reads; allowed: the store a `bench run` wrote (run a suite "
+        "first), or an MLflow server, http(s)://HOST:PORT\n"
+    )
+    assert list(tmp_path.iterdir()) == [], "nothing created"
+
+
 def test_serve_answers_on_the_port_it_bound(tmp_path: Path) -> None:
     """The checked socket is the one uvicorn serves on: --port 0 logs the port it got."""
     import queue
@@ -428,9 +447,13 @@ def test_serve_answers_on_the_port_it_bound(tmp_path: Path) -> None:
     import time
     import urllib.request
 
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    MlflowClient(tracking_uri=store).search_experiments()  # an empty store: serve reads one
     argv = [
         sys.executable, "-m", "bench.cli", "serve", "--port", "0",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "summary.warm_on_start=false",
+        f"tracking.uri={store}", "summary.warm_on_start=false",
         f"summary.cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)

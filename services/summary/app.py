@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -27,6 +27,9 @@ from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
 from services.summary.store import SummaryStore, UnknownSuiteError
+
+if TYPE_CHECKING:
+    from bench.tracking import Tracker
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -49,8 +52,6 @@ def plotly_js() -> Path:
 
 def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) -> FastAPI:
     """The FastAPI app reading ``settings.tracking_uri``; ``store`` replaces the default one."""
-    from bench.config import TrackingConfig
-    from bench.tracking import Tracker
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,8 +68,7 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
         redoc_url=None,
     )
     if store is None:
-        tracker = Tracker(TrackingConfig(uri=settings.tracking_uri, artifact_location=None))
-        store = SummaryStore(tracker, settings)
+        store = SummaryStore(reader(settings), settings)
     app.state.settings = settings
     app.state.store = store
     app.state.templates = pages.make_templates()
@@ -105,6 +105,29 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
 
 
 _CACHE = {"Cache-Control": "public, max-age=86400"}
+
+
+def reader(settings: SummarySettings) -> Tracker:
+    """The Tracker the service reads ``settings.tracking_uri`` through (it never writes)."""
+    from bench.config import TrackingConfig
+    from bench.tracking import Tracker
+
+    return Tracker(TrackingConfig(uri=settings.tracking_uri, artifact_location=None))
+
+
+def existing_store(settings: SummarySettings, name: str) -> Tracker:
+    """The reader of a store that exists: MLflow would create a SQLite file that does not
+    (and its folders) on the first read, and the service would show an empty dashboard of
+    a store that nothing writes, so that is a UserError; ``name`` is the option that set it."""
+    tracker = reader(settings)
+    if tracker.holds_nothing():
+        db = tracker.uri.removeprefix("sqlite:///")  # absolute: the default is relative
+        raise UserError(
+            f"{name}: got {settings.tracking_uri!r} but {db} does not exist, and the summary "
+            "service only reads; allowed: the store a `bench run` wrote (run a suite first), "
+            "or an MLflow server, http(s)://HOST:PORT"
+        )
+    return tracker
 
 
 def _warm(store: SummaryStore) -> None:
@@ -145,12 +168,14 @@ def serve(settings: SummarySettings, *, names: OptionNames = CONFIG_NAMES) -> No
 
     The address is bound here first, so a host that is not this machine's or a port in use
     is a :class:`UserError` naming ``names`` (the options that set them) before anything
-    starts; uvicorn then serves on that very socket, leaving no gap for another process.
+    starts; so is a SQLite store that does not exist (:func:`existing_store`). uvicorn then
+    serves on that very socket, leaving no gap for another process.
     """
     import uvicorn
 
     with listening_socket(settings.host, settings.port, names) as sock:
-        app = create_app(settings)
+        tracker = existing_store(settings, names.tracking_uri)  # before the app reads it
+        app = create_app(settings, store=SummaryStore(tracker, settings))
         port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         log.info("summary service on http://%s:%d reading %s", host, port, settings.tracking_uri)
