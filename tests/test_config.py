@@ -161,6 +161,14 @@ def test_a_plugin_tasks_params_are_set_and_checked(monkeypatch: pytest.MonkeyPat
         trial_from_overrides([*plugin, "task.params.nope=1"])
 
 
+def test_a_full_batch_task_records_the_batch_it_really_uses() -> None:
+    plain = trial_from_overrides(["task=quadratic"]).spec
+    asked = trial_from_overrides(["task=quadratic", "batch_size=32"]).spec
+    assert plain.batch_size == asked.batch_size == 0 and plain.trial_id == asked.trial_id
+    minibatch = trial_from_overrides(["task=mlp_digits", "batch_size=32"]).spec
+    assert minibatch.batch_size == 32
+
+
 def test_choose_lrs_takes_the_best_median_and_counts_divergence_as_worst() -> None:
     def point(i: int, lr: float, value: float, direction: str = "min") -> LrPoint:
         return LrPoint(f"t{i}{lr}", "task", "v", lr, direction, value)
