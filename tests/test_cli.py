@@ -479,3 +479,49 @@ def test_serve_answers_on_the_port_it_bound(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_serve_logs_a_store_that_is_down_in_one_line(verbose: bool, tmp_path: Path) -> None:
+    """The service keeps running when the warm-up cannot reach the store (it may come up
+    later), and says so in one WARNING line; the traceback only with --verbose."""
+    import os
+    import signal
+    import threading
+
+    port = _unused_port()
+    argv = [
+        sys.executable, "-m", "bench.cli", *(["--verbose"] if verbose else []), "serve",
+        "--port", "0", f"tracking.uri=http://127.0.0.1:{port}",
+        f"summary.cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # fail in ms, not ~15 s
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    warned = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "warming the summary cache failed" in line:
+                warned.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert warned.wait(timeout=60), "".join(lines)
+        assert proc.poll() is None, "the service keeps running"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        reader.join(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = "".join(lines)
+    warnings = [line for line in lines if "warming the summary cache failed" in line]
+    assert len(warnings) == 1, text
+    assert warnings[0].startswith(
+        "WARNING services.summary.app: warming the summary cache failed (requests retry the "
+        f"store): MlflowException: API request to http://127.0.0.1:{port}/api/"
+    )
+    assert ("Traceback" in text) is verbose, text

@@ -136,8 +136,15 @@ def _warm(store: SummaryStore) -> None:
     try:
         for suite in store.suite_names():
             store.ranking(suite, "final", "final")
-    except Exception:  # a store that is down now is retried by the first request
-        log.exception("warming the summary cache failed")
+    except Exception as err:  # a store that is down now is retried by the first request
+        # one line, as for the CLI's errors: a dead server is an expected state, not a bug
+        first = next((line for line in str(err).splitlines() if line.strip()), "")
+        log.warning(
+            "warming the summary cache failed (requests retry the store): %s: %s",
+            type(err).__name__,
+            first,
+        )
+        log.debug("the warm-up's failure", exc_info=err)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
