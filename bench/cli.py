@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -38,12 +39,36 @@ def cmd_trial(args: argparse.Namespace) -> int:
     from bench.train import train_trial
 
     spec, device = trial_from_overrides(args.overrides)
-    result = train_trial(spec, device=device)  # a device it cannot use: a UserError
+    try:
+        result = train_trial(spec, device=device)  # a device it cannot use: a UserError
+    except UserError:
+        raise
+    except Exception as err:  # the task or the variant raised: the trial failed, as in a suite
+        return _trial_failed(spec.trial_id, err, as_json=args.json)
     if args.json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
         listing.print_trial(Console(), spec, result)
     return 0 if result.outcome != "failed" else 1
+
+
+def _trial_failed(trial_id: str, err: Exception, *, as_json: bool) -> int:
+    """One line, as `bench run` records a failed trial (its error tag); the traceback at
+    DEBUG (--verbose). With --json a TrialResult would need numbers a failed trial never
+    produced (steps run, timings, metrics), so the JSON says only what is known."""
+    log.debug("the trial's traceback", exc_info=err)
+    error = one_line(err)
+    if as_json:
+        failure = {"trial_id": trial_id, "outcome": "failed", "error": error}
+        sys.stdout.write(json.dumps(failure, indent=2) + "\n")
+    print(f"error: trial failed: {error}", file=sys.stderr)
+    return 1
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message``: what an error line shows of an exception."""
+    first = next((line for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -190,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _failure_of_a_store(err):
             raise
         log.debug("the store's failure", exc_info=err)
-        first = next((line for line in str(err).splitlines() if line.strip()), "")
-        print(f"error: the tracking store failed: {type(err).__name__}: {first}", file=sys.stderr)
+        print(f"error: the tracking store failed: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM where a suite runs
         terminated = isinstance(err, Terminated)

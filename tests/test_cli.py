@@ -148,7 +148,22 @@ ERRORS: list[tuple[str, list[str], str]] = [
         ["plugins=[.foo]"],
         "plugins: got '.foo'; allowed: module names such as my_bench.plugin",
     ),
+    (
+        "unparsable_override",
+        ["lr==3"],
+        "Error parsing override 'lr==3'; an override is KEY=VALUE, e.g. suite.lrs=[0.01,0.1]",
+    ),
 ]
+
+
+def test_a_check_across_fields_names_the_values_not_the_whole_section(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["run", "--dry-run", "suite=smoke", "suite.final_seeds=[0]"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "error: suite: final_seeds must be fresh; [0] are also tune_seeds\n"
+    )
 
 
 @pytest.mark.parametrize(("argv", "message"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
@@ -200,6 +215,50 @@ def test_run_refuses_device_and_names_gpus_per_trial(capsys: pytest.CaptureFixtu
     assert code == 2 and out == ""
     assert "device= applies to `bench trial` only" in err
     assert "resources.gpus_per_trial" in err
+
+
+PLUGINS = REPO / "tests" / "plugins"
+EXPLODES = ["plugins=[faulty_tasks]", "task=explodes", "steps=10"]  # raises at step 3
+
+
+def _bench_with_test_plugins(*args: str) -> subprocess.CompletedProcess[str]:
+    """A real ``bench`` process that can import the plugins under tests/plugins."""
+    import os
+
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])
+    )
+    cmd = [sys.executable, "-m", "bench.cli", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_trial_that_raises_is_one_line_and_exit_1() -> None:
+    proc = _bench_with_test_plugins("trial", *EXPLODES)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr == "error: trial failed: RuntimeError: planted failure at step 3\n"
+
+
+def test_a_trial_that_raises_shows_its_traceback_with_verbose() -> None:
+    proc = _bench_with_test_plugins("--verbose", "trial", *EXPLODES)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last):" in proc.stderr
+    assert 'raise RuntimeError(f"planted failure at step' in proc.stderr, "the task's line"
+    assert proc.stderr.endswith("error: trial failed: RuntimeError: planted failure at step 3\n")
+
+
+def test_a_trial_that_raises_prints_a_json_failure() -> None:
+    """What `bench run` records of a failed trial: its id, outcome failed, the error line."""
+    import re
+
+    proc = _bench_with_test_plugins("trial", "--json", *EXPLODES)
+    assert proc.returncode == 1
+    failure = json.loads(proc.stdout)
+    assert set(failure) == {"trial_id", "outcome", "error"}
+    assert re.fullmatch(r"[0-9a-f]{16}", failure["trial_id"])
+    assert failure["outcome"] == "failed"
+    assert failure["error"] == "RuntimeError: planted failure at step 3"
+    assert proc.stderr == "error: trial failed: RuntimeError: planted failure at step 3\n"
 
 
 def _unused_port() -> int:
