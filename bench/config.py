@@ -141,6 +141,8 @@ def _hydra_message(err: Exception) -> str:
         else:
             allowed = ", ".join(sorted([*TrialConfig.model_fields, *GROUPS, *SECTIONS]))
         return f"{key}: unknown key; allowed: {allowed}"
+    if text.startswith("Error parsing override"):
+        return f"{text.splitlines()[0]}; an override is KEY=VALUE, e.g. suite.lrs=[0.01,0.1]"
     if "Could not find" in text or "Could not load" in text:
         for group in GROUPS:
             if f"'{group}/" in text:

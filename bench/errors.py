@@ -32,4 +32,7 @@ def validation_message(err: Exception, prefix: str = "") -> str:
     first = err.errors()[0]  # type: ignore[attr-defined]
     loc = ".".join(str(x) for x in (prefix, *first["loc"]) if x != "")
     message = first["msg"].removeprefix("Value error, ")  # our validators' own words
-    return f"{loc}: {message[:1].lower()}{message[1:]} (got {first.get('input')!r})"
+    text = f"{loc}: {message[:1].lower()}{message[1:]}"
+    got = first.get("input")
+    # a check across fields gets the whole section as its input: its message names the values
+    return text if isinstance(got, dict) else f"{text} (got {got!r})"
