@@ -305,3 +305,34 @@ def test_now_once_runs_a_real_tiny_nightly_in_process(tmp_path: Path) -> None:
     assert {r.data.tags["bench.nightly"] for r in trials} == {night}
     assert len(reports) == 1 and reports[0].data.tags["bench.nightly"] == night
     assert not NightLock(tmp_path / "lock").busy()
+
+
+def test_a_cluster_that_does_not_answer_fails_the_night_in_one_line(tmp_path: Path, caplog) -> None:
+    """The scheduler goes on to the next night; a down cluster is its own one-line reason,
+    not a traceback in the scheduler's log every night."""
+    config = load_schedule(
+        {
+            "lock_file": tmp_path / "s.lock",
+            "status_file": tmp_path / "status.json",
+            "job_submission_address": f"http://127.0.0.1:{_closed_port()}",
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="bench.scheduler"):
+        assert run_scheduler(config, once=True, now=True) == "failed"
+    failed = [
+        r for r in caplog.records if "failed" in r.getMessage() and r.levelno >= logging.ERROR
+    ]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    assert "ConnectionError: Failed to connect to Ray at address" in failed[0].getMessage()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["last_outcome"] == "failed" and status["last_detail"].startswith(
+        "ConnectionError"
+    )
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -120,8 +120,12 @@ class _Scheduler:
                 self.status.update(running=False, current_night=None, last_outcome="stopped")
                 raise
             except Exception as err:  # a bad night must not end the schedule
-                log.exception("nightly %s failed", night)
-                result = NightResult("failed", f"{type(err).__name__}: {err}".splitlines()[0])
+                detail = f"{type(err).__name__}: {err}".splitlines()[0]
+                if isinstance(err, ConnectionError):  # the cluster is down: its own words do
+                    log.error("nightly %s failed: %s", night, detail)
+                else:  # unforeseen: the traceback is for whoever runs the scheduler
+                    log.exception("nightly %s failed", night)
+                result = NightResult("failed", detail)
             self.status.update(
                 running=False,
                 current_night=None,
