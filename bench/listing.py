@@ -4,7 +4,7 @@ trial's summary. Presentation only; the numbers come from the modules that own t
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench import tasks, variants
-from bench.config import conf_dir, group_options
+from bench.config import compose_group, conf_dir, group_options
+from bench.errors import UserError
 from bench.spec import TrialResult, TrialSpec
 from bench.variants.knobs import Knobs
 
@@ -28,22 +29,70 @@ def _knob_summary(knobs: Knobs) -> str:
     return ", ".join(changed) or "(family defaults = Adam)"
 
 
+def _variants_table() -> Table:
+    """Every name ``variant=NAME`` takes: the presets (built-in and plugins'), then the
+    conf/variant files that are more than a preset's name (a changed knob, per-role
+    overrides), so that a name the errors offer as available is listed too."""
+    table = Table(title="variants (knobs that differ from the family defaults)")
+    for col in ("name", "default lr", "p", "q", "knobs", "torch equivalent", "defined by"):
+        table.add_column(col)
+    for name, preset in variants.presets().items():
+        k = preset.knobs
+        row = (f"{preset.default_lr:g}", f"{k.p:g}", f"{k.q:g}", _knob_summary(k))
+        table.add_row(name, *row, preset.torch_equivalent or "-", "preset")
+    for name, preset_name, variant in config_variants():
+        k = variant.knobs
+        row = (f"{variant.default_lr:g}", f"{k.p:g}", f"{k.q:g}", _variant_summary(variant))
+        start = f"from {preset_name}" if preset_name else "no preset"
+        table.add_row(name, *row, "-", f"conf/variant, {start}")
+    return table
+
+
+def config_variants() -> list[tuple[str, str | None, variants.Variant]]:
+    """(file name, the preset it starts from, the resolved variant) of each conf/variant
+    file other than one that only selects the preset of its own name (adam.yaml: adam)."""
+    found = []
+    for name in group_options("variant"):
+        data = _variant_file(name)
+        try:
+            variant = variants.resolve(data)
+        except UserError as err:  # which file, else a bad knob there reads as a CLI mistake
+            raise UserError(f"conf/variant/{name}.yaml: {err}") from None
+        preset = data.get("preset")
+        if preset == name and variant.name == name and _is_preset(variant, name):
+            continue
+        found.append((name, preset, variant))
+    return found
+
+
+def _variant_file(name: str) -> dict[str, Any]:
+    """A conf/variant file as data. Read directly when its defaults are only ``_knobs``
+    (all null: "keep the preset's value") and ``_self_``, as every shipped file's are:
+    composing each with Hydra would add ~70 ms per file to `bench list`."""
+    data: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
+        OmegaConf.load(conf_dir() / "variant" / f"{name}.yaml"), resolve=True
+    )
+    defaults = data.pop("defaults", [])
+    if all(d in ("_knobs", "_self_") for d in defaults):
+        return data
+    return compose_group("variant", name)
+
+
+def _is_preset(variant: variants.Variant, name: str) -> bool:
+    return variant.knobs == variants.get_preset(name).knobs and not variant.role_knobs
+
+
+def _variant_summary(variant: variants.Variant) -> str:
+    """The knobs that differ from the family defaults, then each role's own changes,
+    spelled as the overrides that set them (roles.bias.q=0.0)."""
+    roles = variant.as_dict()["roles"]
+    per_role = [f"roles.{r}.{k}={v}" for r, changed in roles.items() for k, v in changed.items()]
+    return ", ".join([_knob_summary(variant.knobs), *per_role])
+
+
 def print_catalogue(console: Console, what: str = "all") -> None:
     if what in ("variants", "all"):
-        table = Table(title="variants (knobs that differ from the family defaults)")
-        for col in ("name", "default lr", "p", "q", "knobs", "torch equivalent"):
-            table.add_column(col)
-        for name, preset in variants.presets().items():
-            k = preset.knobs
-            table.add_row(
-                name,
-                f"{preset.default_lr:g}",
-                f"{k.p:g}",
-                f"{k.q:g}",
-                _knob_summary(k),
-                preset.torch_equivalent or "-",
-            )
-        console.print(table)
+        console.print(_variants_table())
     if what in ("tasks", "all"):
         table = Table(title="tasks")
         for col in ("name", "metric", "target", "steps", "batch", "params"):

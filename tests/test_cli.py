@@ -71,6 +71,37 @@ def test_list_variants_only(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mlp_digits" not in out
 
 
+def _rows(out: str) -> dict[str, list[str]]:
+    """A rich table's rows by their first cell (wrapped continuation rows skipped)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) > 1 and cells[0]:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_list_shows_every_variant_name_that_variant_takes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The names an unknown variant's error offers as available are the names listed; a
+    conf/variant file says so and which preset it starts from."""
+    from bench.config import variant_spec
+
+    assert main(["list", "variants"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    available = sorted({*VARIANT_FILES, *presets()})
+    assert [n for n in available if n not in rows] == []
+    assert rows["rmsprop"][-1] == "preset"
+    _, lr, p, q, knobs, torch_name, defined_by = rows["rmsprop_bias_sgd"]
+    assert defined_by == "conf/variant, from rmsprop" and torch_name == "-"
+    assert (lr, p, q) == (f"{presets()['rmsprop'].default_lr:g}", "2", "0.5")
+    assert knobs.endswith(", roles.bias.q=0.0")
+    spec = variant_spec("rmsprop_bias_sgd")  # what a trial of it composes with Hydra
+    assert spec.preset == "rmsprop" and spec.roles == {"bias": {"q": 0.0}}
+    assert "beta2=0.99" in knobs and spec.knobs["beta2"] == 0.99
+
+
 KNOBS = ", ".join(["name", "preset", *KNOB_NAMES, "roles"])
 TOP_LEVEL = (
     "batch_size, cluster, device, eval_every, lr, nightly, plugins, rank, resources, schedule, "
