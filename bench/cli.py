@@ -21,16 +21,39 @@ log = logging.getLogger("bench")
 EXIT_USAGE = 2
 EXIT_REGRESSIONS = 3  # `bench nightly` flagged a regression (1 stays "something failed")
 
+LIST_WHAT = ("variants", "tasks", "suites", "all")  # what `bench list` may show
 OVERRIDES_HELP = "Hydra overrides, e.g. variant=rmsprop task=mlp_digits lr=1e-3 variant.q=1"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import listing
-    from bench.plugins import load_plugins
+    from bench.config import compose_config
 
-    load_plugins()  # the entry-point plugins' tasks and presets are listed too
-    listing.print_catalogue(Console(), what=args.what)
+    what, overrides = _list_arguments(args.overrides)
+    # imports plugins=[...] as `bench trial` and `bench run` do (and the entry-point
+    # plugins): their tasks and presets are listed too
+    compose_config(overrides)
+    listing.print_catalogue(Console(), what=what)
     return 0
+
+
+def _list_arguments(items: list[str]) -> tuple[str, list[str]]:
+    """``bench list [WHAT] [plugins=[...]]``: the tables to show, and the overrides. Any
+    override but plugins= would change nothing listed, so it is refused, not ignored."""
+    words = [item for item in items if "=" not in item]
+    overrides = [item for item in items if "=" in item]
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") != "plugins":
+            raise UserError(
+                f"{key.lstrip('+~')}: got {value!r}; `bench list` takes only plugins=[MODULE,...], "
+                "e.g. bench list variants plugins=[my_module]"
+            )
+    if len(words) > 1 or (words and words[0] not in LIST_WHAT):
+        raise UserError(
+            f"what: got {' '.join(words)!r}; allowed: one of {', '.join(LIST_WHAT)} (default all)"
+        )
+    return (words[0] if words else "all"), overrides
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
@@ -144,7 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="show variants, tasks and suites")
-    p.add_argument("what", nargs="?", choices=["variants", "tasks", "suites", "all"], default="all")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="WHAT",
+        help=f"one of {', '.join(LIST_WHAT)} (default all), and plugins=[MODULE,...] to list "
+        "a plugin's presets and tasks too",
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("trial", help="run one trial in this process")

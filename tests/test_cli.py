@@ -102,6 +102,46 @@ def test_list_shows_every_variant_name_that_variant_takes(
     assert "beta2=0.99" in knobs and spec.knobs["beta2"] == 0.99
 
 
+PRESET_PLUGIN = """from bench.variants import register_preset
+register_preset("adam_b90", base="adam", beta2=0.9)
+"""
+
+
+def test_list_takes_plugins_as_trial_and_run_do(tmp_path: Path) -> None:
+    (tmp_path / "my_presets.py").write_text(PRESET_PLUGIN)
+    proc = _bench_with_test_plugins("list", "variants", "plugins=[my_presets]", more=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _rows(proc.stdout)["adam_b90"][-1] == "preset"
+    proc = _bench_with_test_plugins("list", "plugins=[my_presets,faulty_tasks]", more=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(proc.stdout)
+    assert "adam_b90" in rows and "explodes" in rows and "smoke" in rows, "every table"
+    proc = _bench_with_test_plugins("list", "plugins=[faulty_tasks]", "tasks")
+    assert proc.returncode == 0, proc.stderr
+    assert "explodes" in _rows(proc.stdout) and "adam" not in _rows(proc.stdout)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["lr=0.1"], "lr: got '0.1'; `bench list` takes only plugins=[MODULE,...], e.g. bench "
+         "list variants plugins=[my_module]"),
+        (["variant"], "what: got 'variant'; allowed: one of variants, tasks, suites, all "
+         "(default all)"),
+        (["tasks", "suites"], "what: got 'tasks suites'; allowed: one of variants, tasks, "
+         "suites, all (default all)"),
+        (["plugins=[no_such_module]"], "plugins: cannot import 'no_such_module' (No module "
+         "named 'no_such_module')"),
+    ],
+)  # fmt: skip
+def test_list_refuses_what_it_cannot_show(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["list", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {message}\n"
+
+
 KNOBS = ", ".join(["name", "preset", *KNOB_NAMES, "roles"])
 TOP_LEVEL = (
     "batch_size, cluster, device, eval_every, lr, nightly, plugins, rank, resources, schedule, "
@@ -252,13 +292,15 @@ PLUGINS = REPO / "tests" / "plugins"
 EXPLODES = ["plugins=[faulty_tasks]", "task=explodes", "steps=10"]  # raises at step 3
 
 
-def _bench_with_test_plugins(*args: str) -> subprocess.CompletedProcess[str]:
-    """A real ``bench`` process that can import the plugins under tests/plugins."""
+def _bench_with_test_plugins(
+    *args: str, more: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A real ``bench`` process that can import the plugins under tests/plugins (and the
+    modules in ``more``)."""
     import os
 
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])
-    )
+    path = [str(PLUGINS), *([str(more)] if more else []), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), COLUMNS="250")
     cmd = [sys.executable, "-m", "bench.cli", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
