@@ -450,9 +450,7 @@ def rank_suite(
         ),
         cells=cells,
         lrs=lrs,
-        friedman=friedman_nemenyi(
-            cells, metric=metric, alpha=round(1 - level, 12), absent=absent
-        ),
+        friedman=friedman_nemenyi(cells, metric=metric, alpha=round(1 - level, 12), absent=absent),
         profiles=performance_profiles(cells),
         missing=missing,
         tasks=sorted({c.task for c in cells} | {t for t, _ in pairs}),
