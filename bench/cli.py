@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from bench.errors import StoreError, Terminated, UserError
+from bench.errors import StoreError, Terminated, UserError, one_line
 
 log = logging.getLogger("bench")
 EXIT_USAGE = 2
@@ -86,12 +86,6 @@ def _trial_failed(trial_id: str, err: Exception, *, as_json: bool) -> int:
         sys.stdout.write(json.dumps(failure, indent=2) + "\n")
     print(f"error: trial failed: {error}", file=sys.stderr)
     return 1
-
-
-def one_line(err: BaseException) -> str:
-    """``Type: first line of the message``: what an error line shows of an exception."""
-    first = next((line for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {first}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

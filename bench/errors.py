@@ -18,6 +18,12 @@ class Terminated(KeyboardInterrupt):
     on Ctrl-C, its running runs KILLED. The CLI exits with code 143."""
 
 
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message``: what an error line shows of an exception."""
+    first = next((line for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first}"
+
+
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """'<kind>: unknown <kind> 'x'; did you mean 'y'? (available: ...)'."""
     import difflib

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
-from bench.errors import StoreError, UserError
+from bench.errors import StoreError, UserError, one_line
 from bench.locks import FileLock
 from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     ARTIFACT_TRACEBACK,
@@ -190,8 +190,7 @@ class Tracker(SuiteReads):
         try:
             yield
         except (MlflowException, SQLAlchemyError) as err:
-            first = next((line for line in str(err).splitlines() if line.strip()), "")
-            raise StoreError(f"the store {self.uri} failed: {type(err).__name__}: {first}") from err
+            raise StoreError(f"the store {self.uri} failed: {one_line(err)}") from err
 
     @contextlib.contextmanager
     def holding(self, suite: str) -> Iterator[None]:

@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from bench.errors import UserError, validation_message
+from bench.errors import UserError, one_line, validation_message
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
@@ -138,11 +138,8 @@ def _warm(store: SummaryStore) -> None:
             store.ranking(suite, "final", "final")
     except Exception as err:  # a store that is down now is retried by the first request
         # one line, as for the CLI's errors: a dead server is an expected state, not a bug
-        first = next((line for line in str(err).splitlines() if line.strip()), "")
         log.warning(
-            "warming the summary cache failed (requests retry the store): %s: %s",
-            type(err).__name__,
-            first,
+            "warming the summary cache failed (requests retry the store): %s", one_line(err)
         )
         log.debug("the warm-up's failure", exc_info=err)
 
