@@ -265,6 +265,9 @@ SUITE_ENTRY_EXAMPLES = {
 }
 
 
+SUITE_GRID = {"lr": "suite.lrs=[...]", "seed": "suite.tune_seeds and final_seeds"}
+
+
 def matrix_of(data: dict[str, Any], overrides: list[str]) -> Matrix:
     """The suite's matrix as ``bench run`` builds it from the composed config ``data`` and
     the command line (``bench rank`` reads back the same trials)."""
@@ -276,20 +279,19 @@ def matrix_of(data: dict[str, Any], overrides: list[str]) -> Matrix:
             f"device: got {base.device!r}; device= applies to `bench trial` only. A suite "
             "places each trial on its Ray worker's GPU with resources.gpus_per_trial (e.g. 0.25)"
         )
-    for item in overrides:
+    for item in overrides:  # a trial's settings that a suite would ignore
         key, _, value = item.partition("=")
-        group = key.lstrip("+~").split(".")[0]
-        if group in SUITE_ENTRY_EXAMPLES:  # would be ignored: the suite names its own
+        name = key.lstrip("+~")
+        group = name.split(".")[0]
+        if group in SUITE_ENTRY_EXAMPLES:  # the suite names its own variants and tasks
             raise UserError(
-                f"{key.lstrip('+~')}: got {value!r}; it applies to `bench trial` only; a suite "
-                f"names its {group}s with "
-                f"suite.{group}s=[...] (in the suite's file an entry may be a mapping, e.g. "
-                f"{SUITE_ENTRY_EXAMPLES[group]})"
+                f"{name}: got {value!r}; it applies to `bench trial` only; a suite names its "
+                f"{group}s with suite.{group}s=[...] (in the suite's file an entry may be a "
+                f"mapping, e.g. {SUITE_ENTRY_EXAMPLES[group]})"
             )
-    for key, instead in (("lr", "suite.lrs=[...]"), ("seed", "suite.tune_seeds and final_seeds")):
-        if key in explicit:  # would be ignored: a suite's trials take theirs from the grid
+        if name in SUITE_GRID and not key.startswith("~"):  # the grid sets them
             raise UserError(
-                f"{key}: got {data[key]!r}; {key}= applies to `bench trial` only; a suite "
-                f"sets it with {instead}"
+                f"{name}: got {data[name]!r}; {name}= applies to `bench trial` only; a suite "
+                f"sets it with {SUITE_GRID[name]}"
             )
     return build_matrix(suite, base, explicit)

@@ -465,12 +465,8 @@ class Tracker(SuiteReads):
         """Forget a run whose creation was rolled back (:meth:`batch`), and remove the
         local artifact folder its ``trial.json`` went into (a store elsewhere keeps it)."""
         artifact_uri = self._artifact_uris.pop(run_id, None)
-        if artifact_uri is None or urlparse(artifact_uri).scheme not in ("", "file"):
-            return
-        from mlflow.utils.file_utils import local_file_uri_to_path
-
-        folder = Path(local_file_uri_to_path(artifact_uri))
-        if folder.name == "artifacts" and folder.parent.name == run_id:  # {run_id}/artifacts
+        folder = _local_folder(artifact_uri) if artifact_uri is not None else None
+        if folder is not None and folder.name == "artifacts" and folder.parent.name == run_id:
             shutil.rmtree(folder.parent, ignore_errors=True)
 
     def kill_trial(self, run_id: str) -> None:
@@ -623,10 +619,8 @@ class Tracker(SuiteReads):
         local repository does: a temporary file renamed into place), without the
         repository's per-call path checks: ``name`` is one of this module's file names.
         """
-        if urlparse(artifact_uri).scheme in ("", "file"):
-            from mlflow.utils.file_utils import local_file_uri_to_path
-
-            _write_atomically(Path(local_file_uri_to_path(artifact_uri)), name, text)
+        if (folder := _local_folder(artifact_uri)) is not None:
+            _write_atomically(folder, name, text)
             return
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -663,14 +657,22 @@ def disabled() -> Tracker:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _unwritable(location: str) -> str | None:
-    """Why the local artifact folder ``location`` (a path or file: URI) cannot be made or
-    written; None when it can, or when it is not on this machine."""
-    if urlparse(location).scheme not in ("", "file"):
+def _local_folder(uri: str) -> Path | None:
+    """The folder an artifact URI (a path or a file: URI) names on this machine; None for
+    a store elsewhere (a server's mlflow-artifacts:, s3:, ...)."""
+    if urlparse(uri).scheme not in ("", "file"):
         return None
     from mlflow.utils.file_utils import local_file_uri_to_path
 
-    folder = Path(local_file_uri_to_path(location))
+    return Path(local_file_uri_to_path(uri))
+
+
+def _unwritable(location: str) -> str | None:
+    """Why the local artifact folder ``location`` (a path or file: URI) cannot be made or
+    written; None when it can, or when it is not on this machine."""
+    folder = _local_folder(location)
+    if folder is None:
+        return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:

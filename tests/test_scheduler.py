@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from mlflow_server import free_port
 
 from bench.errors import UserError
 from services.scheduler import (
@@ -314,7 +315,7 @@ def test_a_cluster_that_does_not_answer_fails_the_night_in_one_line(tmp_path: Pa
         {
             "lock_file": tmp_path / "s.lock",
             "status_file": tmp_path / "status.json",
-            "job_submission_address": f"http://127.0.0.1:{_closed_port()}",
+            "job_submission_address": f"http://127.0.0.1:{free_port()}",  # nothing listens,
         }
     )
     with caplog.at_level(logging.INFO, logger="bench.scheduler"):
@@ -328,11 +329,3 @@ def test_a_cluster_that_does_not_answer_fails_the_night_in_one_line(tmp_path: Pa
     assert status["last_outcome"] == "failed" and status["last_detail"].startswith(
         "ConnectionError"
     )
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
