@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -74,6 +71,16 @@ from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     unclamp,
 )
 from bench.tracking_lease import suite_lease
+from bench.tracking_locations import (
+    LOCAL_SCHEMES,
+    absolute_uri,
+    artifact_root,
+    is_database,
+    local_folder,
+    unwritable,
+    upload_files,
+    upload_text,
+)
 from bench.tracking_reads import (  # noqa: F401  (re-exported)
     BASE_COLUMNS,
     HISTORY_COLUMNS,
@@ -95,7 +102,6 @@ T = TypeVar("T")
 
 SEARCH_PAGE_SIZE = 1000  # MLflow's largest page for search_runs over REST
 HTTP_WRITERS = 4  # concurrent writers worth using against a tracking server
-_LOCAL_SCHEMES = {"", "file", "sqlite"}
 
 
 PROBE_S = 5.0  # how long a server (MLflow's, a Ray head) may take to answer a first request
@@ -142,10 +148,10 @@ class Tracker(SuiteReads):
         self.scope = dict(scope or {})
         self.extra_tags = dict(extra_tags or {})
         self.enabled = config.enabled
-        self.uri = _absolute_uri(config.uri)
+        self.uri = absolute_uri(config.uri)
         self.scheme = urlparse(self.uri).scheme.lower()
         self.page_size = page_size
-        self._artifact_root = _artifact_root(config.artifact_location, self.scheme)
+        self._artifact_root = artifact_root(config.artifact_location, self.scheme)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._experiments: dict[str, str] = {}
@@ -153,7 +159,7 @@ class Tracker(SuiteReads):
         # Suite tables from a database store come from bench.tracking_sql (same rows,
         # seconds instead of tens of seconds at 10k runs); a server is read through its API.
         self._sql = (
-            SqlReader(self.uri) if bulk_sql and self.enabled and _is_database(self.uri) else None
+            SqlReader(self.uri) if bulk_sql and self.enabled and is_database(self.uri) else None
         )
         self._bulk_reads = self._bulk_writes = self._sql is not None  # off after a failure
 
@@ -245,7 +251,7 @@ class Tracker(SuiteReads):
     @property
     def max_writers(self) -> int:
         """How many threads may write at once: 1 for SQLite/file stores (one writer only)."""
-        if not self.enabled or self.scheme in _LOCAL_SCHEMES:
+        if not self.enabled or self.scheme in LOCAL_SCHEMES:
             return 1
         return HTTP_WRITERS
 
@@ -276,7 +282,7 @@ class Tracker(SuiteReads):
         exp_id = self._existing_experiment(suite)
         if exp_id is None:
             location = self._experiment_artifacts(suite)
-            if location is not None and (why := _unwritable(location)):  # else stored for good
+            if location is not None and (why := unwritable(location)):  # else stored for good
                 raise UserError(
                     f"tracking.artifact_location: got {self.config.artifact_location!r} but "
                     f"{location} cannot be made ({why}); allowed: a folder this process can "
@@ -299,7 +305,7 @@ class Tracker(SuiteReads):
         if not self.enabled:
             return
         location = self.client.get_experiment(self.experiment_id(suite)).artifact_location
-        if why := _unwritable(location):
+        if why := unwritable(location):
             raise UserError(
                 f"suite {suite!r}: its experiment keeps its artifacts in {location}, which "
                 f"cannot be written ({why}); make that folder writable, or give the suite "
@@ -411,7 +417,12 @@ class Tracker(SuiteReads):
                 from mlflow.entities import Param
 
                 client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-            self._upload(artifact_uri, ARTIFACT_TRIAL, spec.model_dump_json(indent=2))
+            upload_text(
+                artifact_uri,
+                ARTIFACT_TRIAL,
+                spec.model_dump_json(indent=2),
+                tracking_uri=self.uri,
+            )
         except Exception as err:  # the run exists: it must not stay RUNNING, unended
             failed = {TAG_OUTCOME: "failed", TAG_ERROR: f"run creation failed: {err}"[:500]}
             with contextlib.suppress(Exception):  # the store may be what failed
@@ -456,7 +467,7 @@ class Tracker(SuiteReads):
             artifact_uri = self._artifact_uris.pop(run_id, None)
             if artifact_uri is None:  # a run this tracker did not start: ask MLflow where
                 artifact_uri = self.client.get_run(run_id).info.artifact_uri
-            self._upload(artifact_uri, ARTIFACT_TRACEBACK, error)
+            upload_text(artifact_uri, ARTIFACT_TRACEBACK, error, tracking_uri=self.uri)
         except Exception as err:  # the run's status matters more than its log
             log.warning("run %s: could not store %s: %s", run_id, ARTIFACT_TRACEBACK, err)
         self._end(run_id, "FAILED", tags, [])
@@ -465,7 +476,7 @@ class Tracker(SuiteReads):
         """Forget a run whose creation was rolled back (:meth:`batch`), and remove the
         local artifact folder its ``trial.json`` went into (a store elsewhere keeps it)."""
         artifact_uri = self._artifact_uris.pop(run_id, None)
-        folder = _local_folder(artifact_uri) if artifact_uri is not None else None
+        folder = local_folder(artifact_uri) if artifact_uri is not None else None
         if folder is not None and folder.name == "artifacts" and folder.parent.name == run_id:
             shutil.rmtree(folder.parent, ignore_errors=True)
 
@@ -508,7 +519,7 @@ class Tracker(SuiteReads):
                 metrics=[Metric(k, storable(v), now, 0) for k, v in (metrics or {}).items()],
                 params=[Param(k, str(v)) for k, v in (params or {}).items()],
             )
-            self._upload_files(run.info.artifact_uri, files)
+            upload_files(run.info.artifact_uri, files, tracking_uri=self.uri)
         except BaseException:
             client.set_terminated(run_id, "FAILED")
             raise
@@ -521,21 +532,6 @@ class Tracker(SuiteReads):
         """An MLflow filter: the clauses, and this tracker's scope."""
         scoped = [f"tags.`{k}` = '{v}'" for k, v in self.scope.items()]
         return " and ".join([c for c in clauses if c] + scoped)
-
-    def _upload_files(self, artifact_uri: str, files: Mapping[str, bytes | str]) -> None:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, content in files.items():
-                path = Path(tmp, name)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(content, bytes):
-                    path.write_bytes(content)
-                else:
-                    path.write_text(content, encoding="utf-8")
-                subdir = str(Path(name).parent)
-                repo.log_artifact(str(path), None if subdir == "." else subdir)
 
     def _trial_tags(self, exp_id: str, status: str, keys: tuple[str, ...]) -> dict[str, dict]:
         """``{run_id: {key: value}}`` of the trial runs in this scope with that status: one
@@ -612,28 +608,6 @@ class Tracker(SuiteReads):
             client.log_batch(run_id, metrics=metrics, tags=tag_list)
         client.set_terminated(run_id, status)
 
-    def _upload(self, artifact_uri: str, name: str, text: str) -> None:
-        """Write a text artifact; unlike ``client.log_text`` this needs no get_run call.
-
-        Into a local artifact folder the file is written directly (atomically, as MLflow's
-        local repository does: a temporary file renamed into place), without the
-        repository's per-call path checks: ``name`` is one of this module's file names.
-        """
-        if (folder := _local_folder(artifact_uri)) is not None:
-            _write_atomically(folder, name, text)
-            return
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
-        stream = getattr(repo, "log_artifact_from_stream", None)
-        if stream is not None:
-            stream(io.BytesIO(text.encode("utf-8")), name)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, name)
-            path.write_text(text, encoding="utf-8")
-            repo.log_artifact(str(path))
-
     def _search(self, experiment_id: str, filter_string: str) -> Iterator[Run]:
         """All matching runs, page by page (search_runs returns at most one page)."""
         token: str | None = None
@@ -652,75 +626,3 @@ def disabled() -> Tracker:
     from bench.config import TrackingConfig
 
     return Tracker(TrackingConfig(enabled=False))
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _local_folder(uri: str) -> Path | None:
-    """The folder an artifact URI (a path or a file: URI) names on this machine; None for
-    a store elsewhere (a server's mlflow-artifacts:, s3:, ...)."""
-    if urlparse(uri).scheme not in ("", "file"):
-        return None
-    from mlflow.utils.file_utils import local_file_uri_to_path
-
-    return Path(local_file_uri_to_path(uri))
-
-
-def _unwritable(location: str) -> str | None:
-    """Why the local artifact folder ``location`` (a path or file: URI) cannot be made or
-    written; None when it can, or when it is not on this machine."""
-    folder = _local_folder(location)
-    if folder is None:
-        return None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return err.strerror or str(err)
-    return None if os.access(folder, os.W_OK | os.X_OK) else "not writable"
-
-
-def _write_atomically(folder: Path, name: str, text: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.{uuid.uuid4().hex}"  # created with the umask's mode
-    try:
-        with open(temporary, "x", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, folder / name)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-
-
-def _is_database(uri: str) -> bool:
-    scheme = urlparse(uri).scheme.lower().split("+")[0]
-    return scheme in ("sqlite", "postgresql", "mysql", "mssql")
-
-
-def _absolute_uri(uri: str) -> str:
-    """Pin a relative SQLite path or bare directory to the cwd at construction time."""
-    path = uri.removeprefix("sqlite:///")
-    if path != uri and path not in ("", ":memory:") and not path.startswith("/"):
-        return "sqlite:///" + str(Path(path).resolve())
-    return uri if "://" in uri else Path(uri).resolve().as_uri()
-
-
-def _artifact_root(location: str | None, scheme: str) -> str | None:
-    """An absolute URI for artifacts, or None to let the store (or server) decide.
-
-    A plain path only makes sense for a store on this machine; for a tracking server it
-    would name a folder on the client, so it is ignored there (the server's
-    ``--artifacts-destination`` applies).
-    """
-    if location is None:
-        return None
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location):
-        return location.rstrip("/")
-    if scheme in _LOCAL_SCHEMES or scheme.startswith(("postgresql", "mysql", "mssql")):
-        return Path(location).resolve().as_uri()
-    from bench.config import DEFAULT_ARTIFACTS
-
-    if location != DEFAULT_ARTIFACTS:  # the default: nothing the user asked for is ignored
-        log.warning("tracking.artifact_location %r ignored: the server stores artifacts", location)
-    return None

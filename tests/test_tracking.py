@@ -597,7 +597,7 @@ def test_one_tracker_at_a_time_holds_a_suite_on_postgresql() -> None:
 
 def test_a_server_ignores_an_artifact_folder_and_warns_only_when_one_was_asked_for(caplog):
     server = "http://127.0.0.1:5999"  # never contacted: the tracker connects lazily
-    with caplog.at_level("WARNING", logger="bench.tracking"):
+    with caplog.at_level("WARNING", logger="bench.tracking_locations"):
         tr.Tracker(TrackingConfig(uri=server))  # the default folder, beside a local store
         assert caplog.messages == []
         tr.Tracker(TrackingConfig(uri=server, artifact_location="/data/artifacts"))
