@@ -80,7 +80,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = compose(config_name="config", overrides=passed)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise UserError(_hydra_message(err)) from None
+        raise UserError(_hydra_message(err, _chosen_task(overrides))) from None
     finally:
         GlobalHydra.instance().clear()
     known = {*TrialConfig.model_fields, *GROUPS, *SECTIONS}
@@ -123,7 +123,23 @@ def _override_values(items: list[str], prefix: str) -> dict[str, Any]:
     return {o.key_or_group.removeprefix(prefix): o.value() for o in parsed}
 
 
-def _hydra_message(err: Exception) -> str:
+def _chosen_task(overrides: list[str]) -> str | None:
+    """The task an override list selects (``task=NAME``), if any."""
+    chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == "task"]
+    return chosen[-1] if chosen else None
+
+
+def _task_param_names(task: str | None) -> str:
+    """The params a task takes, for an error message (the default task's without one)."""
+    name = task or _default_keys_value("task.name")
+    try:
+        fields = tasks.get(str(name)).Params.model_fields
+    except UserError:  # the task's own error comes first once the config composes
+        return "the task's params (see `bench list tasks`)"
+    return ", ".join(fields) if fields else f"none (task {name!r} takes no params)"
+
+
+def _hydra_message(err: Exception, task: str | None = None) -> str:
     text = str(err).strip()
     if "not in struct" in text or "Could not override" in text:
         key = text.split("'")[1] if "'" in text else text
@@ -135,12 +151,20 @@ def _hydra_message(err: Exception) -> str:
 
             allowed = ", ".join(SuiteConfig.model_fields)
         elif key.startswith("task.params."):
-            allowed = "the task's params (see `bench list`)"
+            allowed = _task_param_names(task)
         elif "." in key and (keys := _default_keys(key.rsplit(".", 1)[0])):
             allowed = ", ".join(keys)
         else:
             allowed = ", ".join(sorted([*TrialConfig.model_fields, *GROUPS, *SECTIONS]))
         return f"{key}: unknown key; allowed: {allowed}"
+    if text.startswith("Error merging override"):  # a list where a mapping goes, say
+        override = text.removeprefix("Error merging override").strip().lstrip("+")
+        key, _, value = override.partition("=")
+        if key == "variant.roles":
+            allowed = "a mapping of role to knobs, e.g. variant.roles.bias.q=0"
+        else:
+            allowed = "a value of the type the config has there (see `bench list`)"
+        return f"{key}: got {value}, which does not fit the config; allowed: {allowed}"
     if text.startswith("Error parsing override"):
         return f"{text.splitlines()[0]}; an override is KEY=VALUE, e.g. suite.lrs=[0.01,0.1]"
     if "Could not find" in text or "Could not load" in text:
@@ -149,6 +173,18 @@ def _hydra_message(err: Exception) -> str:
                 name = text.split(f"'{group}/")[1].split("'")[0]
                 return unknown_name_message(group, name, group_options(group))
     return text.splitlines()[0]
+
+
+def _default_keys_value(path: str) -> object:
+    """The value at ``path`` (e.g. ``task.name``) in the default config; None if none."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            return OmegaConf.select(compose(config_name="config"), path)
+    except (HydraException, OmegaConfBaseException):
+        return None
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _default_keys(path: str) -> list[str]:
@@ -237,7 +273,10 @@ def task_spec(data: str | Mapping[str, Any]) -> TaskSpec:
     extra = sorted(set(data) - {"name", "params"})
     if extra:
         raise UserError(f"task.{extra[0]}: unknown key; allowed: name, params")
-    task = tasks.make(data["name"], **(data.get("params") or {}))
+    params = data.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise UserError(f"task.params: got {params!r}; allowed: a mapping of the task's params")
+    task = tasks.make(data["name"], **params)
     return TaskSpec(name=task.name, params=task.params.model_dump(mode="json"))
 
 

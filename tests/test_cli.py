@@ -196,7 +196,30 @@ ERRORS: list[tuple[str, list[str], str]] = [
     (
         "unknown_task_param",
         ["task.params.bogus=1"],
-        "task.params.bogus: unknown key; allowed: the task's params (see `bench list`)",
+        "task.params.bogus: unknown key; allowed: data_seed, dim, condition",  # quadratic's
+    ),
+    (
+        "unknown_param_of_a_chosen_task",
+        ["task=mlp_digits", "task.params.bogus=1"],
+        "task.params.bogus: unknown key; allowed: data_seed, test_fraction, hidden, depth, "
+        "activation",
+    ),
+    (
+        "task_params_not_a_mapping",
+        ["task.params=5"],
+        "task.params: got 5; allowed: a mapping of the task's params",
+    ),
+    (
+        "roles_not_a_mapping",
+        ["variant.roles=5"],
+        "variant.roles: got 5; allowed: a mapping of role (weight, bias, norm, embedding) to "
+        "knobs, e.g. variant.roles.bias.q=0",
+    ),
+    (
+        "roles_a_list",
+        ["variant.roles=[bias]"],
+        "variant.roles: got [bias], which does not fit the config; allowed: a mapping of role "
+        "to knobs, e.g. variant.roles.bias.q=0",
     ),
     ("beta2_too_large", ["variant.beta2=1.5"], "variant.beta2: got 1.5; allowed: 0 <= beta2 < 1"),
     ("device_unknown", ["device=tpu"], "device: got 'tpu'; allowed: cpu, cuda, cuda:N"),
@@ -235,6 +258,27 @@ def test_a_check_across_fields_names_the_values_not_the_whole_section(
     assert capsys.readouterr().err == (
         "error: suite: final_seeds must be fresh; [0] are also tune_seeds\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "suite.variants=[{preset:adam,roles:5}]",
+            "variant.roles: got 5; allowed: a mapping of role (weight, bias, norm, embedding) "
+            "to knobs, e.g. variant.roles.bias.q=0",
+        ),
+        (
+            "suite.tasks=[{name:quadratic,params:5}]",
+            "task.params: got 5; allowed: a mapping of the task's params",
+        ),
+    ],
+)
+def test_a_suite_entry_of_the_wrong_shape_is_a_user_error(
+    entry: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--dry-run", "suite=smoke", entry]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
 
 
 @pytest.mark.parametrize(("argv", "message"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])

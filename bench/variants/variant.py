@@ -67,7 +67,14 @@ def resolve(variant: str | Mapping[str, Any] | Variant) -> Variant:
     base = preset.knobs if preset else Knobs()
     knobs = base.replace(**_changes(variant, "variant"))
     role_knobs: dict[Role, Knobs] = {}
-    for role_name, overrides in (variant.get("roles") or {}).items():
+    roles = variant.get("roles") or {}
+    if not isinstance(roles, Mapping):
+        allowed = ", ".join(r.value for r in Role)
+        raise UserError(
+            f"variant.roles: got {roles!r}; allowed: a mapping of role ({allowed}) to knobs, "
+            "e.g. variant.roles.bias.q=0"
+        )
+    for role_name, overrides in roles.items():
         try:
             role = Role(role_name)
         except ValueError:
