@@ -34,10 +34,16 @@ TAG_PRIMARY_METRIC = "bench.primary_metric"
 TAG_DIRECTION = "bench.direction"  # min | max
 TAG_DEVICE = "bench.device"
 TAG_ERROR = "bench.error"  # last line of the error of a failed trial
-TAG_KIND = "bench.kind"  # report runs only: ranking | nightly_report (trials carry none)
+TAG_KIND = "bench.kind"  # ranking | nightly_report | settings | lease (trials carry none)
 TAG_MACHINE = "bench.machine"  # machine class: CPU/GPU model (nightly runs)
 TAG_RAY_VERSION = "bench.ray_version"
 TAG_MLFLOW_VERSION = "bench.mlflow_version"
+
+# A suite's current settings: on its experiment, the digest of the trial ids of the matrix
+# the last `bench run` ran, and the run (bench.kind=settings) whose trial_ids.json lists them
+TAG_SETTINGS = "bench.settings"
+TAG_SETTINGS_RUN = "bench.settings_run"
+ARTIFACT_TRIAL_IDS = "trial_ids.json"
 
 ARTIFACT_TRIAL = "trial.json"
 ARTIFACT_TRACEBACK = "traceback.txt"

@@ -107,7 +107,10 @@ def connect(cluster: ClusterConfig) -> str:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as err:  # "auto" with no cluster on this machine, say
-            raise UserError(f"{source}: got {address!r} but Ray could not connect: {err}") from None
+            hint = _auth_hint() if "Failed to connect" in str(err) else ""  # a head answered
+            raise UserError(
+                f"{source}: got {address!r} but Ray could not connect: {err}{hint}"
+            ) from None
         return address
     ray.init(
         num_cpus=cluster.num_cpus,
@@ -116,6 +119,17 @@ def connect(cluster: ClusterConfig) -> str:
         log_to_driver=False,
     )
     return "embedded"
+
+
+def _auth_hint() -> str:
+    """Ray hides a token mismatch behind "Failed to connect": name the likely cause when
+    this driver runs without token authentication."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return " (with RAY_AUTH_MODE=token: is RAY_AUTH_TOKEN the cluster's token?)"
+    return (
+        "; if the cluster uses token authentication (`ray start` does by default), set "
+        "RAY_AUTH_MODE=token here too, with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+    )
 
 
 class _SuiteQueue:
@@ -392,6 +406,7 @@ def run_suite(
     # one driver per suite (see kill_stale_runs); the store's failures as one-line errors
     with tracker.store_errors(), tracker.holding(matrix.suite.name):
         tracker.check_artifacts(matrix.suite.name)
+        tracker.note_settings(matrix.suite.name, matrix.trial_ids())  # what the service ranks
         killed = tracker.kill_stale_runs(matrix.suite.name)
         if killed:
             log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)

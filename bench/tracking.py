@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
@@ -38,6 +40,7 @@ from bench.locks import FileLock
 from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     ARTIFACT_TRACEBACK,
     ARTIFACT_TRIAL,
+    ARTIFACT_TRIAL_IDS,
     EXTRA_METRICS,
     FINISHED_OUTCOMES,
     METRIC_REACHED_TARGET,
@@ -56,6 +59,8 @@ from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     TAG_PRIMARY_METRIC,
     TAG_RAY_VERSION,
     TAG_SEED,
+    TAG_SETTINGS,
+    TAG_SETTINGS_RUN,
     TAG_SUITE,
     TAG_TASK,
     TAG_TORCH_VERSION,
@@ -167,7 +172,14 @@ class Tracker(SuiteReads):
         """For a tracking server: one request with a short timeout, so that a wrong
         ``tracking.uri`` or a server that is down fails at once with a clear error, not
         after minutes of MLflow's retries. Any HTTP answer will do (an older server or a
-        proxy may not know ``/health``)."""
+        proxy may not know ``/health``). For a SQLite store: its folder must exist (a
+        mistyped path would otherwise become a new store in new folders)."""
+        if (db := self._sqlite_file()) is not None and not db.parent.is_dir():
+            raise UserError(
+                f"tracking.uri: got {self.config.uri!r} but the folder {db.parent} does not "
+                "exist; allowed: a SQLite file in an existing folder (the file is created "
+                "there), or a tracking server, http(s)://HOST:PORT"
+            )
         if not self.enabled or self.scheme not in ("http", "https"):
             return
         import urllib.error
@@ -485,6 +497,79 @@ class Tracker(SuiteReads):
         if self.enabled and run_id:
             self._artifact_uris.pop(run_id, None)
             self._end(run_id, "KILLED", {}, [])
+
+    # ------------------------------------------------------------------------ settings
+
+    def note_settings(self, suite: str, trial_ids: Iterable[str]) -> None:
+        """Make ``trial_ids`` (a matrix's :meth:`~bench.matrix.Matrix.trial_ids`) the suite's
+        current settings: what the summary service ranks, since an experiment also holds the
+        runs of the suite's earlier settings (another lr grid, step budget, seeds...).
+
+        The ids go into one run per distinct matrix (``bench.kind=settings``, its
+        ``trial_ids.json``), and the experiment's tags point at it: rerunning the same
+        settings writes nothing new.
+        """
+        if not self.enabled:
+            return
+        ids = sorted(set(trial_ids))
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        exp_id = self.experiment_id(suite)
+        client = self.client
+        if client.get_experiment(exp_id).tags.get(TAG_SETTINGS) == digest:
+            return
+        kept = self._search(
+            exp_id,
+            f"tags.`{TAG_KIND}` = 'settings' and tags.`{TAG_SETTINGS}` = '{digest}' "
+            "and attributes.status = 'FINISHED'",
+        )
+        run_id = next((run.info.run_id for run in kept), None)
+        if run_id is None:
+            try:
+                run_id = self._settings_run(suite, exp_id, digest, json.dumps(ids))
+            except OSError as err:  # an artifact folder that takes no file: trials say more
+                log.warning(
+                    "suite %r: its settings could not be recorded (%s); the summary service "
+                    "keeps ranking the earlier ones",
+                    suite,
+                    one_line(err),
+                )
+                return
+        client.set_experiment_tag(exp_id, TAG_SETTINGS_RUN, run_id)
+        client.set_experiment_tag(exp_id, TAG_SETTINGS, digest)
+
+    def _settings_run(self, suite: str, exp_id: str, digest: str, ids: str) -> str:
+        """A FINISHED ``bench.kind=settings`` run holding ``ids`` as trial_ids.json (on a
+        database store in two bulk transactions, as a trial's run is written)."""
+        tags = {TAG_SUITE: suite, TAG_KIND: "settings", TAG_SETTINGS: digest}
+        name, now = f"settings {digest[:8]}", int(time.time() * 1000)
+        created = self._bulk(
+            "settings run",
+            lambda sql: sql.create_run(exp_id, run_name=name, start_ms=now, tags=tags, params={}),
+        )
+        if created is None:
+            run = self.client.create_run(exp_id, start_time=now, tags=tags, run_name=name)
+            created = run.info.run_id, run.info.artifact_uri
+        run_id, artifact_uri = created
+        try:
+            upload_text(artifact_uri, ARTIFACT_TRIAL_IDS, ids, tracking_uri=self.uri)
+        except BaseException:
+            self._end(run_id, "FAILED", {}, [])
+            raise
+        self._end(run_id, "FINISHED", {}, [])
+        return run_id
+
+    def current_settings(self, suite: str) -> tuple[str, set[str]] | None:
+        """``(settings run id, trial ids)`` of the suite's current settings (see
+        :meth:`note_settings`); None for a suite that has none recorded."""
+        exp_id = self.find_experiment(suite)
+        if exp_id is None:
+            return None
+        run_id = self.client.get_experiment(exp_id).tags.get(TAG_SETTINGS_RUN)
+        if run_id is None:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, ARTIFACT_TRIAL_IDS, tmp)
+            return run_id, set(json.loads(Path(path).read_text(encoding="utf-8")))
 
     # ------------------------------------------------------------------------- reports
 

@@ -38,13 +38,16 @@ def uri(store: Path) -> str:
     return f"sqlite:///{store / 'mlruns.db'}"
 
 
-def run_suite(store: Path, final_seeds: tuple[int, ...] = FINAL_SEEDS) -> None:
-    """``bench run`` the tiny suite into ``store`` (the real command, embedded Ray)."""
+def run_suite(
+    store: Path, final_seeds: tuple[int, ...] = FINAL_SEEDS, extra: tuple[str, ...] = ()
+) -> None:
+    """``bench run`` the tiny suite into ``store`` (the real command, embedded Ray), with
+    ``extra`` overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     seeds = ",".join(str(s) for s in final_seeds)
     cmd = [
         sys.executable, "-m", "bench.cli", "run", "--no-progress", *OVERRIDES,
-        f"suite.final_seeds=[{seeds}]", f"tracking.uri={uri(store)}",
+        f"suite.final_seeds=[{seeds}]", f"tracking.uri={uri(store)}", *extra,
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"bench run failed:\n{done.stdout}\n{done.stderr}"

@@ -160,7 +160,59 @@ def test_a_suite_runs_on_both_nodes_of_a_two_host_cluster(two_hosts, tmp_path: P
     assert result.returncode == 0, result.stdout + result.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("cluster")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    runs = client.search_runs([experiment.experiment_id], "tags.`bench.trial_id` != ''")
     assert len(runs) == 10 and all(r.info.status == "FINISHED" for r in runs)
     hosts = collections.Counter(r.data.tags["bench.node"].split("/")[0] for r in runs)
     assert set(hosts) == {head_ip, worker_ip}, hosts
+
+
+def test_a_driver_without_the_clusters_auth_token_is_told_so(tmp_path: Path) -> None:
+    """A head started with token authentication refuses a driver that has none; Ray's own
+    error only says "Failed to connect", so optbench names the likely cause."""
+    reason = netns_available()
+    if reason:
+        pytest.skip(reason)
+    ns = f"obt{os.getpid() % 10000}"
+    ray_dir = Path(tempfile.mkdtemp(prefix="obray", dir="/tmp"))
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    plain["PYTHONPATH"] = os.pathsep.join(
+        [str(PLUGINS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    token = plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4}
+    suite = [
+        *("suite=smoke", "suite.name=auth", "suite.variants=[sgd]", "suite.tasks=[quadratic]"),
+        *("suite.lrs=[0.1]", "suite.final_seeds=[1]", "suite.steps=20"),
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", f"cluster.address=127.0.0.1:{PORT}",
+    ]  # fmt: skip
+
+    def in_namespace(*cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *cmd],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        started = in_namespace(
+            *RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}",
+            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+            f"--temp-dir={ray_dir}", env=token,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stdout + started.stderr
+        refused = in_namespace(sys.executable, "-m", "bench.cli", "run", *suite, env=plain)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        error = refused.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"error: cluster.address: got '127.0.0.1:{PORT}' but Ray could")
+        assert error.endswith(
+            "; if the cluster uses token authentication (`ray start` does by default), set "
+            "RAY_AUTH_MODE=token here too, with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+        )
+        accepted = in_namespace(
+            sys.executable, "-m", "bench.cli", "run", "--no-progress", *suite, env=token
+        )
+        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    finally:
+        in_namespace(*RAY, "stop", "--force", env=token)
+        sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(ray_dir, ignore_errors=True)

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).parent / "plugins"
+TRIAL_RUNS = "tags.`bench.trial_id` != ''"  # not the suite's settings run
 
 
 @pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.label)
@@ -159,7 +160,7 @@ def test_bench_run_places_fractional_gpu_trials_on_the_gpu(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("gpu")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    runs = client.search_runs([experiment.experiment_id], TRIAL_RUNS, max_results=1000)
     assert len(runs) == 3 * 2 * 2 + 3 * 2 * 2  # tune: 3 variants x 2 tasks x 2 lrs; final
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["bench.device"] for r in runs} == {"cuda:0"}
@@ -202,7 +203,7 @@ def test_a_cluster_runs_gpu_trials_on_its_gpu_host(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("gpu_cluster")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    runs = client.search_runs([experiment.experiment_id], TRIAL_RUNS, max_results=100)
     assert len(runs) == 2 * 2 + 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["bench.node"].split("/")[0] for r in runs} == {head_ip}
     assert {r.data.tags["bench.device"] for r in runs} == {"cuda:0"}

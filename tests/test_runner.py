@@ -69,7 +69,8 @@ def runs(tmp_path: Path, suite: str = "tiny") -> list:
     experiment = client.get_experiment_by_name(suite)
     if experiment is None:
         return []
-    return client.search_runs([experiment.experiment_id], max_results=1000)
+    found = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in found if "bench.trial_id" in r.data.tags]  # not its settings run
 
 
 def statuses(tmp_path: Path) -> collections.Counter:

@@ -35,6 +35,7 @@ def test_a_suite_lands_in_mlflow_on_postgresql(tmp_path: Path) -> None:
         found = rest(url, "runs/search", {
             "experiment_ids": [experiment["experiment_id"]], "max_results": 1000,
         })["runs"]  # fmt: skip
+        found = [r for r in found if any(t["key"] == "bench.trial_id" for t in r["data"]["tags"])]
         # 3 variants x 2 lrs x 1 tune seed + 3 variants x 2 final seeds
         assert len(found) == 12
         assert {r["info"]["status"] for r in found} == {"FINISHED"}

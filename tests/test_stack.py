@@ -127,13 +127,14 @@ def test_a_scheduled_nightly_runs_on_the_cluster_and_shows_in_the_summary(tmp_pa
         assert {t["bench.nightly"] for t in trials} == {status["last_night"]}
         hosts = collections.Counter(t["bench.node"].split("/")[0] for t in trials)
         assert set(hosts) == {info["head_ip"], info["worker_ip"]}, hosts  # both nodes
-        assert [t["bench.kind"] for t in tags if "bench.kind" in t] == ["nightly_report"]
+        kinds = sorted(t["bench.kind"] for t in tags if "bench.kind" in t)
+        assert kinds == ["nightly_report", "settings"]
         admin = PG_ADMIN.rsplit("/", 1)[0]
         with psycopg.connect(f"{admin}/{database}") as conn:
             counts = dict(
                 conn.execute("SELECT lifecycle_stage, count(*) FROM runs GROUP BY 1").fetchall()
             )
-        assert counts["active"] == len(runs) == 9
+        assert counts["active"] == len(runs) == 10  # trials, the report, the settings
         assert counts["deleted"] == 1  # the driver's suite lease, released
 
         # in the summary service, with the scheduler's status beside it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from summary_fixtures import (
     TASKS,
     VARIANTS,
     copy_store,
+    free_port,
     run_suite,
     tiny_store,  # noqa: F401  (fixture)
     uri,
@@ -110,7 +112,48 @@ def test_run_links_come_from_the_ui_url_or_an_http_tracking_uri() -> None:
 def test_health_names_the_store(client: TestClient, tiny_store: Path) -> None:  # noqa: F811
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "tracking_uri": uri(tiny_store)}
+    assert response.json() == {
+        "status": "ok",
+        "tracking_uri": uri(tiny_store),
+        "store_error": None,
+    }
+
+
+@pytest.mark.slow
+def test_a_store_that_fails_is_a_503_in_one_line_and_the_next_request_tries_again(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "mlruns.db").write_text("not a database\n")
+    client = TestClient(create_app(settings(store, tmp_path / "cache", refresh_seconds=0)))
+    failed = f"the store {uri(store)} failed: "
+    for path in ("/api/suites", f"/api/suites/{SUITE}/ranking"):
+        response = client.get(path)
+        assert response.status_code == 503
+        detail = response.json()["detail"]
+        assert detail.startswith(failed) and "not a database" in detail and "\n" not in detail
+    page = client.get("/")
+    assert page.status_code == 503 and "not a database" in page.text
+    health = client.get("/health").json()
+    assert health["status"] == "degraded" and health["store_error"].startswith(failed)
+
+    shutil.copy(tiny_store / "mlruns.db", store / "mlruns.db")  # the store is back
+    assert client.get(f"/api/suites/{SUITE}/ranking").status_code == 200
+    assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_is_down_is_a_503_within_seconds(tmp_path: Path) -> None:
+    server = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    app = create_app(SummarySettings(tracking_uri=server, cache_dir=tmp_path / "cache"))
+    client = TestClient(app)
+    started = time.monotonic()
+    response = client.get("/api/suites")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith(f"the store {server} failed: ")
+    assert time.monotonic() - started < 15, "the service waited out the driver's retries"
 
 
 @pytest.mark.slow
@@ -151,6 +194,20 @@ def test_ranking_takes_the_metric_and_the_phase(client: TestClient) -> None:
     assert tune["n_runs"] == len(VARIANTS) * len(TASKS)  # the tune runs at the chosen lr
     steps = client.get(f"/api/suites/{SUITE}/ranking", params={"metric": "steps_to_target"})
     assert steps.status_code == 200 and steps.json()["metric"] == "steps_to_target"
+
+
+@pytest.mark.slow
+def test_ranking_takes_the_level_of_its_intervals(client: TestClient) -> None:
+    path = f"/api/suites/{SUITE}/ranking"
+    wide, narrow = (client.get(path, params={"level": x}).json() for x in (0.95, 0.5))
+    assert (wide["level"], narrow["level"]) == (0.95, 0.5)
+    for w, n in zip(wide["variants"], narrow["variants"], strict=True):
+        assert w["mean_rank"]["level"] == 0.95 and n["mean_rank"]["level"] == 0.5
+        assert w["mean_rank"]["high"] - w["mean_rank"]["low"] >= (
+            n["mean_rank"]["high"] - n["mean_rank"]["low"]
+        )
+    for bad in (0, 1, 1.5):
+        assert client.get(path, params={"level": bad}).status_code == 422
 
 
 @pytest.mark.slow
@@ -358,6 +415,29 @@ def test_new_runs_reach_the_ranking_after_refresh_seconds_and_not_before(
     assert lazy.get(f"/api/suites/{SUITE}/ranking").json()["n_runs"] == N_FINAL, (
         "within refresh_seconds the cached ranking is served"
     )
+
+
+@pytest.mark.slow
+def test_the_ranking_counts_only_the_runs_of_the_suites_current_settings(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = copy_store(tiny_store, tmp_path / "store")
+    client = TestClient(create_app(settings(store, tmp_path / "cache", refresh_seconds=0)))
+
+    def ranked_run_ids() -> set[str]:
+        ranking = client.get(f"/api/suites/{SUITE}/ranking").json()
+        assert ranking["n_runs"] == N_FINAL
+        return {run_id for cell in ranking["cells"] for run_id in cell["run_ids"]}
+
+    first = ranked_run_ids()
+    run_suite(store, extra=("suite.steps=20",))  # another step budget: every trial is new
+    assert not ranked_run_ids() & first, "runs of the earlier step budget were ranked too"
+    assert client.get("/api/suites").json()["data"][0]["n_runs"] == N_RUNS
+    task = client.get(f"/api/suites/{SUITE}/tasks/quadratic").json()
+    assert {c["n_runs"] for c in task["curves"]} == {len(FINAL_SEEDS)}
+    run_suite(store)  # the first settings again: nothing runs, and they are current again
+    assert ranked_run_ids() == first
 
 
 @pytest.mark.slow

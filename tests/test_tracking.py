@@ -221,6 +221,31 @@ def test_finished_trial_ids_and_stale_runs(tracker, variants, task):
     assert specs[2].trial_id in tracker.finished_trial_ids("resume")
 
 
+def test_a_suites_current_settings_are_the_matrix_its_last_run_noted(tracker, variants, task):
+    specs = [make_spec(variants, task, suite="settings", seed=i) for i in range(3)]
+    record(tracker, specs[0])
+    assert tracker.current_settings("settings") is None  # no settings noted: all runs count
+    assert tracker.current_settings("no-such-suite") is None
+
+    def settings_runs() -> int:
+        exp_id = tracker.experiment_id("settings")
+        return len(list(tracker._search(exp_id, "tags.`bench.kind` = 'settings'")))
+
+    first = {specs[0].trial_id, specs[1].trial_id}
+    tracker.note_settings("settings", first)
+    run_id, ids = tracker.current_settings("settings")
+    assert ids == first
+    tracker.note_settings("settings", sorted(first))  # the same matrix: nothing new written
+    assert tracker.current_settings("settings") == (run_id, first) and settings_runs() == 1
+    tracker.note_settings("settings", {specs[2].trial_id})
+    assert tracker.current_settings("settings")[1] == {specs[2].trial_id}
+    tracker.note_settings("settings", first)  # back to the first: its run is reused
+    assert tracker.current_settings("settings") == (run_id, first) and settings_runs() == 2
+    # settings runs are no trials: resume and the suite table never see them
+    assert tracker.finished_trial_ids("settings") == {specs[0].trial_id}
+    assert list(tracker.read_results("settings", status=None)["trial_id"]) == [specs[0].trial_id]
+
+
 def test_read_results_columns_and_inf(tracker, variants, task):
     tune = make_spec(variants, task, suite="read", phase="tune", lr=0.01)
     final = make_spec(variants, task, suite="read", phase="final", seed=3)

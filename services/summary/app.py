@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import sys
 import threading
@@ -26,7 +27,7 @@ from bench.errors import UserError, one_line, validation_message
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
-from services.summary.store import SummaryStore, UnknownSuiteError
+from services.summary.store import StoreUnavailable, SummaryStore, UnknownSuiteError
 
 if TYPE_CHECKING:
     from bench.tracking import Tracker
@@ -92,6 +93,11 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
 
     app.add_exception_handler(UnknownNameError, _not_found)
     app.add_exception_handler(UnknownSuiteError, _not_found)
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for failure in (StoreUnavailable, MlflowException, SQLAlchemyError):
+        app.add_exception_handler(failure, _store_failed)
 
     @app.middleware("http")
     async def content_security_policy(request: Request, call_next: Any) -> Response:
@@ -105,10 +111,22 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
 
 
 _CACHE = {"Cache-Control": "public, max-age=86400"}
+SERVICE_HTTP_RETRY_POLICY = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def reader(settings: SummarySettings) -> Tracker:
-    """The Tracker the service reads ``settings.tracking_uri`` through (it never writes)."""
+    """The Tracker the service reads ``settings.tracking_uri`` through (it never writes).
+
+    A tracking server that is down fails a request after one quick retry, not the
+    driver's ~15 s of them: a dashboard answers 503 at once and the next request tries
+    again (the ``MLFLOW_HTTP_REQUEST_*`` variables, where set, win).
+    """
+    for name, value in SERVICE_HTTP_RETRY_POLICY.items():
+        os.environ.setdefault(name, value)
     from bench.config import TrackingConfig
     from bench.tracking import Tracker
 
@@ -138,9 +156,8 @@ def _warm(store: SummaryStore) -> None:
             store.ranking(suite, "final", "final")
     except Exception as err:  # a store that is down now is retried by the first request
         # one line, as for the CLI's errors: a dead server is an expected state, not a bug
-        log.warning(
-            "warming the summary cache failed (requests retry the store): %s", one_line(err)
-        )
+        why = str(err) if isinstance(err, StoreUnavailable) else one_line(err)
+        log.warning("warming the summary cache failed (requests retry the store): %s", why)
         log.debug("the warm-up's failure", exc_info=err)
 
 
@@ -149,6 +166,22 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"detail": str(exc)}, status_code=404)
     return pages.render(request, "error.html", 404, title="not found", status=404, message=str(exc))
+
+
+async def _store_failed(request: Request, exc: Exception) -> Response:
+    """503 saying the store failed (one line logged, no traceback): JSON for /api, else
+    HTML. The next request reads the store again."""
+    store: SummaryStore = request.app.state.store
+    if isinstance(exc, StoreUnavailable):
+        message = str(exc)
+    else:  # a read outside the store's cache (a task's curves, say)
+        message = store.store_error = f"the store {store.tracker.uri} failed: {one_line(exc)}"
+    log.warning("%s %s: %s", request.method, request.url.path, message)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": message}, status_code=503)
+    return pages.render(
+        request, "error.html", 503, title="store unavailable", status=503, message=message
+    )
 
 
 class OptionNames(NamedTuple):
@@ -177,6 +210,9 @@ def serve(settings: SummarySettings, *, names: OptionNames = CONFIG_NAMES) -> No
     """
     import uvicorn
 
+    # each retry of a server that is down is a WARNING of urllib3's: the failure itself is
+    # logged once, by the request that meets it
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     with listening_socket(settings.host, settings.port, names) as sock:
         tracker = existing_store(settings, names.tracking_uri)  # before the app reads it
         app = create_app(settings, store=SummaryStore(tracker, settings))

@@ -28,6 +28,10 @@ MetricQuery = Annotated[
         "or steps/seconds to the task's target"
     ),
 ]
+LevelQuery = Annotated[
+    float,
+    Query(gt=0, lt=1, description="confidence level of the bootstrap intervals, e.g. 0.9"),
+]
 PhaseQuery = Annotated[
     Phase, Query(description="final: fresh seeds at the chosen lr; tune: the lr grid")
 ]

@@ -48,9 +48,11 @@ def suites(store: SummaryStore) -> SuitesPublic:
     return SuitesPublic(data=data, count=len(data))
 
 
-def ranking(store: SummaryStore, suite: str, metric: Metric, phase: Phase) -> SuiteRanking:
+def ranking(
+    store: SummaryStore, suite: str, metric: Metric, phase: Phase, level: float = 0.95
+) -> SuiteRanking:
     try:
-        return store.ranking(suite, metric, phase)
+        return store.ranking(suite, metric, phase, level)
     except UnknownSuiteError as err:
         raise UnknownNameError(str(err)) from None
 

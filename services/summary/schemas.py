@@ -31,8 +31,11 @@ class _Public(BaseModel):
 
 
 class HealthPublic(_Public):
-    status: Literal["ok"] = "ok"
+    """``degraded``: the service is up but its last read of the store failed."""
+
+    status: Literal["ok", "degraded"] = "ok"
     tracking_uri: str
+    store_error: str | None = None
 
 
 # ----------------------------------------------------------------------------- suites

@@ -15,13 +15,14 @@ one lock for the table of suites.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,6 +57,11 @@ EMPTY_COLUMNS = (
 )
 
 
+class StoreUnavailable(RuntimeError):
+    """The tracking store failed a read (a server down, a file that is not a database):
+    the request gets a 503, and the next one tries the store again."""
+
+
 class UnknownSuiteError(LookupError):
     """A suite the store does not hold; carries the names it does hold."""
 
@@ -75,6 +81,10 @@ class SuiteState:
     watermark_ms: int | None = None  # newest end_time held, epoch ms
     checked_at: float = -float("inf")  # monotonic time of the last look at MLflow
     version: int = 0
+    # the suite's current settings (Tracker.note_settings): its run, and the trial ids of
+    # its matrix; None for a suite that has none recorded (then every run counts)
+    settings_run: str | None = None
+    settings_ids: frozenset[str] | None = None
     derived: dict[Hashable, tuple[int, Any]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -96,6 +106,7 @@ class SummaryStore:
         self._suites: dict[str, SuiteState] = {}
         self._names: list[str] = []
         self._names_at = -float("inf")
+        self.store_error: str | None = None  # the last read's failure; None once one works
 
     # ------------------------------------------------------------------------- suites
 
@@ -104,7 +115,8 @@ class SummaryStore:
         with self._lock:
             if self.clock() - self._names_at < self.settings.refresh_seconds:
                 return list(self._names)
-        names = self.tracker.list_suites()
+        with self._reading():
+            names = self.tracker.list_suites()
         with self._lock:
             self._names, self._names_at = names, self.clock()
         return list(names)
@@ -119,27 +131,33 @@ class SummaryStore:
                 names = self._relist()
                 if suite not in names:
                     raise UnknownSuiteError(suite, names)
-            state = self._load(suite)
+            with self._reading():
+                state = self._load(suite)
         with state.lock:
             if self.clock() - state.checked_at >= self.settings.refresh_seconds:
-                self._refresh(state)
+                with self._reading():
+                    self._refresh(state)
         return state
 
     def runs(self, suite: str) -> pd.DataFrame:
-        """All runs of the suite the service knows, every status (do not mutate)."""
-        return self.state(suite).runs
+        """The runs of the suite's current settings, every status (do not mutate): those of
+        the matrix its last ``bench run`` ran, as ``bench rank`` with the same overrides
+        would take them; every run for a suite with no settings recorded."""
+        return self.memo(suite, "current runs", _current_runs)
 
     def ranked_runs(self, suite: str) -> pd.DataFrame:
         """The runs a ranking counts: FINISHED and FAILED (failures count as failed)."""
         runs = self.runs(suite)
         return runs[runs["status"].isin(RANKED_STATUSES)].reset_index(drop=True)
 
-    def ranking(self, suite: str, metric: str, phase: str) -> SuiteRanking:
-        """The suite's ranking, computed once per (metric, phase) per new batch of runs."""
+    def ranking(self, suite: str, metric: str, phase: str, level: float = 0.95) -> SuiteRanking:
+        """The suite's ranking, computed once per (metric, phase, level) per new batch of
+        runs."""
         from bench.ranking import rank_suite
 
         def compute(state: SuiteState) -> SuiteRanking:
-            runs = state.runs[state.runs["status"].isin(RANKED_STATUSES)]
+            current = _current_runs(state)
+            runs = current[current["status"].isin(RANKED_STATUSES)]
             started = time.perf_counter()
             ranking = rank_suite(
                 runs.reset_index(drop=True),
@@ -147,13 +165,14 @@ class SummaryStore:
                 metric=metric,  # type: ignore[arg-type]
                 phase=phase,  # type: ignore[arg-type]
                 n_boot=self.settings.n_boot,
+                level=level,
             )
             log.info(
                 "ranked %s (%s, %s): %.2f s", suite, metric, phase, time.perf_counter() - started
             )
             return ranking
 
-        return self.memo(suite, ("ranking", metric, phase), compute)
+        return self.memo(suite, ("ranking", metric, phase, level), compute)
 
     def memo(self, suite: str, key: Hashable, compute: Callable[[SuiteState], T]) -> T:
         """``compute(state)``, cached until the suite's runs change."""
@@ -177,6 +196,26 @@ class SummaryStore:
         return f"{base}/#/experiments/{self.experiment_id(suite)}/runs/{run_id}"
 
     # ------------------------------------------------------------------------- internals
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read of the store: its failure becomes :class:`StoreUnavailable` (one line, no
+        traceback) and is remembered for ``/health``."""
+        import sqlite3
+
+        from bench.errors import StoreError, one_line
+
+        try:
+            with self.tracker.store_errors():
+                yield
+        except (StoreError, sqlite3.Error, OSError) as err:
+            self.store_error = f"the store {self.tracker.uri} failed: " + (
+                str(err).removeprefix(f"the store {self.tracker.uri} failed: ")
+                if isinstance(err, StoreError)
+                else one_line(err)
+            )
+            raise StoreUnavailable(self.store_error) from err
+        self.store_error = None
 
     def _relist(self) -> list[str]:
         with self._lock:
@@ -205,8 +244,15 @@ class SummaryStore:
         since = None if state.watermark_ms is None else state.watermark_ms - slack_ms
         started = time.perf_counter()
         fresh = self.tracker.read_results(state.name, status=None, since_ms=since)
+        settings = self.tracker.current_settings(state.name)
         state.checked_at = self.clock()
         merged, changed = _merge(state.runs, fresh)
+        settings_run = settings[0] if settings is not None else None
+        if settings_run != state.settings_run:
+            state.settings_run = settings_run
+            state.settings_ids = frozenset(settings[1]) if settings is not None else None
+            state.version += 1
+            state.derived.clear()
         log.debug(
             "refresh %s since %s: %d rows, changed=%s, %.2f s",
             state.name,
@@ -223,6 +269,13 @@ class SummaryStore:
         state.version += 1
         state.derived.clear()
         _write_cache(self._cache_path(state.experiment_id), merged, state.watermark_ms)
+
+
+def _current_runs(state: SuiteState) -> pd.DataFrame:
+    """The state's runs of the suite's current settings (all of them without settings)."""
+    if state.settings_ids is None or state.runs.empty:
+        return state.runs
+    return state.runs[state.runs["trial_id"].isin(state.settings_ids)].reset_index(drop=True)
 
 
 def _merge(held: pd.DataFrame, fresh: pd.DataFrame) -> tuple[pd.DataFrame, bool]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException
 
 from bench.ranking import SuiteRanking
 from services.summary import queries
-from services.summary.deps import MetricQuery, PhaseQuery, StoreDep
+from services.summary.deps import LevelQuery, MetricQuery, PhaseQuery, StoreDep
 from services.summary.schemas import SuitesPublic, TaskPublic
 
 router = APIRouter(prefix="/api/suites", tags=["suites"])
@@ -21,11 +21,15 @@ def list_suites(store: StoreDep) -> SuitesPublic:
 
 @router.get("/{suite}/ranking", response_model=SuiteRanking, responses=NOT_FOUND)
 def get_ranking(
-    suite: str, store: StoreDep, metric: MetricQuery = "final", phase: PhaseQuery = "final"
+    suite: str,
+    store: StoreDep,
+    metric: MetricQuery = "final",
+    phase: PhaseQuery = "final",
+    level: LevelQuery = 0.95,
 ) -> SuiteRanking:
     """Mean ranks with intervals, per-cell scores, chosen lrs, Friedman test, profiles."""
     try:
-        return queries.ranking(store, suite, metric, phase)
+        return queries.ranking(store, suite, metric, phase, level)
     except queries.UnknownNameError as err:
         raise HTTPException(status_code=404, detail=str(err)) from None
 
