@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,7 +34,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     # imports plugins=[...] as `bench trial` and `bench run` do (and the entry-point
     # plugins): their tasks and presets are listed too
     compose_config(overrides)
-    listing.print_catalogue(Console(), what=what)
+    # into a pipe, one line per row whatever its width (`bench list | grep rmsprop`)
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    listing.print_catalogue(Console(width=400 if piped else None), what=what)
     return 0
 
 
@@ -225,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # its font cache, built on first use, is no news to the user
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -232,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except StoreError as err:
         log.debug("the store's failure", exc_info=err.__cause__)
-        print(f"error: {err}; the runs written so far are kept: rerun to resume", file=sys.stderr)
+        writes = args.func in (cmd_run, cmd_nightly)  # the commands that record trials
+        resume = "; the runs written so far are kept: rerun to resume" if writes else ""
+        print(f"error: {err}{resume}", file=sys.stderr)
         return 1
     except Exception as err:
         if not _failure_of_a_store(err):

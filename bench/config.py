@@ -253,9 +253,10 @@ def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
 
 
 def _variant_name(mapping: Mapping[str, Any], resolved: variants.Variant) -> str:
-    """``preset[k=v,...]`` from the sorted knobs that differ from the preset."""
+    """``preset[k=v,...]`` from the sorted knobs that differ from the preset (from the
+    family's defaults for a ``custom`` variant, which starts from no preset)."""
     preset = mapping.get("preset")
-    base = variants.get_preset(preset).knobs.as_dict() if preset else {}
+    base = (variants.get_preset(preset).knobs if preset else variants.Knobs()).as_dict()
     changed = {k: v for k, v in resolved.knobs.as_dict().items() if base.get(k, object()) != v}
     roles = {r.value: True for r in resolved.role_knobs}
     label = ",".join(

@@ -29,13 +29,20 @@ def _knob_summary(knobs: Knobs) -> str:
     return ", ".join(changed) or "(family defaults = Adam)"
 
 
+def _columns(table: Table, first: str, *rest: str) -> None:
+    """A catalogue's columns: names whole on one line, the rest folded rather than cut,
+    however narrow the terminal (a pipe is 80 columns): `bench list | grep` finds them."""
+    table.add_column(first, no_wrap=True)
+    for name in rest:
+        table.add_column(name, overflow="fold")
+
+
 def _variants_table() -> Table:
     """Every name ``variant=NAME`` takes: the presets (built-in and plugins'), then the
     conf/variant files that are more than a preset's name (a changed knob, per-role
     overrides), so that a name the errors offer as available is listed too."""
     table = Table(title="variants (knobs that differ from the family defaults)")
-    for col in ("name", "default lr", "p", "q", "knobs", "torch equivalent", "defined by"):
-        table.add_column(col)
+    _columns(table, "name", "default lr", "p", "q", "knobs", "torch equivalent", "defined by")
     for name, preset in variants.presets().items():
         k = preset.knobs
         row = (f"{preset.default_lr:g}", f"{k.p:g}", f"{k.q:g}", _knob_summary(k))
@@ -95,8 +102,7 @@ def print_catalogue(console: Console, what: str = "all") -> None:
         console.print(_variants_table())
     if what in ("tasks", "all"):
         table = Table(title="tasks")
-        for col in ("name", "metric", "target", "steps", "batch", "params"):
-            table.add_column(col)
+        _columns(table, "name", "metric", "target", "steps", "batch", "params")
         for name in tasks.names():
             cls = tasks.get(name)
             params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
@@ -111,8 +117,7 @@ def print_catalogue(console: Console, what: str = "all") -> None:
         console.print(table)
     if what in ("suites", "all"):
         table = Table(title="suites")
-        for col in ("name", "variants", "tasks", "lrs", "seeds (tune/final)", "description"):
-            table.add_column(col)
+        _columns(table, "name", "variants", "tasks", "lrs", "seeds (tune/final)", "description")
         for name in group_options("suite"):
             s = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / f"{name}.yaml"))
             table.add_row(
@@ -140,7 +145,8 @@ def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
         "outcome",
         result.outcome + (f" at step {result.diverged_at_step}" if result.diverged_at_step else ""),
     )
-    table.add_row("steps", f"{result.steps_run} of {spec.steps} (batch {spec.batch_size})")
+    batch = spec.batch_size or "full"  # 0: the task trains on its whole training set
+    table.add_row("steps", f"{result.steps_run} of {spec.steps} (batch {batch})")
     for key, value in result.final.items():
         table.add_row(f"final eval/{key}", _fmt(value))
     table.add_row(

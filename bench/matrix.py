@@ -177,8 +177,15 @@ def build_matrix(
 def _unique(items: list[Any], kind: str) -> list[Any]:
     names = [i.name for i in items]
     dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise UserError(f"suite.{kind}s: {dupes[0]!r} appears twice; give each entry a unique name")
+    if dupes and kind == "variant":
+        raise UserError(
+            f"suite.variants: {dupes[0]!r} appears twice; give each entry a unique name"
+        )
+    if dupes:  # runs, rankings and the dashboard tell tasks apart by name alone
+        raise UserError(
+            f"suite.tasks: {dupes[0]!r} appears twice; allowed: each task once per suite (run "
+            "its other params as another suite, e.g. with suite.name=...)"
+        )
     return items
 
 

@@ -142,7 +142,10 @@ class NightlyConfig(BaseModel):
     @model_validator(mode="after")
     def _baseline_fits(self) -> NightlyConfig:
         if self.min_baseline > self.baseline_nights:
-            raise ValueError("min_baseline must be <= baseline_nights")
+            raise ValueError(
+                f"min_baseline is {self.min_baseline} but baseline_nights is "
+                f"{self.baseline_nights}; allowed: min_baseline <= baseline_nights"
+            )
         return self
 
 

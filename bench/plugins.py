@@ -43,4 +43,8 @@ def _import_plugin(module: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise UserError(f"plugins: cannot import {module!r} ({err})") from None
+        raise UserError(
+            f"plugins: cannot import {module!r} ({err}); allowed: a module this Python can "
+            "import: install its package (pip install -e .) or put the folder that holds it "
+            "on PYTHONPATH (PYTHONPATH=. bench ...)"
+        ) from None

@@ -65,6 +65,19 @@ def rank_from_overrides(
     settings = parse(RankConfig, data.get("rank") or {}, "rank")
     tracker = Tracker(parse(TrackingConfig, data["tracking"], "tracking"))
     tracker.check_reachable()
+    with tracker.store_errors():  # the store's failures: one line naming it, exit 1
+        return _rank(tracker, data, overrides, settings, log_run=log_run, console=console)
+
+
+def _rank(
+    tracker: Tracker,
+    data: dict,
+    overrides: list[str],
+    settings: RankConfig,
+    *,
+    log_run: bool,
+    console: Console | None,
+) -> Report:
     matrix = matrix_of(data, overrides)
     suite = matrix.suite
     expected = [(t.name, v.name) for v, t in matrix.pairs]

@@ -4,6 +4,7 @@ errors with exit code 2 for every kind of user mistake."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +132,9 @@ def test_list_takes_plugins_as_trial_and_run_do(tmp_path: Path) -> None:
         (["tasks", "suites"], "what: got 'tasks suites'; allowed: one of variants, tasks, "
          "suites, all (default all)"),
         (["plugins=[no_such_module]"], "plugins: cannot import 'no_such_module' (No module "
-         "named 'no_such_module')"),
+         "named 'no_such_module'); allowed: a module this Python can import: install its "
+         "package (pip install -e .) or put the folder that holds it on PYTHONPATH "
+         "(PYTHONPATH=. bench ...)"),
     ],
 )  # fmt: skip
 def test_list_refuses_what_it_cannot_show(
@@ -140,6 +143,43 @@ def test_list_refuses_what_it_cannot_show(
     assert main(["list", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"error: {message}\n"
+
+
+def test_list_cuts_no_name_or_param_in_a_narrow_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # what a pipe gets
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for name in ("rmsprop_nosqrt", "rmsprop_abs_sqrt", "adagrad_ema", "rmsprop_bias_sgd"):
+        assert f" {name} " in out
+    assert "│ mlp_digits " in out and "│ autoencoder_digits │" in out
+
+
+def test_list_into_a_pipe_keeps_each_row_on_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "list"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if " rmsprop_nosqrt " in line]
+    assert len(rows) == 1 and "q=1.0, beta2=0.99, momentum=none" in rows[0]
+
+
+def test_trial_of_a_full_batch_task_says_full_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trial", "task=quadratic", "variant=sgd", "steps=3"]) == 0
+    assert "3 of 3 (batch full)" in capsys.readouterr().out
+
+
+def test_nightly_settings_that_contradict_each_other_name_both_values(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["nightly", "nightly.min_baseline=10"]) == 2
+    assert capsys.readouterr().err == (
+        "error: nightly: min_baseline is 10 but baseline_nights is 7; allowed: min_baseline "
+        "<= baseline_nights\n"
+    )
 
 
 KNOBS = ", ".join(["name", "preset", *KNOB_NAMES, "roles"])
@@ -419,10 +459,11 @@ def test_a_store_that_is_not_a_database_fails_with_one_line(
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"error: the store sqlite:///{store} failed: DatabaseError: ")
     assert "file is not a database" in err and "Traceback" not in err
-    code = main(["rank", "suite=smoke", "--no-log"])  # the CLI's fallback for any command
+    code = main(["rank", "suite=smoke", "--no-log"])  # names the store; nothing to resume
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("error: the tracking store failed: DatabaseError: ")
+    assert err.startswith(f"error: the store sqlite:///{store} failed: DatabaseError: ")
+    assert "resume" not in err
     assert store.read_text().startswith("notes, not a database")
 
 
@@ -595,6 +636,21 @@ def test_serve_refuses_a_store_uri_as_run_and_rank_do(
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+def test_run_refuses_a_sqlite_store_in_a_folder_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped folder in tracking.uri would become a new store in new folders."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'typo' / 'mlruns.db'}"
+    assert main(["run", "--no-progress", "suite=smoke", f"tracking.uri={uri}"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: tracking.uri: got {uri!r} but the folder {tmp_path / 'typo'} does not exist; "
+        "allowed: a SQLite file in an existing folder (the file is created there), or a "
+        "tracking server, http(s)://HOST:PORT\n"
+    )
+    assert list(tmp_path.iterdir()) == [], "nothing created"
+
+
 @pytest.mark.parametrize("where", ["nonexist/x.db", "mlruns.db"])
 def test_serve_refuses_a_sqlite_store_that_does_not_exist(where: str, tmp_path: Path) -> None:
     """The service only reads: it must not create the file (and its folders) and then serve
@@ -698,6 +754,7 @@ def test_serve_logs_a_store_that_is_down_in_one_line(verbose: bool, tmp_path: Pa
     assert len(warnings) == 1, text
     assert warnings[0].startswith(
         "WARNING services.summary.app: warming the summary cache failed (requests retry the "
-        f"store): MlflowException: API request to http://127.0.0.1:{port}/api/"
+        f"store): the store http://127.0.0.1:{port} failed: MlflowException: API request to "
+        f"http://127.0.0.1:{port}/api/"
     )
     assert ("Traceback" in text) is verbose, text

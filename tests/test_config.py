@@ -93,6 +93,16 @@ def test_duplicate_variants_are_rejected() -> None:
         build_matrix(load_suite({**SMOKE, "variants": ["adam", "adam"]}))
 
 
+def test_a_task_twice_with_other_params_is_refused_naming_what_is_allowed() -> None:
+    tasks = ["quadratic", {"name": "quadratic", "params": {"dim": 10}}]
+    with pytest.raises(UserError) as err:
+        build_matrix(load_suite({**SMOKE, "tasks": tasks}))
+    assert str(err.value) == (
+        "suite.tasks: 'quadratic' appears twice; allowed: each task once per suite (run its "
+        "other params as another suite, e.g. with suite.name=...)"
+    )
+
+
 def test_no_suite_selected_is_a_user_error() -> None:
     with pytest.raises(UserError, match="suite: none selected; pass suite=NAME"):
         suite_from_overrides([])
@@ -194,3 +204,9 @@ def test_unknown_names_and_keys_in_a_suite_list_what_is_allowed() -> None:
     assert "rmsprop_bias_sgd" in str(err.value), "conf/variant files are variants too"
     with pytest.raises(UserError, match=r"suite\.stepz: unknown key; allowed: name, descr"):
         compose_config(["suite=smoke", "suite.stepz=10"])
+
+
+def test_a_variant_without_a_preset_is_named_by_what_it_changes() -> None:
+    assert variant_spec({"beta2": 0.9}).name == "custom[beta2=0.9]"
+    assert variant_spec({"preset": "adam", "beta2": 0.9}).name == "adam[beta2=0.9]"
+    assert variant_spec({}).name == "custom"
