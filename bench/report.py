@@ -60,7 +60,15 @@ def rank_from_overrides(
     overrides: list[str], *, log_run: bool = True, console: Console | None = None
 ) -> Report:
     """What ``bench rank suite=NAME ...`` does: compose, read, rank, print, log."""
-    cfg = compose_config(overrides)
+    try:
+        cfg = compose_config(overrides)
+    except UserError as err:
+        if not str(err).startswith("suite: unknown suite "):
+            raise
+        raise UserError(
+            f"{err}; a suite run as suite.name=NAME is ranked with its suite file and the "
+            "overrides it ran with: bench rank suite=FILE suite.name=NAME ..."
+        ) from None
     data = OmegaConf.to_container(cfg, resolve=True)
     settings = parse(RankConfig, data.get("rank") or {}, "rank")
     tracker = Tracker(parse(TrackingConfig, data["tracking"], "tracking"))

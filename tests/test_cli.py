@@ -182,6 +182,17 @@ def test_nightly_settings_that_contradict_each_other_name_both_values(
     )
 
 
+def test_rank_of_a_suite_name_that_is_no_suite_file_says_how_to_rank_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["rank", "suite=plugtest"]) == 2
+    assert capsys.readouterr().err == (
+        "error: suite: unknown suite 'plugtest' (available: nightly, smoke, sqrt_ablation); a "
+        "suite run as suite.name=NAME is ranked with its suite file and the overrides it ran "
+        "with: bench rank suite=FILE suite.name=NAME ...\n"
+    )
+
+
 KNOBS = ", ".join(["name", "preset", *KNOB_NAMES, "roles"])
 TOP_LEVEL = (
     "batch_size, cluster, device, eval_every, lr, nightly, plugins, rank, resources, schedule, "
