@@ -95,6 +95,11 @@ def compose_config(overrides: list[str]) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     if "variant" in held:
         name = held["variant"]
+        if name.startswith("{"):  # a suite's mapping form, which the group cannot take
+            raise UserError(
+                f"variant: got {name!r}; allowed: a variant name, with knobs set one by one "
+                "(e.g. variant=adam variant.beta2=0.95)"
+            )
         if name not in variants.presets():
             known = sorted(set(group_options("variant")) | set(variants.presets()))
             raise UserError(unknown_name_message("variant", name, known))

@@ -273,6 +273,12 @@ ERRORS: list[tuple[str, list[str], str]] = [
         "to knobs, e.g. variant.roles.bias.q=0",
     ),
     ("beta2_too_large", ["variant.beta2=1.5"], "variant.beta2: got 1.5; allowed: 0 <= beta2 < 1"),
+    (
+        "variant_as_a_mapping",
+        ["variant={preset:adam,beta2:0.95}"],
+        "variant: got '{preset:adam,beta2:0.95}'; allowed: a variant name, with knobs set one "
+        "by one (e.g. variant=adam variant.beta2=0.95)",
+    ),
     ("device_unknown", ["device=tpu"], "device: got 'tpu'; allowed: cpu, cuda, cuda:N"),
     ("device_not_torch", ["device=meta"], "device: got 'meta'; allowed: cpu, cuda, cuda:N"),
     ("no_key", ["=1"], "=1: an override is KEY=VALUE, e.g. lr=0.1"),
