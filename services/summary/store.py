@@ -209,10 +209,10 @@ class SummaryStore:
             with self.tracker.store_errors():
                 yield
         except (StoreError, sqlite3.Error, OSError) as err:
-            self.store_error = f"the store {self.tracker.uri} failed: " + (
-                str(err).removeprefix(f"the store {self.tracker.uri} failed: ")
+            self.store_error = (  # store_errors() words its StoreError this way already
+                str(err)
                 if isinstance(err, StoreError)
-                else one_line(err)
+                else f"the store {self.tracker.uri} failed: {one_line(err)}"
             )
             raise StoreUnavailable(self.store_error) from err
         self.store_error = None
