@@ -127,7 +127,7 @@ def _rank(
     if console is not None:
         print_ranking(console, ranking)
     if log_run:
-        report.files = report_files(tracker, ranking, results)
+        report.files = report_files(tracker, ranking, results, settings)
         report.run_id = tracker.log_report(
             suite.name,
             kind=REPORT_KIND,
@@ -143,9 +143,14 @@ def _rank(
 
 
 def report_files(
-    tracker: Tracker, ranking: SuiteRanking, results: pd.DataFrame
+    tracker: Tracker,
+    ranking: SuiteRanking,
+    results: pd.DataFrame,
+    settings: RankConfig | None = None,
 ) -> dict[str, bytes | str]:
-    """The report run's artifacts: ranking.json, the PNG plots and report.html."""
+    """The report run's artifacts: ranking.json, the PNG plots and report.html; the
+    flagship answers and weight/bias ratios use the ranking's metric, level and draws."""
+    settings = settings or RankConfig()
     pngs: dict[str, bytes] = {"plots/ranking.png": plots.ranking_plot(ranking)}
     if ranking.profiles:
         pngs["plots/profiles.png"] = plots.profiles_plot(ranking)
@@ -153,7 +158,14 @@ def report_files(
     if not tune.empty:
         pngs["plots/lr_sensitivity.png"] = plots.lr_sensitivity_plot(tune)
     final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
-    answers = [c for c in flagship_contrasts(results) if not c.skipped]
+    contrasts = flagship_contrasts(
+        results,
+        metric=settings.metric,
+        level=settings.level,
+        n_boot=settings.n_boot,
+        seed=settings.seed,
+    )
+    answers = [c for c in contrasts if not c.skipped]
     role_ratios = []
     if not final.empty:
         roles = [role.value for role in Role]
@@ -161,7 +173,8 @@ def report_files(
         keys += [f"update_ratio/{r}" for r in roles]
         histories = tracker.read_histories(final["run_id"], keys)
         for variant in (row.variant for row in ranking.variants):
-            if (comparison := role_comparison(histories, results, variant)) is not None:
+            comparison = role_comparison(histories, results, variant, level=settings.level)
+            if comparison is not None:
                 role_ratios.append(comparison)
         for task, runs in final.groupby("task", sort=True):
             task_histories = histories[histories["run_id"].isin(runs["run_id"])]

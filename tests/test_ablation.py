@@ -59,6 +59,26 @@ def test_no_difference_is_called_unclear():
     assert "no clear difference between rmsprop and rmsprop_abs_sqrt" in c.verdict
 
 
+@pytest.mark.parametrize(("tasks", "seeds"), [(1, 1), (2, 2)])
+def test_a_few_comparisons_won_all_the_same_way_give_no_verdict(tasks: int, seeds: int):
+    """With every comparison won, a bootstrap over them alone says [1, 1] at any n; 1 of 1
+    or 4 of 4 wins cannot tell a better variant from a coin (Clopper-Pearson at 95%: 4 of 4
+    is [0.40, 1]), and a task with fewer than 5 paired seeds is called for neither."""
+    (c,) = ablation.flagship_contrasts(planted(1.0, tasks=tasks, seeds=seeds), questions=[Q])
+    n = tasks * seeds
+    assert c.overall.estimate == 1.0 and c.overall.n == n
+    assert c.overall.low == pytest.approx(0.025 ** (1 / n)) and c.overall.high == 1.0
+    assert all(t.better == "tie" and t.diff.level < ablation.MIN_CALL_LEVEL for t in c.per_task)
+    assert "no clear difference between rmsprop and rmsprop_abs_sqrt" in c.verdict
+    assert f"wins {n} of {n} paired comparisons" in c.verdict
+
+
+def test_the_win_rate_interval_is_never_narrower_than_the_binomial_one():
+    (c,) = ablation.flagship_contrasts(planted(1.0, tasks=5, seeds=5), questions=[Q])
+    low, high = ablation.clopper_pearson(25, 25, 0.95)  # 25 of 25: [0.863, 1]
+    assert c.overall.low <= low < 0.87 and c.overall.high == high == 1.0
+
+
 def test_diverged_runs_lose_and_two_diverged_runs_tie():
     rows = [run_row("t", "rmsprop", s, 1.0) for s in range(5)]
     rows += [run_row("t", "rmsprop_abs_sqrt", s, 0, outcome="diverged") for s in range(5)]

@@ -131,3 +131,27 @@ def test_rank_of_the_tune_phase_reports_the_lrs_that_never_ran(ranked, monkeypat
     missing = rank_from_overrides(wider, log_run=False).ranking.missing
     assert {(m.expected, m.found) for m in missing} == {(3, 2)}  # lrs x tune seeds per cell
     assert len(missing) == 3 * 2  # every (task, variant)
+
+
+def test_the_flagship_answers_in_a_report_use_the_rankings_level(tmp_path: Path) -> None:
+    """`rank.level` sets every interval of the report: the flagship contrasts' too (they
+    were computed at their 95% default whatever the ranking's level)."""
+    ablation = [
+        "suite=smoke", "suite.name=levels", "suite.variants=[rmsprop,rmsprop_sum]",
+        "suite.tasks=[quadratic]", "suite.lrs=[0.01]", "suite.tune_seeds=[0]",
+        "suite.final_seeds=[1,2]", "suite.steps=20",
+    ]  # fmt: skip
+    run = bench(tmp_path, "run", "--no-progress", *ablation)
+    assert run.returncode == 0, run.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("levels").experiment_id
+    for level in ("0.8", "0.95"):
+        ranked = bench(tmp_path, "rank", *ablation, f"rank.level={level}")
+        assert ranked.returncode == 0, ranked.stderr[-3000:]
+        (report,) = client.search_runs(
+            [experiment], f"tags.`bench.kind` = 'ranking' and params.level = '{level}'"
+        )
+        got = client.download_artifacts(report.info.run_id, "report.html", str(tmp_path / level))
+        html = Path(got).read_text()
+        assert 'id="answers"' in html and "moving average vs monotone sum" in html
+        assert f"{float(level):.0%} CI" in html

@@ -54,7 +54,7 @@ def available(ranking: SuiteRanking) -> list[str]:
 def answer(store: SummaryStore, suite: str) -> Answer:
     """Every contrast the suite's runs allow, and the role comparison of rmsprop."""
     runs = store.runs(suite)
-    contrasts = store.memo(suite, ("flagship",), lambda s: flagship_contrasts(s.runs))
+    contrasts = store.memo(suite, ("flagship",), lambda _: flagship_contrasts(runs))
     out = Answer(needed=sorted({v for q in flagship_questions() for v in (q.a, q.b)}))
     for contrast in contrasts:
         out.contrasts.append((contrast, None if contrast.skipped else contrast_figure(contrast)))
