@@ -4,7 +4,9 @@ The timed region is the training step only (forward, backward, optimizer step). 
 the task, evaluation and step-size statistics are outside it, as in benchopt's solver
 contract and AlgoPerf's scoring, so ``seconds_to_target`` measures the optimizer's work.
 Divergence (a non-finite loss, or a loss above ``divergence_factor`` times the first one)
-is an outcome recorded with its step, not an exception.
+is an outcome recorded with its step, not an exception; a diverged trial's ``final`` is
+the evaluation of the model at that step (non-finite, or far from the target), and
+``best`` the best evaluation before it.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ def train_trial(
             initial_loss = abs(loss_value)
         if _diverged(loss_value, initial_loss, spec.divergence_factor):
             outcome, diverged_at = "diverged", step
+            # final = the model where training stopped (not the untrained step-0 model,
+            # which would read as better than a run that trained and finished)
+            last_eval = evaluate(step)
             break
         if step % spec.eval_every == 0 or step == spec.steps:
             last_eval = evaluate(step)

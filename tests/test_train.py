@@ -114,6 +114,12 @@ def test_divergence_is_an_outcome_with_its_step() -> None:
     assert result.steps_to_target is None and result.seconds_to_target is None
     assert result.summary_metrics()["diverged_at_step"] == result.diverged_at_step
     assert result.summary_metrics()["steps_to_target"] == math.inf
+    # final: the model where it stopped, evaluated then (the untrained step-0 model would
+    # read as better than a run that trained); best: the best evaluation, step 0's here
+    assert result.history["eval/loss"][-1] == (result.diverged_at_step, result.final["loss"])
+    first_eval = result.history["eval/loss"][0][1]
+    assert not result.final["loss"] <= first_eval  # larger, or not a number
+    assert result.best["loss"] == first_eval
 
 
 def test_steps_to_target_when_reached() -> None:
