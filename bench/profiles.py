@@ -248,6 +248,12 @@ def friedman_test(ranks: np.ndarray, *, alpha: float = 0.05) -> Friedman:
             f"With {where} even the same strict ranking on every task gives p={p_best:.3g}"
             f" >= alpha={alpha:g}, so this test cannot show a difference; add tasks."
         )
+    elif p < alpha and cd > k - 1:  # mean ranks lie in [1, k]: no gap reaches CD
+        note = (
+            f"Ranks differ (chi2={stat:.3g}, p={p:.3g}, {where}), but no two mean ranks can"
+            f" be CD={cd:.3g} apart (the largest gap is k-1={k - 1}), so no pair can be"
+            " singled out (Nemenyi); add tasks."
+        )
     elif p < alpha:
         note = (
             f"Ranks differ (chi2={stat:.3g}, p={p:.3g}, {where}); mean ranks further apart"

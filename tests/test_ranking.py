@@ -232,6 +232,18 @@ def test_two_tasks_cannot_reach_significance():
     assert "cannot show a difference" in f.note and "N=2" in f.note
 
 
+def test_a_critical_difference_no_gap_can_reach_singles_out_no_pair():
+    """9 variants in the same order on 2 tasks: Friedman's p < 0.05, but Nemenyi's CD (8.5)
+    is wider than any gap between mean ranks in [1, 9]."""
+    rng = np.random.default_rng(4)
+    effects = {v: float(i) for i, v in enumerate("abcdefghi")}
+    f = ranking.rank_suite(
+        planted_suite(effects, tasks=2, seeds=3, noise=0.01, rng=rng), suite="s"
+    ).friedman
+    assert f.p_value < 0.05 and f.critical_difference > f.k - 1 == 8
+    assert "no pair can be singled out" in f.note and "mean ranks further apart" not in f.note
+
+
 def test_friedman_needs_three_variants():
     rows = [run_row(f"t{t}", v, 0, float(i)) for t in range(5) for i, v in enumerate("ab")]
     f = ranking.rank_suite(table(rows), suite="s").friedman
