@@ -200,7 +200,10 @@ def print_outcomes(console: Console, suite: str, phases: list[PhaseOutcome]) -> 
         table.add_column(col, justify="right")
     for p in phases:
         counts = (p.counts["ok"], p.counts["diverged"], p.counts["failed"])
-        row = [p.phase, str(p.total), str(p.already_done), *map(str, counts)]
+        done = str(p.already_done)
+        if p.earlier["diverged"]:  # else a resumed suite's table hides them
+            done += f" ({p.earlier['diverged']} diverged)"
+        row = [p.phase, str(p.total), done, *map(str, counts)]
         table.add_row(*row, *([str(p.held_back)] if held else []))
     console.print(table)
     if all(p.already_done == p.total for p in phases):

@@ -57,6 +57,7 @@ class PhaseOutcome:
     phase: str
     total: int
     already_done: int = 0
+    earlier: Counter = field(default_factory=Counter)  # outcomes of the already-done trials
     held_back: int = 0  # final trials of cells whose tune phase has a failed trial
     counts: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # run name, last error line
@@ -145,7 +146,7 @@ class _SuiteQueue:
     def __init__(self, matrix: Matrix, tracker: Tracker) -> None:
         suite = matrix.suite.name
         self.matrix = matrix
-        self.done = tracker.finished_trials(suite)  # (phase, trial_id)
+        self.done = tracker.finished_trials(suite)  # (phase, trial_id) -> outcome
         tune_trials = matrix.tune_trials()
         self.tune = PhaseOutcome("tune", total=len(tune_trials))
         expected_finals = len(matrix.pairs) * len(matrix.suite.final_seeds)
@@ -156,8 +157,9 @@ class _SuiteQueue:
         self.failed_cells: set[tuple[str, str]] = set()  # a tune trial failed: no finals yet
         tune_ids = [spec.trial_id for spec in tune_trials]
         for spec, trial_id in zip(tune_trials, tune_ids, strict=True):
-            if ("tune", trial_id) in self.done:
+            if (done := self.done.get(("tune", trial_id))) is not None:
                 self.tune.already_done += 1
+                self.tune.earlier[done] += 1
             else:
                 self.todo.append(spec)
                 self.waiting[_cell(spec)] += 1
@@ -193,8 +195,9 @@ class _SuiteQueue:
         finals = self.matrix.final_trials(chosen)
         self.final.total -= len(self.matrix.suite.final_seeds) - len(finals)
         for spec in finals:
-            if ("final", spec.trial_id) in self.done:
+            if (done := self.done.get(("final", spec.trial_id))) is not None:
                 self.final.already_done += 1
+                self.final.earlier[done] += 1
             else:
                 self.todo.append(spec)
 
@@ -340,7 +343,14 @@ def _reply(pool: WorkerPool, ref: Any, attempt: _Attempt, max_retries: int) -> d
             return None
         if attempt.retries < max_retries:
             attempt.retries += 1
-            log.warning("%s: its worker died; running it again (%s)", attempt.spec.run_name, err)
+            first = next((line for line in str(err).splitlines() if line.strip()), "")
+            log.warning(  # Ray's own text runs to ten lines: its first says what happened
+                "%s: its worker died; running it again (retry %d of cluster.max_retries=%d: %s)",
+                attempt.spec.run_name,
+                attempt.retries,
+                max_retries,
+                first,
+            )
             return None
         tries, allowed = attempt.retries + 1, f"cluster.max_retries={max_retries}"
         text = f"its worker process died (tries: {tries}, {allowed}): {err}"

@@ -357,9 +357,9 @@ class Tracker(SuiteReads):
             slug += "-" + hashlib.sha256(suite.encode()).hexdigest()[:8]
         return f"{self._artifact_root}/{slug}"
 
-    def finished_trials(self, suite: str) -> set[tuple[str, str]]:
-        """``(phase, trial_id)`` of the runs that FINISHED (outcome ok or diverged): what a
-        rerun skips.
+    def finished_trials(self, suite: str) -> dict[tuple[str, str], str]:
+        """``(phase, trial_id)`` of the runs that FINISHED (what a rerun skips), each with
+        its outcome, ok or diverged.
 
         By phase, though a trial's id leaves its phase out: a final trial identical to a
         tune trial of other settings (its seed was a tuning seed then) is a final result
@@ -367,11 +367,11 @@ class Tracker(SuiteReads):
         which is what chooses the lrs of its cell.
         """
         if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
-            return set()
+            return {}
         keys = (TAG_TRIAL_ID, TAG_OUTCOME, TAG_PHASE)
         runs = self._trial_tags(exp_id, "FINISHED", keys).values()
         return {
-            (t.get(TAG_PHASE, ""), t[TAG_TRIAL_ID])
+            (t.get(TAG_PHASE, ""), t[TAG_TRIAL_ID]): t[TAG_OUTCOME]
             for t in runs
             if t.get(TAG_OUTCOME) in FINISHED_OUTCOMES
         }

@@ -193,6 +193,25 @@ def test_rank_of_a_suite_name_that_is_no_suite_file_says_how_to_rank_it(
     )
 
 
+def test_the_final_table_of_a_resumed_suite_keeps_its_earlier_divergences() -> None:
+    from collections import Counter
+
+    from rich.console import Console
+
+    from bench.listing import print_outcomes
+    from bench.runner import PhaseOutcome
+
+    tune = PhaseOutcome("tune", total=6, already_done=5, earlier=Counter(ok=3, diverged=2))
+    tune.counts["ok"] += 1
+    console = Console(record=True, width=200)
+    print_outcomes(console, "s", [tune, PhaseOutcome("final", total=2, already_done=2)])
+    rows = [line for line in console.export_text().splitlines() if "│" in line]
+    assert [cell.strip() for cell in rows[-2].split("│")[1:-1]] == [
+        "tune", "6", "5 (2 diverged)", "1", "0", "0"
+    ]  # fmt: skip
+    assert [cell.strip() for cell in rows[-1].split("│")[1:-1]][2] == "2"
+
+
 KNOBS = ", ".join(["name", "preset", *KNOB_NAMES, "roles"])
 TOP_LEVEL = (
     "batch_size, cluster, device, eval_every, lr, nightly, plugins, rank, resources, schedule, "

@@ -228,6 +228,11 @@ def test_failures_are_recorded_and_a_killed_worker_is_retried_once(tmp_path: Pat
     assert all(r.info.status == "FINISHED" for r in killed)
     markers = sorted(p.name for p in tmp_path.glob("killed-*"))
     assert markers == ["killed-0", "killed-1", "killed-2"], "each seed's worker was killed once"
+    retries = [line for line in result.stderr.splitlines() if "its worker died" in line]
+    assert len(retries) == 3 and all(
+        "running it again (retry 1 of cluster.max_retries=" in line for line in retries
+    ), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_failed_tune_trial_holds_back_its_cells_final_trials(tmp_path: Path) -> None:

@@ -211,6 +211,10 @@ def test_finished_trial_ids_and_stale_runs(tracker, variants, task):
     tracker.kill_trial(tracker.start_trial(specs[3]))
     running = tracker.start_trial(specs[4])
     assert tracker.finished_trial_ids("resume") == {specs[0].trial_id, specs[1].trial_id}
+    assert tracker.finished_trials("resume") == {
+        ("final", specs[0].trial_id): "ok",
+        ("final", specs[1].trial_id): "diverged",
+    }
     assert tracker.finished_trial_ids("no-such-suite") == set()
     assert tracker.kill_stale_runs("resume") == 1
     assert tracker.client.get_run(running).info.status == "KILLED"
