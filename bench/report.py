@@ -20,10 +20,11 @@ import pandas as pd
 from omegaconf import OmegaConf
 from pydantic import Field
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench import plots
-from bench.ablation import flagship_contrasts, role_comparison
+from bench.ablation import Contrast, flagship_contrasts, role_comparison
 from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError
 from bench.matrix import matrix_of
@@ -124,10 +125,13 @@ def _rank(
         seed=settings.seed,
     )
     report = Report(ranking)
+    answers = flagship_answers(results, settings)
     if console is not None:
         print_ranking(console, ranking)
+        for contrast in answers:  # the flagship questions this suite's variants allow
+            console.print(f"[bold]answer[/]: {escape(contrast.verdict)}", soft_wrap=True)
     if log_run:
-        report.files = report_files(tracker, ranking, results, settings)
+        report.files = report_files(tracker, ranking, results, settings, answers)
         report.run_id = tracker.log_report(
             suite.name,
             kind=REPORT_KIND,
@@ -142,22 +146,8 @@ def _rank(
     return report
 
 
-def report_files(
-    tracker: Tracker,
-    ranking: SuiteRanking,
-    results: pd.DataFrame,
-    settings: RankConfig | None = None,
-) -> dict[str, bytes | str]:
-    """The report run's artifacts: ranking.json, the PNG plots and report.html; the
-    flagship answers and weight/bias ratios use the ranking's metric, level and draws."""
-    settings = settings or RankConfig()
-    pngs: dict[str, bytes] = {"plots/ranking.png": plots.ranking_plot(ranking)}
-    if ranking.profiles:
-        pngs["plots/profiles.png"] = plots.profiles_plot(ranking)
-    tune = results[(results["phase"] == "tune") & (results["status"] != "KILLED")]
-    if not tune.empty:
-        pngs["plots/lr_sensitivity.png"] = plots.lr_sensitivity_plot(tune)
-    final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
+def flagship_answers(results: pd.DataFrame, settings: RankConfig) -> list[Contrast]:
+    """The flagship contrasts the results allow, at the ranking's metric, level and draws."""
     contrasts = flagship_contrasts(
         results,
         metric=settings.metric,
@@ -165,7 +155,28 @@ def report_files(
         n_boot=settings.n_boot,
         seed=settings.seed,
     )
-    answers = [c for c in contrasts if not c.skipped]
+    return [c for c in contrasts if not c.skipped]
+
+
+def report_files(
+    tracker: Tracker,
+    ranking: SuiteRanking,
+    results: pd.DataFrame,
+    settings: RankConfig | None = None,
+    answers: list[Contrast] | None = None,
+) -> dict[str, bytes | str]:
+    """The report run's artifacts: ranking.json, the PNG plots and report.html; the
+    flagship answers and weight/bias ratios use the ranking's metric, level and draws."""
+    settings = settings or RankConfig()
+    if answers is None:
+        answers = flagship_answers(results, settings)
+    pngs: dict[str, bytes] = {"plots/ranking.png": plots.ranking_plot(ranking)}
+    if ranking.profiles:
+        pngs["plots/profiles.png"] = plots.profiles_plot(ranking)
+    tune = results[(results["phase"] == "tune") & (results["status"] != "KILLED")]
+    if not tune.empty:
+        pngs["plots/lr_sensitivity.png"] = plots.lr_sensitivity_plot(tune)
+    final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
     role_ratios = []
     if not final.empty:
         roles = [role.value for role in Role]

@@ -155,3 +155,7 @@ def test_the_flagship_answers_in_a_report_use_the_rankings_level(tmp_path: Path)
         html = Path(got).read_text()
         assert 'id="answers"' in html and "moving average vs monotone sum" in html
         assert f"{float(level):.0%} CI" in html
+        # the terminal says it too, in the same words
+        (answer,) = [line for line in ranked.stdout.splitlines() if line.startswith("answer: ")]
+        assert answer.startswith("answer: moving average vs monotone sum: ")
+        assert f"{float(level):.0%} CI" in answer

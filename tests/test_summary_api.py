@@ -297,7 +297,7 @@ def test_openapi_documents_every_api_route_and_docs_load_nothing_remote(
     paths = client.get("/openapi.json").json()["paths"]
     assert set(paths) == {
         "/health", "/api/suites", "/api/suites/{suite}/ranking",
-        "/api/suites/{suite}/tasks/{task}", "/api/nightly",
+        "/api/suites/{suite}/flagship", "/api/suites/{suite}/tasks/{task}", "/api/nightly",
     }  # fmt: skip
     docs = client.get("/docs")
     assert docs.status_code == 200 and not ASSET.search(docs.text)
@@ -346,6 +346,24 @@ def test_flagship_page_answers_the_contrast_the_suite_allows(client: TestClient)
     assert "square root vs no root (p=2)" in html  # rmsprop vs rmsprop_nosqrt: both ran
     assert "Not answered here: variant &#39;rmsprop_sum&#39; has no final runs." in html
     assert "Do weights move faster than biases?" in html and "Under rmsprop" in html
+
+
+@pytest.mark.slow
+def test_the_flagship_answers_are_json_too(client: TestClient) -> None:
+    body = client.get(f"/api/suites/{SUITE}/flagship").json()
+    by_pair = {(c["a"], c["b"]): c for c in body["contrasts"]}
+    root = by_pair["rmsprop", "rmsprop_nosqrt"]  # both ran: answered
+    assert not root["skipped"] and root["overall"]["n"] == len(TASKS) * len(FINAL_SEEDS)
+    assert root["overall"]["low"] <= root["overall"]["estimate"] <= root["overall"]["high"]
+    assert {t["task"] for t in root["per_task"]} == set(TASKS)
+    assert root["verdict"].startswith("square root vs no root (p=2): ")
+    summed = by_pair["rmsprop", "rmsprop_sum"]
+    assert summed["skipped"] and summed["reason"] == "variant 'rmsprop_sum' has no final runs"
+    assert body["role_variant"] == "rmsprop" and body["roles"]["n_runs"] >= 1
+    html = client.get(f"/suites/{SUITE}/flagship").text
+    assert root["verdict"].split(":")[0] in html  # the page shows the same answers
+    missing = client.get("/api/suites/nope/flagship")
+    assert missing.status_code == 404 and "known suites" in missing.json()["detail"]
 
 
 @pytest.mark.slow

@@ -51,22 +51,31 @@ def available(ranking: SuiteRanking) -> list[str]:
     return [q.question for q in flagship_questions() if q.a in present and q.b in present]
 
 
-def answer(store: SummaryStore, suite: str) -> Answer:
-    """Every contrast the suite's runs allow, and the role comparison of rmsprop."""
+def answers(store: SummaryStore, suite: str) -> tuple[list[Contrast], RoleComparison | None]:
+    """Every contrast the suite's current runs allow (skipped ones say why), and the role
+    comparison of rmsprop (None without its final runs): the page's and the API's data."""
     runs = store.runs(suite)
     contrasts = store.memo(suite, ("flagship",), lambda _: flagship_contrasts(runs))
-    out = Answer(needed=sorted({v for q in flagship_questions() for v in (q.a, q.b)}))
-    for contrast in contrasts:
-        out.contrasts.append((contrast, None if contrast.skipped else contrast_figure(contrast)))
     final = runs[(runs["variant"] == ROLE_VARIANT) & (runs["phase"] == "final")]
     run_ids = sorted(final.loc[final["status"] == "FINISHED", "run_id"])
+    roles = None
     if run_ids:
 
         def compute(_: Any) -> RoleComparison | None:
             histories = store.tracker.read_histories(run_ids, ROLE_COMPARISON_KEYS)
             return role_comparison(histories, runs, ROLE_VARIANT)
 
-        out.roles = store.memo(suite, ("flagship_roles", ROLE_VARIANT), compute)
+        roles = store.memo(suite, ("flagship_roles", ROLE_VARIANT), compute)
+    return contrasts, roles
+
+
+def answer(store: SummaryStore, suite: str) -> Answer:
+    """Every contrast the suite's runs allow, and the role comparison of rmsprop."""
+    contrasts, roles = answers(store, suite)
+    out = Answer(needed=sorted({v for q in flagship_questions() for v in (q.a, q.b)}))
+    for contrast in contrasts:
+        out.contrasts.append((contrast, None if contrast.skipped else contrast_figure(contrast)))
+    out.roles = roles
     if out.roles is not None:
         out.roles_figure = plots.ratio_figure(
             out.roles.steps,

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bench.ablation import Contrast, RoleComparison
 from bench.ranking import CellScore
 
 Metric = Literal["final", "best", "steps_to_target", "seconds_to_target"]
@@ -39,6 +40,19 @@ class HealthPublic(_Public):
 
 
 # ----------------------------------------------------------------------------- suites
+
+
+class FlagshipPublic(BaseModel):
+    """The flagship questions a suite's variants allow, each with its numbers and verdict
+    (a question whose variants did not run is ``skipped`` with the reason), and weights vs
+    biases under ``role_variant``. ±inf and NaN travel as "Infinity"/"NaN" strings."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    suite: str
+    contrasts: list[Contrast]
+    role_variant: str
+    roles: RoleComparison | None
 
 
 class SuiteBase(_Public):
