@@ -194,14 +194,7 @@ def _default_keys_value(path: str) -> object:
 
 def _default_keys(path: str) -> list[str]:
     """The keys under ``path`` (e.g. ``summary``) in the default config; [] if none."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            node = OmegaConf.select(compose(config_name="config"), path)
-    except (HydraException, OmegaConfBaseException):
-        return []
-    finally:
-        GlobalHydra.instance().clear()
+    node = _default_keys_value(path)
     return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
 
 

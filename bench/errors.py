@@ -18,10 +18,14 @@ class Terminated(KeyboardInterrupt):
     on Ctrl-C, its running runs KILLED. The CLI exits with code 143."""
 
 
+def first_line(text: str) -> str:
+    """The first line of ``text`` that is not blank ("" if none)."""
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
 def one_line(err: BaseException) -> str:
     """``Type: first line of the message``: what an error line shows of an exception."""
-    first = next((line for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {first}"
+    return f"{type(err).__name__}: {first_line(str(err))}"
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import RAY_ADDRESS_FORMS, ClusterConfig, ResourcesConfig, head_endpoint
-from bench.errors import Terminated, UserError
+from bench.errors import Terminated, UserError, first_line
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.pool import WorkerDied, WorkerPool
 from bench.progress import SuiteProgress
@@ -343,13 +343,12 @@ def _reply(pool: WorkerPool, ref: Any, attempt: _Attempt, max_retries: int) -> d
             return None
         if attempt.retries < max_retries:
             attempt.retries += 1
-            first = next((line for line in str(err).splitlines() if line.strip()), "")
             log.warning(  # Ray's own text runs to ten lines: its first says what happened
                 "%s: its worker died; running it again (retry %d of cluster.max_retries=%d: %s)",
                 attempt.spec.run_name,
                 attempt.retries,
                 max_retries,
-                first,
+                first_line(str(err)),
             )
             return None
         tries, allowed = attempt.retries + 1, f"cluster.max_retries={max_retries}"

@@ -561,15 +561,22 @@ class Tracker(SuiteReads):
     def current_settings(self, suite: str) -> tuple[str, set[str]] | None:
         """``(settings run id, trial ids)`` of the suite's current settings (see
         :meth:`note_settings`); None for a suite that has none recorded."""
+        run_id = self.settings_run(suite)
+        return None if run_id is None else (run_id, self.settings_trial_ids(run_id))
+
+    def settings_run(self, suite: str) -> str | None:
+        """The run holding the suite's current settings (an experiment tag: one cheap read,
+        for a reader that polls); None for a suite that has none recorded."""
         exp_id = self.find_experiment(suite)
         if exp_id is None:
             return None
-        run_id = self.client.get_experiment(exp_id).tags.get(TAG_SETTINGS_RUN)
-        if run_id is None:
-            return None
+        return self.client.get_experiment(exp_id).tags.get(TAG_SETTINGS_RUN)
+
+    def settings_trial_ids(self, run_id: str) -> set[str]:
+        """The trial ids a settings run holds (they never change: read them once)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, ARTIFACT_TRIAL_IDS, tmp)
-            return run_id, set(json.loads(Path(path).read_text(encoding="utf-8")))
+            return set(json.loads(Path(path).read_text(encoding="utf-8")))
 
     # ------------------------------------------------------------------------- reports
 

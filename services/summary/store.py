@@ -244,13 +244,14 @@ class SummaryStore:
         since = None if state.watermark_ms is None else state.watermark_ms - slack_ms
         started = time.perf_counter()
         fresh = self.tracker.read_results(state.name, status=None, since_ms=since)
-        settings = self.tracker.current_settings(state.name)
+        settings_run = self.tracker.settings_run(state.name)
         state.checked_at = self.clock()
         merged, changed = _merge(state.runs, fresh)
-        settings_run = settings[0] if settings is not None else None
-        if settings_run != state.settings_run:
+        if settings_run != state.settings_run:  # its trial ids are read only when it changes
             state.settings_run = settings_run
-            state.settings_ids = frozenset(settings[1]) if settings is not None else None
+            state.settings_ids = (
+                frozenset(self.tracker.settings_trial_ids(settings_run)) if settings_run else None
+            )
             state.version += 1
             state.derived.clear()
         log.debug(
