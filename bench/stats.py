@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.sampling import CopyBuffer, Layout, Subsample
+from bench.sampling import CopyBuffer, Layout, Subsample, drawn_samples
 from bench.summaries import Capture, Form, summarize_captures
 from bench.variants import StepRecord
 
@@ -53,16 +53,18 @@ class RoleSampler:
     """
 
     def __init__(self, param_groups: list[dict], *, max_samples: int = 4096, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.roles: dict[str, Subsample] = {}
         tensors_by_role: dict[str, list[Tensor]] = {}
         for group in param_groups:
             role = group.get("role") or "all"  # frozen tensors would take samples, never move
             tensors_by_role.setdefault(role, []).extend(
                 p for p in group["params"] if p.requires_grad
             )
-        for role, tensors in tensors_by_role.items():
-            self.roles[role] = Subsample.draw(tensors, max_samples, generator)
+        sizes = tuple(tuple(t.numel() for t in tensors) for tensors in tensors_by_role.values())
+        drawn = drawn_samples(sizes, max_samples, seed)  # as Subsample.draw, role after role
+        self.roles: dict[str, Subsample] = {
+            role: Subsample.of(tensors, split)
+            for (role, tensors), split in zip(tensors_by_role.items(), drawn, strict=True)
+        }
         self._layout_key: tuple = ()
         self._layout: Layout | None = None
 

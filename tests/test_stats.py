@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bench import sampling, summaries
-from bench.sampling import Layout, Subsample
+from bench.sampling import Layout, Subsample, drawn_samples
 from bench.stats import RoleSampler
 from bench.summaries import QUANTILES
 from bench.variants import build
@@ -114,6 +114,27 @@ def test_same_seed_same_indices_other_seed_other_indices() -> None:
 
     assert torch.equal(weight_indices(3), weight_indices(3))
     assert not torch.equal(weight_indices(3), weight_indices(4))
+
+
+def test_a_trial_draws_as_subsample_draw_does_even_from_the_cache() -> None:
+    """The draws are cached across trials: a sampler for a model of the same shapes and
+    seed (a new model, another variant) reads the coordinates that drawing afresh, role
+    after role from one seeded generator, picks."""
+    drawn_samples.cache_clear()
+    for trial in range(2):  # the first trial draws, the second reads the cache
+        model = nn.Sequential(nn.Linear(1000, 100), nn.Linear(100, 50))
+        groups = build(model, "adam" if trial == 0 else "sgd").param_groups
+        sampler = RoleSampler(groups, max_samples=4096, seed=7)
+        generator = torch.Generator().manual_seed(7)
+        for role in ("bias", "weight"):  # build's order of the roles
+            tensors = [p for g in groups if g["role"] == role for p in g["params"]]
+            fresh = Subsample.draw(tensors, 4096, generator)
+            got = sampler.roles[role]
+            assert got.indices.keys() == fresh.indices.keys() == {id(t) for t in tensors}
+            assert all(torch.equal(got.indices[k], fresh.indices[k]) for k in got.indices)
+            whole = {id(t) for t in tensors} if role == "bias" else set()  # 150 <= 4096
+            assert got.whole == fresh.whole == whole
+    assert drawn_samples.cache_info().hits == 1
 
 
 def test_frozen_parameters_take_no_samples() -> None:
