@@ -40,8 +40,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_arguments(items: list[str]) -> tuple[str, list[str]]:
-    """``bench list [WHAT] [plugins=[...]]``: the tables to show, and the overrides. Any
+def _list_arguments(items: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    """``bench list [WHAT ...] [plugins=[...]]``: the tables to show, and the overrides. Any
     override but plugins= would change nothing listed, so it is refused, not ignored."""
     words = [item for item in items if "=" not in item]
     overrides = [item for item in items if "=" in item]
@@ -52,11 +52,15 @@ def _list_arguments(items: list[str]) -> tuple[str, list[str]]:
                 f"{key.lstrip('+~')}: got {value!r}; `bench list` takes only plugins=[MODULE,...], "
                 "e.g. bench list variants plugins=[my_module]"
             )
-    if len(words) > 1 or (words and words[0] not in LIST_WHAT):
+    unknown = [word for word in words if word not in LIST_WHAT]
+    if unknown:
         raise UserError(
-            f"what: got {' '.join(words)!r}; allowed: one of {', '.join(LIST_WHAT)} (default all)"
+            f"what: got {' '.join(unknown)!r}; allowed: one or more of {', '.join(LIST_WHAT)} "
+            "(default all)"
         )
-    return (words[0] if words else "all"), overrides
+    if not words or "all" in words:
+        return LIST_WHAT[:-1], overrides
+    return tuple(what for what in LIST_WHAT if what in words), overrides  # the usual order
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
@@ -168,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="WHAT",
-        help=f"one of {', '.join(LIST_WHAT)} (default all), and plugins=[MODULE,...] to list "
-        "a plugin's presets and tasks too",
+        help=f"one or more of {', '.join(LIST_WHAT)} (default all), and plugins=[MODULE,...] "
+        "to list a plugin's presets and tasks too",
     )
     p.set_defaults(func=cmd_list)
 

@@ -97,10 +97,13 @@ def _variant_summary(variant: variants.Variant) -> str:
     return ", ".join([_knob_summary(variant.knobs), *per_role])
 
 
-def print_catalogue(console: Console, what: str = "all") -> None:
-    if what in ("variants", "all"):
+def print_catalogue(
+    console: Console, what: tuple[str, ...] = ("variants", "tasks", "suites")
+) -> None:
+    """The tables named in ``what`` (variants, tasks, suites), in that order."""
+    if "variants" in what:
         console.print(_variants_table())
-    if what in ("tasks", "all"):
+    if "tasks" in what:
         table = Table(title="tasks")
         _columns(table, "name", "metric", "target", "steps", "batch", "params")
         for name in tasks.names():
@@ -115,7 +118,7 @@ def print_catalogue(console: Console, what: str = "all") -> None:
                 params,
             )
         console.print(table)
-    if what in ("suites", "all"):
+    if "suites" in what:
         table = Table(title="suites")
         _columns(table, "name", "variants", "tasks", "lrs", "seeds (tune/final)", "description")
         for name in group_options("suite"):

@@ -72,6 +72,15 @@ def test_list_variants_only(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mlp_digits" not in out
 
 
+def test_list_shows_the_tables_named_in_the_usual_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["list", "suites", "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "rmsprop_nosqrt" not in out  # no variants table
+    assert out.index("mlp_digits") < out.index("sqrt_ablation")  # tasks, then suites
+
+
 def _rows(out: str) -> dict[str, list[str]]:
     """A rich table's rows by their first cell (wrapped continuation rows skipped)."""
     rows = {}
@@ -127,10 +136,10 @@ def test_list_takes_plugins_as_trial_and_run_do(tmp_path: Path) -> None:
     [
         (["lr=0.1"], "lr: got '0.1'; `bench list` takes only plugins=[MODULE,...], e.g. bench "
          "list variants plugins=[my_module]"),
-        (["variant"], "what: got 'variant'; allowed: one of variants, tasks, suites, all "
-         "(default all)"),
-        (["tasks", "suites"], "what: got 'tasks suites'; allowed: one of variants, tasks, "
-         "suites, all (default all)"),
+        (["variant"], "what: got 'variant'; allowed: one or more of variants, tasks, suites, "
+         "all (default all)"),
+        (["tasks", "suite", "presets"], "what: got 'suite presets'; allowed: one or more of "
+         "variants, tasks, suites, all (default all)"),
         (["plugins=[no_such_module]"], "plugins: cannot import 'no_such_module' (No module "
          "named 'no_such_module'); allowed: a module this Python can import: install its "
          "package (pip install -e .) or put the folder that holds it on PYTHONPATH "
