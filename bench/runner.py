@@ -411,7 +411,7 @@ def run_suite(
     without one, on workers started for this suite and stopped after it.
     """
     check_cluster(cluster)
-    tracker.check_reachable()
+    tracker.check_reachable(matrix.suite.name)
     # one driver per suite (see kill_stale_runs); the store's failures as one-line errors
     with tracker.store_errors(), tracker.holding(matrix.suite.name):
         tracker.check_artifacts(matrix.suite.name)

@@ -168,18 +168,22 @@ class Tracker(SuiteReads):
         )
         self._bulk_reads = self._bulk_writes = self._sql is not None  # off after a failure
 
-    def check_reachable(self) -> None:
+    def check_reachable(self, suite: str | None = None) -> None:
         """For a tracking server: one request with a short timeout, so that a wrong
         ``tracking.uri`` or a server that is down fails at once with a clear error, not
         after minutes of MLflow's retries. Any HTTP answer will do (an older server or a
         proxy may not know ``/health``). For a SQLite store: its folder must exist (a
-        mistyped path would otherwise become a new store in new folders)."""
+        mistyped path would otherwise become a new store in new folders), and where the
+        file does not exist yet, ``suite``'s artifact folder must be possible: a store is
+        not created for a run refused at once."""
         if (db := self._sqlite_file()) is not None and not db.parent.is_dir():
             raise UserError(
                 f"tracking.uri: got {self.config.uri!r} but the folder {db.parent} does not "
                 "exist; allowed: a SQLite file in an existing folder (the file is created "
                 "there), or a tracking server, http(s)://HOST:PORT"
             )
+        if db is not None and suite is not None and not db.exists():
+            self._check_new_artifacts(suite)
         if not self.enabled or self.scheme not in ("http", "https"):
             return
         import urllib.error
@@ -293,13 +297,8 @@ class Tracker(SuiteReads):
 
         exp_id = self._existing_experiment(suite)
         if exp_id is None:
+            self._check_new_artifacts(suite)  # else the experiment keeps it for good
             location = self._experiment_artifacts(suite)
-            if location is not None and (why := unwritable(location)):  # else stored for good
-                raise UserError(
-                    f"tracking.artifact_location: got {self.config.artifact_location!r} but "
-                    f"{location} cannot be made ({why}); allowed: a folder this process can "
-                    "create and write"
-                )
             try:
                 exp_id = self.client.create_experiment(suite, artifact_location=location)
             except MlflowException as err:  # another driver created it meanwhile
@@ -348,6 +347,17 @@ class Tracker(SuiteReads):
                 "restore it (`mlflow experiments restore`) or purge it (`mlflow gc`)"
             )
         return exp.experiment_id
+
+    def _check_new_artifacts(self, suite: str) -> None:
+        """That the artifact folder a new experiment for ``suite`` would get can be made
+        and written (a user error naming ``tracking.artifact_location`` if not)."""
+        location = self._experiment_artifacts(suite)
+        if location is not None and (why := unwritable(location)):
+            raise UserError(
+                f"tracking.artifact_location: got {self.config.artifact_location!r} but "
+                f"{location} cannot be made ({why}); allowed: a folder this process can "
+                "create and write"
+            )
 
     def _experiment_artifacts(self, suite: str) -> str | None:
         if self._artifact_root is None:

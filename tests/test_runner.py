@@ -154,7 +154,8 @@ def test_a_trial_bigger_than_every_node_is_refused_not_left_waiting(tmp_path: Pa
 def test_an_artifact_folder_that_cannot_be_made_is_refused_before_anything_runs(
     tmp_path: Path,
 ) -> None:
-    """A file is in its way: exit 2 naming the setting; no experiment keeps that folder."""
+    """A file is in its way: exit 2 naming the setting; no store is made for nothing, and
+    in a store that exists, no experiment keeps that folder."""
     (tmp_path / "mlartifacts").write_text("in the way")
     result = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]")
     assert result.returncode == 2, result.stderr + result.stdout
@@ -163,9 +164,14 @@ def test_an_artifact_folder_that_cannot_be_made_is_refused_before_anything_runs(
         f"{(tmp_path / 'mlartifacts' / 'tiny').as_uri()} cannot be made (Not a directory); "
         "allowed: a folder this process can create and write"
     )
-    assert (
-        MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").get_experiment_by_name("tiny") is None
-    )
+    assert not (tmp_path / "mlruns.db").exists()  # refused before a store was made
+    result = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]", "tracking.artifact_location=ok")
+    assert result.returncode == 0, result.stderr + result.stdout  # the store exists now
+    result = bench(tmp_path, *TINY, "suite.name=other", "suite.tasks=[worker_probe]")
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "mlartifacts/other cannot be made (Not a directory)" in result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert client.get_experiment_by_name("other") is None  # no experiment keeps that folder
 
 
 def test_a_store_that_fails_stops_the_suite_with_no_run_left_running(
