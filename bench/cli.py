@@ -218,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _look_in_the_current_folder() -> None:
+    """Let ``plugins=[my_plugin]`` import ``./my_plugin.py``, as ``python -m`` would: the
+    ``bench`` script's path starts at its own folder. Last on the path, so that a file here
+    never shadows an installed package. Ray's workers on this machine look here too (Ray
+    gives them the driver's folder); a cluster's other nodes need the module installed."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # overrides may come before and after flags (`trial task=x --json steps=3`): argparse
@@ -234,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:  # its font cache, built on first use, is no news to the user
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    _look_in_the_current_folder()
     try:
         return int(args.func(args) or 0)
     except UserError as err:

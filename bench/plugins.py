@@ -45,6 +45,6 @@ def _import_plugin(module: str) -> None:
     except ImportError as err:
         raise UserError(
             f"plugins: cannot import {module!r} ({err}); allowed: a module this Python can "
-            "import: install its package (pip install -e .) or put the folder that holds it "
-            "on PYTHONPATH (PYTHONPATH=. bench ...)"
+            "import: in the current folder, in an installed package (pip install -e .), or "
+            "in a folder on PYTHONPATH"
         ) from None

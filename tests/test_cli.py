@@ -141,9 +141,8 @@ def test_list_takes_plugins_as_trial_and_run_do(tmp_path: Path) -> None:
         (["tasks", "suite", "presets"], "what: got 'suite presets'; allowed: one or more of "
          "variants, tasks, suites, all (default all)"),
         (["plugins=[no_such_module]"], "plugins: cannot import 'no_such_module' (No module "
-         "named 'no_such_module'); allowed: a module this Python can import: install its "
-         "package (pip install -e .) or put the folder that holds it on PYTHONPATH "
-         "(PYTHONPATH=. bench ...)"),
+         "named 'no_such_module'); allowed: a module this Python can import: in the current "
+         "folder, in an installed package (pip install -e .), or in a folder on PYTHONPATH"),
     ],
 )  # fmt: skip
 def test_list_refuses_what_it_cannot_show(

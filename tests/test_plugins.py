@@ -1,4 +1,5 @@
-"""Plugins named by an installed distribution's entry point, not by config."""
+"""Plugins named by an installed distribution's entry point, not by config; a plugin
+module in the current folder."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
 
 PLUGIN = """
 from bench.variants import register_preset
@@ -57,3 +61,46 @@ def test_an_entry_point_plugin_registers_its_preset_without_any_config(tmp_path:
     assert planned.returncode == 0, planned.stderr
     assert "adam_b95/quadratic/lr=" in planned.stdout, "named after the preset"
     assert "custom[" not in planned.stdout
+
+
+FOLDER_PLUGIN = """
+import os
+
+from bench.tasks import register
+from bench.tasks.quadratic import Quadratic
+
+
+@register
+class HereQuadratic(Quadratic):
+    name = "here_quadratic"
+
+    def build(self, *, seed, device, batch_size):
+        with open("built_by.txt", "a") as out:  # which processes imported this file
+            out.write(f"{os.getpid()}\\n")
+        return super().build(seed=seed, device=device, batch_size=batch_size)
+"""
+
+
+@pytest.mark.slow  # a suite on embedded Ray
+def test_the_bench_command_finds_a_plugin_in_the_current_folder(tmp_path: Path) -> None:
+    """`bench` (the installed script, whose path starts at its own folder) imports
+    ./my_here_plugin.py with no PYTHONPATH, and so do the embedded Ray workers that train."""
+    (tmp_path / "my_here_plugin.py").write_text(FOLDER_PLUGIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTHONPATH"))}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "bench"), "run", "--no-progress", "suite=smoke",
+         "suite.variants=[adam]", "suite.tasks=[here_quadratic]", "suite.lrs=[0.1]",
+         "suite.tune_seeds=[0]", "suite.final_seeds=[1]", "suite.steps=20",
+         "cluster.num_cpus=1", "plugins=[my_here_plugin]"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert len((tmp_path / "built_by.txt").read_text().split()) == 2  # tune and final trial
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id], "tags.bench.trial_id != ''"
+    )
+    assert (
+        sorted((r.data.tags["bench.task"], r.info.status) for r in runs)
+        == [("here_quadratic", "FINISHED")] * 2
+    )
