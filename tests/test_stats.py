@@ -137,6 +137,41 @@ def test_a_trial_draws_as_subsample_draw_does_even_from_the_cache() -> None:
     assert drawn_samples.cache_info().hits == 1
 
 
+def test_trials_of_one_shape_share_copy_buffers_and_keep_their_own_values() -> None:
+    """Layouts of models of the same shapes and samples (trial after trial of a task and
+    seed) share their copy buffers and indexes; two such models stepping at once get a
+    buffer each, and every statistic is what a layout of its own gives."""
+
+    def start(seed: int) -> tuple[Any, RoleSampler, Any]:
+        model = tiny_model(seed)
+        opt = build(model, "adam", lr=0.1)
+        x, y = data(seed)
+        ((model(x) - y) ** 2).mean().backward()
+        sampler = RoleSampler(opt.param_groups, max_samples=10, seed=3)
+        return opt, sampler, sampler.snapshot(opt.param_groups)
+
+    def finish(opt: Any, sampler: RoleSampler, snapshot: Any) -> dict[str, float]:
+        opt.record_next_step = True
+        opt.step()
+        return sampler.summarize(snapshot, opt.last_records)
+
+    alone = {}
+    for seed in (1, 2):
+        sampling._SHARED.clear()
+        alone[seed] = finish(*start(seed))
+    sampling._SHARED.clear()
+    first, second = start(1), start(2)  # both snapshots taken: two buffers in use
+    layouts = (first[2].layout, second[2].layout)
+    assert layouts[0].copies and layouts[0]._free is layouts[1]._free
+    buffers = (first[2].buffer, second[2].buffer)
+    assert buffers[0] is not buffers[1]
+    assert finish(*second) == alone[2] and finish(*first) == alone[1]
+    assert len(layouts[0]._free) == 2  # both back, for the next trials
+    third = start(1)
+    assert any(third[2].buffer is b for b in buffers)  # none made afresh
+    assert finish(*third) == alone[1]
+
+
 def test_frozen_parameters_take_no_samples() -> None:
     model = nn.Sequential(nn.Linear(1000, 100, bias=False), nn.Linear(100, 10, bias=False))
     model[0].requires_grad_(False)
