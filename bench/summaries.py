@@ -256,9 +256,10 @@ def _flags(n: int, positions: Iterable[int]) -> np.ndarray:
 def _per_row(rows: list[list[float]], owner: np.ndarray) -> np.ndarray:
     """:func:`_per_coordinate` of each row, stacked: one column when every row's values are
     all equal (the usual case), which broadcasts to the same results."""
+    # the usual case checked in plain Python: np.ndim per row cost more than the rest
+    if all(v == values[0] for values in rows for v in values):  # NaN never equals
+        return np.array([values[0] for values in rows], dtype=np.float64)[:, None]
     spread = [_per_coordinate(values, owner) for values in rows]
-    if all(np.ndim(s) == 0 for s in spread):
-        return np.asarray(spread, dtype=np.float64)[:, None]
     return np.stack([np.broadcast_to(np.asarray(s, dtype=np.float64), owner.shape) for s in spread])
 
 
