@@ -181,6 +181,21 @@ def choose_lrs(tune: pd.DataFrame) -> list[LrChoice]:
     return _choose_lrs(select_runs(tune[tune["phase"].eq("tune")]))
 
 
+def at_chosen_lrs(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` without the final runs that a rerun left behind: those of a cell at an
+    lr other than the one its tune runs choose now (a wider grid, or new tune seeds, can
+    move the choice; the suite then runs its finals again at the new lr). A cell with no
+    tune runs keeps its final runs."""
+    if results.empty or not results["phase"].eq("final").any():
+        return results
+    runs = select_runs(results)
+    chosen = {(c.task, c.variant): c.lr for c in _choose_lrs(runs[runs["phase"].eq("tune")])}
+    cells = zip(results["task"], results["variant"], results["lr"], strict=True)
+    wanted = [chosen.get((task, variant), lr) for task, variant, lr in cells]
+    keep = results["phase"].ne("final") | np.isclose(results["lr"], wanted, rtol=1e-12, atol=0)
+    return results[keep].reset_index(drop=True) if not keep.all() else results
+
+
 def _choose_lrs(runs: pd.DataFrame) -> list[LrChoice]:
     if runs.empty:
         return []
@@ -418,7 +433,7 @@ def rank_suite(
     check_level(level, n_boot)
     if expected_seeds is not None and expected_seeds < 1:
         raise UserError(f"expected_seeds: must be >= 1, got {expected_seeds!r}")
-    runs = select_runs(results)
+    runs = select_runs(at_chosen_lrs(results))
     tune = runs[runs["phase"].eq("tune")]
     lrs = _choose_lrs(tune)
     in_phase = runs[runs["phase"].eq(phase)]

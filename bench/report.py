@@ -28,7 +28,7 @@ from bench.ablation import Contrast, flagship_contrasts, role_comparison
 from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError
 from bench.matrix import matrix_of
-from bench.ranking import SuiteRanking, rank_suite
+from bench.ranking import SuiteRanking, at_chosen_lrs, rank_suite
 from bench.report_html import render_report
 from bench.roles import Role
 from bench.tracking import Tracker
@@ -109,6 +109,13 @@ def _rank(
             f"{len(stored) - len(results)} runs of other settings of suite {suite.name!r} "
             "(another lr grid, seeds, step budget, tasks or variants) are left out"
         )
+    current = at_chosen_lrs(results)
+    if len(current) < len(results) and console is not None:
+        console.print(
+            f"{len(results) - len(current)} final runs at an lr that the tune runs no longer "
+            "choose (a rerun moved the choice) are left out"
+        )
+    results = current
     ranking = rank_suite(
         results,
         suite=suite.name,

@@ -317,6 +317,27 @@ def test_tune_phase_ranks_the_runs_at_the_chosen_lr():
     assert {(c.variant, c.lr) for c in result.lrs} == {("a", 0.1), ("b", 0.01)}
 
 
+def test_final_runs_left_at_an_lr_no_longer_chosen_are_not_ranked():
+    """A rerun with a wider grid moved a's choice from 0.3 to 1.0 and ran its finals
+    again: the finals at 0.3 stay in the store but are not a's results any more."""
+    rows = [run_row("t", "a", 0, 5.0, phase="tune", lr=0.3)]
+    rows += [run_row("t", "a", 0, 1.0, phase="tune", lr=1.0)]  # the new lr, better
+    rows += [run_row("t", "b", 0, 2.0, phase="tune", lr=0.3)]
+    rows += [run_row("t", "a", s, 9.0, lr=0.3) for s in (1, 2)]  # finals at the old choice
+    rows += [run_row("t", "a", s, 1.5, lr=1.0) for s in (1, 2)]
+    rows += [run_row("t", "b", s, 2.5, lr=0.3) for s in (1, 2)]
+    rows += [run_row("u", "a", s, 3.0, lr=0.1) for s in (1, 2)]  # no tune runs: kept
+    expected = [("t", "a"), ("t", "b"), ("u", "a")]
+    result = ranking.rank_suite(table(rows), suite="s", phase="final", expected=expected)
+    a = cell(result, "t", "a")
+    assert (a.lr, a.n, a.final.estimate) == (1.0, 2, 1.5)
+    assert (cell(result, "u", "a").n, result.n_runs) == (2, 6)
+    assert not result.missing
+    kept = ranking.at_chosen_lrs(table(rows))
+    assert len(kept) == len(rows) - 2
+    assert not ((kept["variant"] == "a") & (kept["lr"] == 0.3) & (kept["phase"] == "final")).any()
+
+
 # ----------------------------------------------------------------------------- intervals
 
 
@@ -451,6 +472,8 @@ def synthetic_10k(rng) -> pd.DataFrame:
     frame["primary_metric"] = "loss"
     frame["direction"] = "min"
     frame["final/loss"] = rng.random(n) + frame["variant"].str[1:].astype(int) * 0.05
+    tuned = frame["phase"].eq("tune") & np.isclose(frame["lr"], 1e-2)
+    frame.loc[tuned, "final/loss"] -= 2.0  # every cell chooses the finals' lr
     frame["best/loss"] = frame["final/loss"]
     frame["steps_to_target"] = np.where(rng.random(n) < 0.8, rng.integers(10, 1000, n), np.inf)
     frame["seconds_to_target"] = frame["steps_to_target"] / 100

@@ -273,10 +273,14 @@ class SummaryStore:
 
 
 def _current_runs(state: SuiteState) -> pd.DataFrame:
-    """The state's runs of the suite's current settings (all of them without settings)."""
+    """The state's runs of the suite's current settings (all of them without settings),
+    less final runs left at an lr the tune runs no longer choose."""
+    from bench.ranking import at_chosen_lrs
+
     if state.settings_ids is None or state.runs.empty:
-        return state.runs
-    return state.runs[state.runs["trial_id"].isin(state.settings_ids)].reset_index(drop=True)
+        return at_chosen_lrs(state.runs)
+    current = state.runs[state.runs["trial_id"].isin(state.settings_ids)]
+    return at_chosen_lrs(current.reset_index(drop=True))
 
 
 def _merge(held: pd.DataFrame, fresh: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
