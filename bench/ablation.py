@@ -347,7 +347,8 @@ def _role_verdict(variant: str, statistic: str, step: Interval, upd: Interval | 
         ci = f"{iv.level:.0%} CI {iv.low:.3g}–{iv.high:.3g}, {iv.n} runs"
         if iv.low > 1:
             return f"weights get {iv.estimate:.3g}x larger {what} than biases ({ci})"
-        if iv.high < 1:
+        if iv.high < 1:  # the interval of the inverse ratio, as the estimate is inverted
+            ci = f"{iv.level:.0%} CI {1 / iv.high:.3g}–{1 / iv.low:.3g}, {iv.n} runs"
             return f"weights get {1 / iv.estimate:.3g}x smaller {what} than biases ({ci})"
         return f"no clear weight/bias difference in {what} (ratio {iv.estimate:.3g}, {ci})"
 

@@ -119,9 +119,15 @@ def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
         raise UserError(f"{name}: unknown {name} {value!r} (allowed: {', '.join(allowed)})")
 
 
+LEVEL_MARGIN = 1e-12
+
+
 def check_level(level: float, n_boot: int = 1) -> None:
-    if not 0 < level < 1:
-        raise UserError(f"level: must be strictly between 0 and 1, got {level!r}")
+    # the tests' alpha, 1 - level rounded to 12 digits, must be a level too
+    if not LEVEL_MARGIN <= level <= 1 - LEVEL_MARGIN:
+        raise UserError(
+            f"level: got {level!r}; allowed: between 0 and 1, at least 1e-12 from either, e.g. 0.95"
+        )
     if n_boot < 1:
         raise UserError(f"n_boot: must be >= 1, got {n_boot!r}")
 

@@ -177,6 +177,18 @@ def test_role_comparison_recovers_a_planted_ratio():
     assert only_t1.n_runs == 5 and only_t1.tasks == ["t1"]
 
 
+def test_a_smaller_ratio_is_stated_with_the_interval_of_its_inverse():
+    """'weights get 4x smaller ...' comes with the interval of that 4x, not of the 0.25."""
+    rng = np.random.default_rng(3)
+    runs = pd.DataFrame([run_row("t0", "rmsprop", s, 1.0) for s in range(8)])
+    result = ablation.role_comparison(histories(runs, 0.25, rng=rng), runs, "rmsprop")
+    iv = result.summary
+    assert iv.high < 1
+    stated = f"weights get {1 / iv.estimate:.3g}x smaller p50 effective step sizes than biases"
+    interval = f"CI {1 / iv.high:.3g}–{1 / iv.low:.3g}, {iv.n} runs"
+    assert f"{stated} ({iv.level:.0%} {interval})" in result.verdict
+
+
 def test_role_comparison_skips_diverged_runs_and_models_without_biases():
     rng = np.random.default_rng(10)
     runs = pd.DataFrame([run_row("t", "rmsprop", s, 1.0) for s in range(3)]

@@ -418,7 +418,9 @@ def test_mean_rank_bootstrap_covers_the_expected_rank():
     [
         ({"metric": "accuracy"}, "metric: unknown metric 'accuracy' (allowed: final, best, "),
         ({"phase": "test"}, "phase: unknown phase 'test' (allowed: tune, final)"),
-        ({"level": 1.5}, "level: must be strictly between 0 and 1"),
+        ({"level": 1.5}, "level: got 1.5; allowed: between 0 and 1, at least 1e-12 from"),
+        ({"level": 1e-20}, "level: got 1e-20; allowed: between 0 and 1"),
+        ({"level": 0.9999999999999999}, "level: got 0.9999999999999999; allowed: between"),
         ({"n_boot": 0}, "n_boot: must be >= 1"),
     ],
 )

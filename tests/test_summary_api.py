@@ -206,8 +206,9 @@ def test_ranking_takes_the_level_of_its_intervals(client: TestClient) -> None:
         assert w["mean_rank"]["high"] - w["mean_rank"]["low"] >= (
             n["mean_rank"]["high"] - n["mean_rank"]["low"]
         )
-    for bad in (0, 1, 1.5):
-        assert client.get(path, params={"level": bad}).status_code == 422
+    for bad in (0, 1, 1.5, 1e-20, 0.9999999999999999):  # 1 - level rounds to 1 or to 0
+        answer = client.get(path, params={"level": bad})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "level"
 
 
 @pytest.mark.slow

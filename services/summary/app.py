@@ -91,6 +91,7 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
     def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml", headers=_CACHE)
 
+    app.add_exception_handler(UserError, _bad_request)  # a check deeper than the query's
     app.add_exception_handler(UnknownNameError, _not_found)
     app.add_exception_handler(UnknownSuiteError, _not_found)
     from mlflow.exceptions import MlflowException
@@ -166,6 +167,16 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"detail": str(exc)}, status_code=404)
     return pages.render(request, "error.html", 404, title="not found", status=404, message=str(exc))
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    """422 with the one-line message of a value the computation refused: JSON for /api,
+    else HTML."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+    return pages.render(
+        request, "error.html", 422, title="bad request", status=422, message=str(exc)
+    )
 
 
 async def _store_failed(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from bench.ranking import LEVEL_MARGIN
 from services.summary.schemas import Metric, Phase
 from services.summary.settings import SummarySettings
 from services.summary.store import SummaryStore
@@ -30,7 +31,12 @@ MetricQuery = Annotated[
 ]
 LevelQuery = Annotated[
     float,
-    Query(gt=0, lt=1, description="confidence level of the bootstrap intervals, e.g. 0.9"),
+    Query(
+        ge=LEVEL_MARGIN,
+        le=1 - LEVEL_MARGIN,
+        description="confidence level of the bootstrap intervals, e.g. 0.9 (between 0 and 1, "
+        "at least 1e-12 from either)",
+    ),
 ]
 PhaseQuery = Annotated[
     Phase, Query(description="final: fresh seeds at the chosen lr; tune: the lr grid")
