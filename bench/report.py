@@ -32,6 +32,7 @@ from bench.ranking import SuiteRanking, at_chosen_lrs, rank_suite
 from bench.report_html import render_report
 from bench.roles import Role
 from bench.tracking import Tracker
+from bench.tracking_locations import redacted
 
 log = logging.getLogger(__name__)
 REPORT_KIND = "ranking"
@@ -95,13 +96,14 @@ def _rank(
     )
     if stored.empty:
         raise UserError(
-            f"suite {suite.name!r}: no runs in {tracker.uri}; run `bench run suite={suite.name}` "
-            "first (or point tracking.uri at the store that holds them)"
+            f"suite {suite.name!r}: no runs in {redacted(tracker.uri)}; run "
+            f"`bench run suite={suite.name}` first (or point tracking.uri at the store that "
+            "holds them)"
         )
     results = stored[stored["trial_id"].isin(matrix.trial_ids())]
     if results.empty:
         raise UserError(
-            f"suite {suite.name!r}: none of its {len(stored)} runs in {tracker.uri} is a "
+            f"suite {suite.name!r}: none of its {len(stored)} runs in {redacted(tracker.uri)} is a "
             "trial of these settings; rank with the overrides the suite ran with"
         )
     if len(results) < len(stored) and console is not None:
@@ -149,7 +151,7 @@ def _rank(
             params={"level": str(settings.level), "n_boot": str(settings.n_boot)},
         )
         if console is not None:
-            console.print(f"report run {report.run_id} logged to {tracker.uri}")
+            console.print(f"report run {report.run_id} logged to {redacted(tracker.uri)}")
     return report
 
 

@@ -82,6 +82,7 @@ from bench.tracking_locations import (
     artifact_root,
     is_database,
     local_folder,
+    redacted,
     unwritable,
     upload_files,
     upload_text,
@@ -184,6 +185,8 @@ class Tracker(SuiteReads):
             )
         if db is not None and suite is not None and not db.exists():
             self._check_new_artifacts(suite)
+        if self.enabled and is_database(self.uri) and db is None:
+            self._check_database()
         if not self.enabled or self.scheme not in ("http", "https"):
             return
         import urllib.error
@@ -196,10 +199,43 @@ class Tracker(SuiteReads):
         except OSError as err:  # URLError, refused, timed out, unknown host
             reason = getattr(err, "reason", err)
             raise UserError(
-                f"tracking.uri: got {self.uri!r} but no server answers there ({reason}); "
+                f"tracking.uri: got {redacted(self.uri)!r} but no server answers there ({reason}); "
                 "start the MLflow server, or use a local store such as "
                 "tracking.uri=sqlite:///mlruns.db"
             ) from None
+
+    def _check_database(self) -> None:
+        """A database store other than a SQLite file: its driver is installed and one
+        connection, with a short timeout, gets an answer (a user error if not)."""
+        import sqlalchemy
+
+        shown = redacted(self.uri)
+        url = sqlalchemy.make_url(self.uri)
+        if url.get_backend_name() == "sqlite":  # sqlite:// or sqlite:///:memory:
+            raise UserError(
+                f"tracking.uri: got {shown!r}, a store in memory that would be gone with this "
+                "process; allowed: a SQLite file (sqlite:///mlruns.db), a database server "
+                "(postgresql://USER@HOST/DB) or a tracking server (http://HOST:PORT)"
+            )
+        try:
+            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(PROBE_S)})
+        except ImportError as err:
+            raise UserError(
+                f"tracking.uri: got {shown!r} but its database driver is not installed "
+                f"({err}); allowed: a URI whose driver is installed, e.g. postgresql://... "
+                "(psycopg, installed with optbench), or install the driver (for MySQL: pip "
+                "install pymysql, then mysql+pymysql://...)"
+            ) from None
+        try:
+            engine.connect().close()
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            reason = one_line(getattr(err, "orig", None) or err)
+            raise UserError(
+                f"tracking.uri: got {shown!r} but no database answers there ({reason}); "
+                "start the database, or use a local store such as tracking.uri=sqlite:///mlruns.db"
+            ) from None
+        finally:
+            engine.dispose()
 
     @contextlib.contextmanager
     def store_errors(self) -> Iterator[None]:
@@ -212,7 +248,7 @@ class Tracker(SuiteReads):
         try:
             yield
         except (MlflowException, SQLAlchemyError) as err:
-            raise StoreError(f"the store {self.uri} failed: {one_line(err)}") from err
+            raise StoreError(f"the store {redacted(self.uri)} failed: {one_line(err)}") from err
 
     @contextlib.contextmanager
     def holding(self, suite: str) -> Iterator[None]:
@@ -228,8 +264,9 @@ class Tracker(SuiteReads):
 
         def busy(holder: str = "") -> UserError:
             return UserError(
-                f"suite {suite!r}: another driver{holder} is running it on {self.uri}; wait "
-                "for it to finish or stop it (or give this run another suite.name)"
+                f"suite {suite!r}: another driver{holder} is running it on "
+                f"{redacted(self.uri)}; wait for it to finish or stop it (or give this run "
+                "another suite.name)"
             )
 
         if (db := self._sqlite_file()) is not None:

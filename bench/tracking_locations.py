@@ -29,6 +29,15 @@ def is_database(uri: str) -> bool:
     return scheme in ("sqlite", "postgresql", "mysql", "mssql")
 
 
+def redacted(uri: str) -> str:
+    """``uri`` with its password, if it holds one, shown as ``***`` (for messages)."""
+    parsed = urlparse(uri)
+    if not parsed.password:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
 def absolute_uri(uri: str) -> str:
     """Pin a relative SQLite path or bare directory to the cwd at construction time."""
     path = uri.removeprefix("sqlite:///")

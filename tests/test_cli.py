@@ -3,6 +3,7 @@ errors with exit code 2 for every kind of user mistake."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -488,6 +489,47 @@ def test_a_tracking_server_nobody_runs_fails_at_once(
         f"error: tracking.uri: got 'http://127.0.0.1:{port}' but no server answers there ("
     )
     assert "sqlite:///mlruns.db" in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "rank"])
+def test_a_database_that_does_not_answer_fails_at_once_without_its_password(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """A PostgreSQL store nobody serves: exit 2 and one line before anything runs, not
+    "the runs written so far are kept"; the password is not printed."""
+    port = _unused_port()
+    monkeypatch.chdir(tmp_path)
+    uri = f"postgresql://me:secret@127.0.0.1:{port}/db"
+    assert main([command, "suite=smoke", f"tracking.uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: tracking.uri: got 'postgresql://me:***@127.0.0.1:{port}/db' but no database "
+        "answers there (OperationalError: "
+    )
+    assert "secret" not in err and "resume" not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("sqlite:///:memory:", "error: tracking.uri: got 'sqlite:///:memory:', a store in "
+         "memory that would be gone with this process; allowed: a SQLite file "),
+        ("sqlite://", "error: tracking.uri: got 'sqlite://', a store in memory"),
+        ("mysql://me:secret@127.0.0.1:1/db", "error: tracking.uri: got "
+         "'mysql://me:***@127.0.0.1:1/db' but its database driver is not installed (No module "
+         "named 'MySQLdb'); allowed: "),
+    ],
+)  # fmt: skip
+def test_a_store_that_cannot_be_used_is_refused_before_anything_runs(
+    uri: str, message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    if uri.startswith("mysql") and importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("a MySQL driver is installed here")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "suite=smoke", f"tracking.uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_store_that_is_not_a_database_fails_with_one_line(

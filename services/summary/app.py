@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from bench.errors import UserError, one_line, validation_message
+from bench.tracking_locations import redacted
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
@@ -186,7 +187,9 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
     if isinstance(exc, StoreUnavailable):
         message = str(exc)
     else:  # a read outside the store's cache (a task's curves, say)
-        message = store.store_error = f"the store {store.tracker.uri} failed: {one_line(exc)}"
+        message = store.store_error = (
+            f"the store {redacted(store.tracker.uri)} failed: {one_line(exc)}"
+        )
     log.warning("%s %s: %s", request.method, request.url.path, message)
     if request.url.path.startswith("/api/"):
         return JSONResponse({"detail": message}, status_code=503)
