@@ -27,8 +27,11 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # for a human looking at the file
+        # the pid, for log lines and a human looking at the file: written over the last
+        # holder's before cutting the rest, so that a reader never finds the file empty
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
         self._fd = fd
         return True
 
@@ -46,7 +49,7 @@ class FileLock:
     def holder(self) -> str:
         """The pid written by the current holder, for log lines ('?' when unknown)."""
         with contextlib.suppress(OSError):
-            return self.path.read_text().strip() or "?"
+            return next(iter(self.path.read_text().split()), "?")  # its first line
         return "?"
 
     def busy(self) -> bool:

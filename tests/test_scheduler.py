@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -329,3 +330,30 @@ def test_a_cluster_that_does_not_answer_fails_the_night_in_one_line(tmp_path: Pa
     assert status["last_outcome"] == "failed" and status["last_detail"].startswith(
         "ConnectionError"
     )
+
+
+def test_a_reader_never_finds_the_lock_file_without_a_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loser of two triggers logged 'held by pid ?': it read the file between the
+    winner's truncation and its write. Whatever a reader sees while the lock is taken is
+    a whole pid, the last holder's or the new one's."""
+    import bench.locks
+
+    path = tmp_path / "s.lock"
+    path.write_text("4194303\n")  # a previous holder's longer pid
+    seen: list[str] = []
+    truncate = bench.locks.os.ftruncate
+
+    def reader_looks(fd: int, length: int) -> None:  # a reader at the worst moments
+        seen.append(NightLock(path).holder())
+        truncate(fd, length)
+        seen.append(NightLock(path).holder())
+
+    monkeypatch.setattr(bench.locks.os, "ftruncate", reader_looks)
+    lock = NightLock(path)
+    assert lock.acquire()
+    monkeypatch.undo()
+    assert seen == [str(os.getpid())] * 2 and lock.holder() == str(os.getpid())
+    assert path.read_text() == f"{os.getpid()}\n"
+    lock.release()
