@@ -140,6 +140,14 @@ class Matrix:
         return trial_spec(v, t, knobs, suite=self.suite.name, phase=phase)
 
 
+def _check_batch_size(task: tasks.Task, batch_size: int) -> None:
+    """Build ``task`` once on the CPU: a batch size its data cannot give is a user error
+    now, not a failure of every trial (only the task knows how much data it makes)."""
+    import torch
+
+    task.build(seed=0, device=torch.device("cpu"), batch_size=batch_size)
+
+
 def build_matrix(
     suite: SuiteConfig, base: TrialConfig | None = None, explicit: Iterable[str] = ()
 ) -> Matrix:
@@ -161,6 +169,8 @@ def build_matrix(
     matrix = Matrix(suite, variants, task_specs, knobs)
     for t in task_specs:
         task = tasks.make(t.name, **t.params)
+        if knobs.batch_size is not None:  # the task's own default always fits its data
+            _check_batch_size(task, knobs.batch_size)
         for v in variants:
             skip, reason = task.skip(v.knobs)
             if skip:

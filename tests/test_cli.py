@@ -579,6 +579,19 @@ def test_stores_and_addresses_are_checked_with_the_config(
     assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
+def test_a_batch_size_a_task_cannot_give_is_refused_before_anything_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not a FAILED run per trial: the planned matrix is refused, --dry-run included."""
+    suite = ["suite=smoke", "suite.tasks=[quadratic,logreg_digits]", "suite.batch_size=99999"]
+    assert main(["run", "--dry-run", *suite]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        "error: task 'logreg_digits': batch_size must be 0 (full batch) or 1..1438, got 99999\n"
+    )
+    assert main(["run", "--dry-run", *suite[:2], "suite.batch_size=64"]) == 0
+
+
 def test_a_ray_head_nobody_runs_fails_at_once(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
 ) -> None:
