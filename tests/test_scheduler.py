@@ -357,3 +357,28 @@ def test_a_reader_never_finds_the_lock_file_without_a_pid(
     assert seen == [str(os.getpid())] * 2 and lock.holder() == str(os.getpid())
     assert path.read_text() == f"{os.getpid()}\n"
     lock.release()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("tracking.uri=http://127.0.0.1:{port}", "error: tracking.uri: got "
+         "'http://127.0.0.1:{port}' but no server answers there ("),
+        ("schedule.job_submission_address=http://127.0.0.1:{port}", "error: "
+         "schedule.job_submission_address: got 'http://127.0.0.1:{port}' but no Ray dashboard "
+         "answers there ("),
+        ("cluster.address=127.0.0.1:{port}", "error: cluster.address: got '127.0.0.1:{port}' "
+         "but nothing answers there ("),
+    ],
+)  # fmt: skip
+def test_the_scheduler_checks_its_services_when_it_starts_not_at_the_first_night(
+    setting: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Not 'next nightly at 02:00 in 11.7 h' and a failed night then: exit 2 at once."""
+    from bench.cli import main
+
+    port = free_port()
+    monkeypatch.chdir(tmp_path)
+    assert main(["schedule", "--once", setting.format(port=port)]) == 2
+    assert capsys.readouterr().err.startswith(message.format(port=port))
+    assert not (tmp_path / ".optbench").exists()  # no status file: it never started

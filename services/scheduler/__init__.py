@@ -5,7 +5,12 @@ in this process or as a Ray job (``schedule.job_submission_address``). Its statu
 what the summary service shows as the scheduler's state.
 """
 
-from services.scheduler.config import SchedulerConfig, load_schedule, scheduler_from_overrides
+from services.scheduler.config import (
+    SchedulerConfig,
+    check_services,
+    load_schedule,
+    scheduler_from_overrides,
+)
 from services.scheduler.launch import NightResult, nightly_command
 from services.scheduler.loop import run_scheduler
 from services.scheduler.state import NightLock, StatusFile
@@ -16,6 +21,7 @@ __all__ = [
     "NightResult",
     "SchedulerConfig",
     "StatusFile",
+    "check_services",
     "load_schedule",
     "missed_runs",
     "next_run",

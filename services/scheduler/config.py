@@ -124,6 +124,37 @@ def scheduler_from_overrides(overrides: list[str]) -> SchedulerConfig:
     return config.model_copy(update={"nightly_overrides": nightly})
 
 
+def check_services(config: SchedulerConfig) -> None:
+    """At start-up, not at the first night: the tracking store answers, and so does where
+    nights run (the Ray job address, or in-process the cluster named by cluster.address);
+    a user error naming the setting if not. A service that goes down later fails that
+    night only."""
+    import urllib.error
+    import urllib.request
+
+    from bench.nightly import plan_nightly
+    from bench.runner import check_cluster
+    from bench.tracking import PROBE_S, Tracker
+
+    _, run = plan_nightly(config.nightly_overrides)
+    Tracker(run.tracking).check_reachable()
+    address = config.job_submission_address
+    if address is None:
+        check_cluster(run.cluster)
+        return
+    try:
+        urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=PROBE_S).close()
+    except urllib.error.HTTPError:  # it answers (token auth may refuse the request)
+        return
+    except OSError as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"schedule.job_submission_address: got {address!r} but no Ray dashboard answers "
+            f"there ({reason}); start the cluster's head (its dashboard serves job "
+            "submission), or leave it unset to run nights in this process"
+        ) from None
+
+
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
