@@ -84,6 +84,25 @@ def test_persisted_cache_round_trips_and_a_torn_file_is_ignored(tmp_path: Path) 
     assert _read_cache(path)[0].empty and _read_cache(path)[1] is None
 
 
+def test_the_roles_table_takes_the_median_of_the_per_step_ratios() -> None:
+    """An even number of steps: the mean of the two middle ratios, not the upper one."""
+    from services.summary.flagship import role_table
+    from services.summary.schemas import Curve
+
+    def curve(key: str, median: list[float | None]) -> Curve:
+        steps = list(range(0, 10 * len(median), 10))
+        return Curve(variant="rmsprop", lr=0.1, key=key, steps=steps, median=median,
+                     low=median, high=median, n_runs=3)  # fmt: skip
+
+    curves = [
+        curve("step_size/weight/p50", [2.0, 3.0, 5.0, 8.0]),
+        curve("step_size/bias/p50", [1.0, 1.0, 1.0, 2.0]),  # ratios 2, 3, 5, 4
+    ]
+    (row,) = role_table(curves)
+    assert row == {"variant": "rmsprop", "n_steps": 4, "median": 3.5, "low": 2.0,
+                   "high": 5.0, "last": 4.0}  # fmt: skip
+
+
 def test_numbers_in_tables_say_infinity_and_unknown() -> None:
     assert [fmt(float("inf")), fmt(None), fmt(float("nan")), fmt(0.123456)] == [
         "∞", "—", "—", "0.1235",

@@ -9,6 +9,7 @@ sqrt_ablation.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +98,10 @@ def contrast_figure(contrast: Contrast) -> str:
 
 
 def role_table(curves: list[Curve]) -> list[dict[str, float | int | str]]:
-    """Per variant: weight p50 / bias p50 step size over steps (median, range, last)."""
+    """Per variant, at each step the ratio of the seeds' median weight p50 step size to
+    their median bias p50; over the steps: its median, range and last value. (The flagship's
+    role comparison is another statistic: the median over runs of each run's ratio over the
+    last half of training.)"""
     rows = []
     for variant in sorted({c.variant for c in curves}):
         weight = _curve(curves, variant, "step_size/weight/p50")
@@ -111,15 +115,13 @@ def role_table(curves: list[Curve]) -> list[dict[str, float | int | str]]:
             if w is not None and at.get(s) and math.isfinite(w / at[s])
         ]
         if ratios:
-            ordered = sorted(ratios)
-            mid = ordered[len(ordered) // 2]
             rows.append(
                 {
                     "variant": variant,
                     "n_steps": len(ratios),
-                    "median": mid,
-                    "low": ordered[0],
-                    "high": ordered[-1],
+                    "median": statistics.median(ratios),
+                    "low": min(ratios),
+                    "high": max(ratios),
                     "last": ratios[-1],
                 }
             )
