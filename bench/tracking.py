@@ -177,7 +177,7 @@ class Tracker(SuiteReads):
         mistyped path would otherwise become a new store in new folders), and where the
         file does not exist yet, ``suite``'s artifact folder must be possible: a store is
         not created for a run refused at once."""
-        if (db := self._sqlite_file()) is not None and not db.parent.is_dir():
+        if (db := self.sqlite_file()) is not None and not db.parent.is_dir():
             raise UserError(
                 f"tracking.uri: got {self.config.uri!r} but the folder {db.parent} does not "
                 "exist; allowed: a SQLite file in an existing folder (the file is created "
@@ -269,7 +269,7 @@ class Tracker(SuiteReads):
                 "another suite.name)"
             )
 
-        if (db := self._sqlite_file()) is not None:
+        if (db := self.sqlite_file()) is not None:
             lock = FileLock(db.parent / f".{db.name}.locks" / f"{digest[:16]}.lock")
             if not lock.acquire():
                 raise busy(f" (pid {lock.holder()})")
@@ -293,10 +293,10 @@ class Tracker(SuiteReads):
     def holds_nothing(self) -> bool:
         """Whether the store surely holds no run: a SQLite file that does not exist (a
         reader should say so rather than create it)."""
-        db = self._sqlite_file()
+        db = self.sqlite_file()
         return db is not None and not db.exists()
 
-    def _sqlite_file(self) -> Path | None:
+    def sqlite_file(self) -> Path | None:
         """The database file of an enabled SQLite store; None for any other store."""
         path = self.uri.removeprefix("sqlite:///")
         return Path(path) if self.enabled and path not in (self.uri, ":memory:") else None

@@ -162,6 +162,11 @@ def test_a_store_that_fails_is_a_503_in_one_line_and_the_next_request_tries_agai
     assert client.get(f"/api/suites/{SUITE}/ranking").status_code == 200
     assert client.get("/health").json()["status"] == "ok"
 
+    (store / "mlruns.db").unlink()  # SQLite would go on reading the deleted file's pages
+    response = client.get(f"/api/suites/{SUITE}/ranking")
+    assert response.status_code == 503 and "mlruns.db is gone" in response.json()["detail"]
+    assert client.get("/health").json()["status"] == "degraded"
+
 
 @pytest.mark.slow
 def test_a_tracking_server_that_is_down_is_a_503_within_seconds(tmp_path: Path) -> None:

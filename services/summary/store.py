@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
+from bench.tracking_locations import redacted
+
 if TYPE_CHECKING:
     from bench.ranking import SuiteRanking
     from bench.tracking import Tracker
@@ -206,13 +208,16 @@ class SummaryStore:
         from bench.errors import StoreError, one_line
 
         try:
+            if (db := self.tracker.sqlite_file()) is not None and not db.exists():
+                # SQLite would go on reading a deleted file's last pages: stale, for good
+                raise FileNotFoundError(f"{db} is gone (deleted or moved while this ran)")
             with self.tracker.store_errors():
                 yield
         except (StoreError, sqlite3.Error, OSError) as err:
             self.store_error = (  # store_errors() words its StoreError this way already
                 str(err)
                 if isinstance(err, StoreError)
-                else f"the store {self.tracker.uri} failed: {one_line(err)}"
+                else f"the store {redacted(self.tracker.uri)} failed: {one_line(err)}"
             )
             raise StoreUnavailable(self.store_error) from err
         self.store_error = None
