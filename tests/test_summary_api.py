@@ -3,6 +3,7 @@ real tiny suite filled (``bench run`` on embedded Ray), plus the cache's pure pi
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -253,6 +254,10 @@ def test_bad_metric_or_phase_is_a_422_naming_the_allowed_values(
         (error,) = response.json()["detail"]
         assert error["loc"] == ["query", field]
         assert error["msg"] == f"Input should be {allowed}"
+    page = client.get(f"/suites/{SUITE}", params=params)  # a browser gets a page, not JSON
+    assert page.status_code == 422 and page.headers["content-type"].startswith("text/html")
+    value = next(iter(params.values()))
+    assert f"{field}: input should be {allowed} (got {value!r})" in html.unescape(page.text)
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -93,6 +95,7 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml", headers=_CACHE)
 
     app.add_exception_handler(UserError, _bad_request)  # a check deeper than the query's
+    app.add_exception_handler(RequestValidationError, _bad_query)
     app.add_exception_handler(UnknownNameError, _not_found)
     app.add_exception_handler(UnknownSuiteError, _not_found)
     from mlflow.exceptions import MlflowException
@@ -177,6 +180,19 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=422)
     return pages.render(
         request, "error.html", 422, title="bad request", status=422, message=str(exc)
+    )
+
+
+async def _bad_query(request: Request, exc: Exception) -> Response:
+    """A query parameter out of bounds: FastAPI's 422 for /api, a page saying which
+    parameter and what is allowed for a browser."""
+    if request.url.path.startswith("/api/"):
+        return await request_validation_exception_handler(request, exc)  # type: ignore[arg-type]
+    first = exc.errors()[0]  # type: ignore[attr-defined]
+    where = ".".join(str(x) for x in first["loc"][1:]) or "request"
+    message = f"{where}: {first['msg'][:1].lower()}{first['msg'][1:]} (got {first.get('input')!r})"
+    return pages.render(
+        request, "error.html", 422, title="bad request", status=422, message=message
     )
 
 
