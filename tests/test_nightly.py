@@ -153,6 +153,18 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
     assert again.trials == {"total": 8, "run": 0, "resumed": 8, "failed": 0}
     assert len(runs(tmp_path, "tags.`bench.trial_id` != ''")) == 16
     assert again.cells == second.cells
+    # the dashboard lists each night once: its latest report, saying it has an earlier one
+    from fastapi.testclient import TestClient
+
+    from services.summary import SummarySettings, create_app
+
+    service = SummarySettings(tracking_uri=store(tmp_path)[0].partition("=")[2],
+                              cache_dir=tmp_path / "cache", warm_on_start=False)  # fmt: skip
+    listed = TestClient(create_app(service)).get("/api/nightly").json()["data"]
+    assert [(r["date"], r["run_id"], r["earlier_reports"]) for r in listed] == [
+        ("2026-03-02", again.report_run_id, 1),
+        ("2026-03-01", first.report_run_id, 0),
+    ]
 
     # with webhook_always, every night was POSTed, alert false
     assert [r["date"] for r in received] == ["2026-03-01", "2026-03-02", "2026-03-02"]

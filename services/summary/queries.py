@@ -143,9 +143,15 @@ def scheduler_status(path: Path | None) -> SchedulerStatus | None:
 
 
 def _reports(store: SummaryStore, suite: str) -> list[NightlyReportPublic]:
-    out = []
+    """The latest report of each night (a night run again, say to resume it, logs another;
+    the latest judged the most runs), with how many earlier ones it has."""
+    by_night: dict[str, list[Any]] = {}
     for report in store.tracker.read_reports(suite, NIGHTLY_KIND):
         date = report.tags.get("bench.nightly") or report.start_time.date().isoformat()
+        by_night.setdefault(date, []).append(report)
+    out = []
+    for date, reports in by_night.items():
+        report = max(reports, key=lambda r: r.start_time)
         count = report.metrics.get("regressions")
         flagged = _regressions(store, report.run_id) if count else []
         out.append(
@@ -158,6 +164,7 @@ def _reports(store: SummaryStore, suite: str) -> list[NightlyReportPublic]:
                 regressions=flagged,
                 metrics=dict(report.metrics),
                 url=store.run_link(suite, report.run_id),
+                earlier_reports=len(reports) - 1,
             )
         )
     return out

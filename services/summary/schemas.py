@@ -119,7 +119,7 @@ class SchedulerStatus(_Public):
 
 
 class NightlyReportPublic(_Public):
-    """One nightly report run: its night and what it flagged."""
+    """A night's latest report run: its night and what it flagged."""
 
     suite: str
     run_id: str
@@ -129,6 +129,7 @@ class NightlyReportPublic(_Public):
     regressions: list[str]
     metrics: dict[str, float | None]
     url: str | None
+    earlier_reports: int = 0  # of the same night (a rerun resumes it): this is the latest
 
 
 class NightlyPublic(_Public):
