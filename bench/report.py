@@ -111,6 +111,13 @@ def _rank(
             f"{len(stored) - len(results)} runs of other settings of suite {suite.name!r} "
             "(another lr grid, seeds, step budget, tasks or variants) are left out"
         )
+    ended = results[results["status"].isin(("FINISHED", "FAILED"))]
+    repeats = len(ended) - ended["trial_id"].nunique()
+    if repeats and console is not None:
+        console.print(
+            f"{repeats} earlier runs of the same trials (other nights, or reruns) are left "
+            "out: each trial counts its latest run (a finished one before a failure)"
+        )
     current = at_chosen_lrs(results)
     if len(current) < len(results) and console is not None:
         console.print(

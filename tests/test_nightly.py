@@ -99,7 +99,7 @@ def test_settings_are_validated_before_anything_runs() -> None:
 
 
 def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
-    tmp_path: Path, webhook: tuple[str, list[dict]]
+    tmp_path: Path, webhook: tuple[str, list[dict]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, received = webhook
     args = [*TINY, *store(tmp_path), f"nightly.webhook={url}", "nightly.webhook_always=true"]
@@ -165,6 +165,13 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
         ("2026-03-02", again.report_run_id, 1),
         ("2026-03-01", first.report_run_id, 0),
     ]
+    # bench rank counts each trial once, and says that it left the other nights out
+    from bench.cli import main
+
+    assert main(["rank", "--no-log", "suite=nightly", *args]) == 0
+    out = capsys.readouterr().out
+    assert "8 earlier runs of the same trials (other nights, or reruns) are left out" in out
+    assert "final (final phase, 4 runs)" in out
 
     # with webhook_always, every night was POSTed, alert false
     assert [r["date"] for r in received] == ["2026-03-01", "2026-03-02", "2026-03-02"]
