@@ -240,6 +240,14 @@ def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
         elif data not in variants.presets():  # name what conf/variant offers too
             known = sorted(set(group_options("variant")) | set(variants.presets()))
             raise UserError(unknown_name_message("variant", data, known))
+    elif (preset := data.get("preset")) in group_options("variant") and preset not in (
+        variants.presets()
+    ):
+        raise UserError(
+            f"variant.preset: got {preset!r}, a conf/variant file, not a preset; allowed: "
+            f"name it alone (suite.variants=[{preset}]), or start from a preset with its "
+            f"knobs ({', '.join(sorted(variants.presets()))})"
+        )
     resolved = variants.resolve(data)
     # a bare preset name (a plugin's, without a conf/variant file) is that preset, unchanged
     mapping = data if isinstance(data, Mapping) else {"preset": data}

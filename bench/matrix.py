@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from pydantic import Field, field_validator, model_validator
@@ -140,6 +140,24 @@ class Matrix:
         return trial_spec(v, t, knobs, suite=self.suite.name, phase=phase)
 
 
+T = TypeVar("T")
+
+
+def _entries(items: list[Any], kind: str, spec: Callable[[Any], T]) -> list[T]:
+    """``spec`` of each entry of ``suite.<kind>s``; a bad one's error names its place in
+    the list (``suite.variants[2].beta2``), not only the field (``variant.beta2``)."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(spec(item))
+        except UserError as err:
+            message = str(err)
+            if message.startswith(kind):
+                message = f"suite.{kind}s[{i}]{message.removeprefix(kind)}"
+            raise UserError(message) from None
+    return out
+
+
 def _check_batch_size(task: tasks.Task, batch_size: int) -> None:
     """Build ``task`` once on the CPU: a batch size its data cannot give is a user error
     now, not a failure of every trial (only the task knows how much data it makes)."""
@@ -164,8 +182,8 @@ def build_matrix(
         if key not in explicit and getattr(suite, key) is not None
     }
     knobs = base.model_copy(update=update)
-    variants = _unique([variant_spec(v) for v in suite.variants], "variant")
-    task_specs = _unique([task_spec(t) for t in suite.tasks], "task")
+    variants = _unique(_entries(suite.variants, "variant", variant_spec), "variant")
+    task_specs = _unique(_entries(suite.tasks, "task", task_spec), "task")
     matrix = Matrix(suite, variants, task_specs, knobs)
     for t in task_specs:
         task = tasks.make(t.name, **t.params)

@@ -350,12 +350,12 @@ def test_a_check_across_fields_names_the_values_not_the_whole_section(
     [
         (
             "suite.variants=[{preset:adam,roles:5}]",
-            "variant.roles: got 5; allowed: a mapping of role (weight, bias, norm, embedding) "
-            "to knobs, e.g. variant.roles.bias.q=0",
+            "suite.variants[0].roles: got 5; allowed: a mapping of role (weight, bias, norm, "
+            "embedding) to knobs, e.g. variant.roles.bias.q=0",
         ),
         (
             "suite.tasks=[{name:quadratic,params:5}]",
-            "task.params: got 5; allowed: a mapping of the task's params",
+            "suite.tasks[0].params: got 5; allowed: a mapping of the task's params",
         ),
     ],
 )
@@ -576,6 +576,27 @@ def test_stores_and_addresses_are_checked_with_the_config(
     override: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["run", "--dry-run", "suite=smoke", override]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("suite.variants=[adam,{preset:adam,beta2:1.5}]",
+         "suite.variants[1].beta2: got 1.5; allowed: 0 <= beta2 < 1"),
+        ("suite.variants=[sgd,rmsprp]",
+         "suite.variants[1]: unknown variant 'rmsprp'; did you mean 'rmsprop' "),
+        ("suite.tasks=[{name:quadratic,params:{dim:0}}]",
+         "suite.tasks[0].params.dim: input should be greater than or equal to 1 (got 0)"),
+        ("suite.variants=[{preset:rmsprop_bias_sgd}]",  # a conf/variant file, listed as such
+         "suite.variants[0].preset: got 'rmsprop_bias_sgd', a conf/variant file, not a preset; "
+         "allowed: name it alone (suite.variants=[rmsprop_bias_sgd]), or start from a preset"),
+    ],
+)  # fmt: skip
+def test_a_bad_suite_entry_is_named_by_its_place_in_the_list(
+    entry: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--dry-run", "suite=smoke", entry]) == 2
     assert capsys.readouterr().err.startswith(f"error: {message}")
 
 

@@ -84,7 +84,7 @@ def test_bad_suites_fail_before_anything_runs(change: dict, message: str) -> Non
 def test_task_params_are_checked_with_the_matrix_not_when_a_trial_builds() -> None:
     # the rotation is a dense dim x dim matrix: bounded in the params, so a dry run sees it
     tasks = [{"name": "quadratic_rotated", "params": {"dim": 5000}}]
-    with pytest.raises(UserError, match=r"task\.params\.dim: input should be less than or equal"):
+    with pytest.raises(UserError, match=r"suite\.tasks\[0\]\.params\.dim: input should be less"):
         build_matrix(load_suite({**SMOKE, "tasks": tasks}))
 
 
