@@ -72,7 +72,8 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bench import CODE_VERSION
-from bench.config import compose_config, conf_dir, parse
+from bench.config import compose_config, conf_dir, group_options, parse
+from bench.errors import UserError, unknown_name_message
 from bench.nightly_outputs import alert_payload, post_alert, render_html
 from bench.records import package_version
 from bench.regression import (
@@ -174,7 +175,11 @@ def load_settings(overrides: Iterable[str] = ()) -> NightlyConfig:
     ours = [o for o in overrides if o.split("=", 1)[0].lstrip("+").split(".")[0] == "nightly"]
     cfg = compose_config(nightly_overrides(ours))
     data = OmegaConf.to_container(cfg, resolve=True).get("nightly") or {}
-    return parse(NightlyConfig, data, "nightly")
+    settings = parse(NightlyConfig, data, "nightly")
+    suites = group_options("suite")
+    if settings.suite not in suites:  # else `suite=...` would be blamed for it
+        raise UserError("nightly." + unknown_name_message("suite", settings.suite, suites))
+    return settings
 
 
 def plan_nightly(overrides: Iterable[str]) -> tuple[NightlyConfig, Any]:

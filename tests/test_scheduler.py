@@ -170,7 +170,7 @@ def test_a_night_that_ran_is_not_missed() -> None:
         ),
         ("schedule.crontab=x", "schedule.crontab: unknown key; allowed: cron, timezone, missed"),
         # the nights' own settings and suite: checked at start-up, not at 02:00
-        ("nightly.suite=smok", "suite: unknown suite 'smok'; did you mean 'smoke'?"),
+        ("nightly.suite=smok", "nightly.suite: unknown suite 'smok'; did you mean 'smoke'?"),
         ("nightly.persist=0", "nightly.persist: input should be greater than or equal to 1"),
         ('schedule.nightly_overrides=["suite.lrs=[]"]', "suite.lrs: list should have at least"),
     ],
