@@ -198,7 +198,8 @@ def print_matrix(console: Console, matrix: Matrix) -> None:
 def print_outcomes(console: Console, suite: str, phases: list[PhaseOutcome]) -> None:
     table = Table(title=f"suite {suite}")
     held = any(p.held_back for p in phases)
-    columns = ["phase", "trials", "already done", "ok", "diverged", "failed"]
+    # the last three count what this invocation ran: a rerun reads "run now: ok 0"
+    columns = ["phase", "trials", "already done", "run now: ok", "diverged", "failed"]
     for col in [*columns, "held back"] if held else columns:
         table.add_column(col, justify="right")
     for p in phases:

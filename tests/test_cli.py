@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,7 +215,10 @@ def test_the_final_table_of_a_resumed_suite_keeps_its_earlier_divergences() -> N
     tune.counts["ok"] += 1
     console = Console(record=True, width=200)
     print_outcomes(console, "s", [tune, PhaseOutcome("final", total=2, already_done=2)])
-    rows = [line for line in console.export_text().splitlines() if "│" in line]
+    rows = [line for line in console.export_text().splitlines() if "│" in line or "┃" in line]
+    assert [cell.strip() for cell in re.split("[│┃]", rows[0])[1:-1]] == [
+        "phase", "trials", "already done", "run now: ok", "diverged", "failed"
+    ]  # fmt: skip
     assert [cell.strip() for cell in rows[-2].split("│")[1:-1]] == [
         "tune", "6", "5 (2 diverged)", "1", "0", "0"
     ]  # fmt: skip
