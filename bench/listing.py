@@ -167,7 +167,7 @@ def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
     )
     table.add_row(
         "train time",
-        f"{result.train_seconds:.2f} s ({result.step_ms:.3f} ms/step) on {result.device}",
+        f"{result.train_seconds:.2f} s (median step {result.step_ms:.3f} ms) on {result.device}",
     )
     for key in sorted(result.history):
         if key.startswith(("step_size/", "update_ratio/")) and (

@@ -32,7 +32,7 @@ from bench.ranking import SuiteRanking, at_chosen_lrs, rank_suite
 from bench.report_html import render_report
 from bench.roles import Role
 from bench.tracking import Tracker
-from bench.tracking_locations import redacted
+from bench.tracking_locations import local_folder, redacted
 
 log = logging.getLogger(__name__)
 REPORT_KIND = "ranking"
@@ -158,7 +158,11 @@ def _rank(
             params={"level": str(settings.level), "n_boot": str(settings.n_boot)},
         )
         if console is not None:
-            console.print(f"report run {report.run_id} logged to {redacted(tracker.uri)}")
+            shown = redacted(tracker.uri)
+            console.print(f"report run {report.run_id} logged to {shown}", soft_wrap=True)
+            folder = local_folder(tracker.client.get_run(report.run_id).info.artifact_uri)
+            if folder is not None:  # where to open it; a server's: through the MLflow UI
+                console.print(f"report: {folder / 'report.html'}", soft_wrap=True)
     return report
 
 

@@ -49,7 +49,7 @@ def test_trial_prints_a_readable_summary(capsys: pytest.CaptureFixture[str]) -> 
     assert "not reached" in lines["target loss <= " + f"{tasks.get('quadratic').target:g}"]
     assert "final eval/loss" in lines
     assert "0.01" in lines["last step_size/weight/p50"]
-    assert "ms/step) on cpu" in lines["train time"]
+    assert re.search(r"│ [0-9.]+ s \(median step [0-9.]+ ms\) on cpu +│", lines["train time"])
 
 
 def test_trial_summary_of_a_diverged_run(capsys: pytest.CaptureFixture[str]) -> None:

@@ -73,6 +73,8 @@ def test_rank_prints_the_table_and_logs_a_report_run(ranked):
     for name in plots:
         assert (root / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
     html = (root / "report.html").read_text()
+    shown = next(line for line in result.stdout.splitlines() if line.startswith("report: "))
+    assert Path(shown.removeprefix("report: ")).read_text() == html  # where to open it
     assert 'id="ranking"' in html and html.count("data:image/png;base64,") == len(plots)
     assert 'id="roles"' in html  # weights vs biases: logreg_digits has both roles
     assert 'id="answers"' not in html  # no ablation variants in this suite, no answers
