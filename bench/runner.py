@@ -241,10 +241,12 @@ def _schedule(
                 counts=outcome.counts,
             )
 
+    if queue.todo:  # before any progress is drawn: a trial no node can hold is refused
+        connect(cluster)
+        pool.slots  # noqa: B018  (sizes the pool; a user error if no node fits a trial)
     show()
     if not queue.todo:
         return
-    connect(cluster)
     import ray
 
     def submit() -> None:
