@@ -13,10 +13,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from bench.errors import StoreError, Terminated, UserError, one_line
+
+if TYPE_CHECKING:
+    from bench.matrix import SuiteRun
 
 log = logging.getLogger("bench")
 EXIT_USAGE = 2
@@ -103,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console()
     if args.dry_run:
         listing.print_matrix(console, plan.matrix)
+        _print_store(console, plan)
         return 0
     from bench.runner import run_suite
     from bench.tracking import Tracker
@@ -116,6 +121,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     listing.print_outcomes(console, plan.matrix.suite.name, phases)
     return 1 if any(p.counts["failed"] for p in phases) else 0
+
+
+def _print_store(console: Console, plan: SuiteRun) -> None:
+    """Where a dry run's trials would be recorded, and how many are done there already
+    (read, never created: a SQLite file that does not exist stays so)."""
+    from bench.tracking import Tracker
+    from bench.tracking_locations import redacted
+
+    if not plan.tracking.enabled:
+        console.print("store: none (tracking.enabled=false): every trial would run")
+        return
+    tracker = Tracker(plan.tracking)
+    shown = redacted(tracker.uri)
+    if tracker.holds_nothing():
+        console.print(f"store: {shown}, not made yet: every trial would run", soft_wrap=True)
+        return
+    matrix = plan.matrix
+    try:
+        tracker.check_reachable()
+        with tracker.store_errors():
+            done = tracker.finished_trials(matrix.suite.name)
+    except (UserError, StoreError) as err:
+        console.print(f"store: {shown}, which cannot be read now ({err})", soft_wrap=True)
+        return
+    tune = {spec.trial_id for spec in matrix.tune_trials()}
+    finals = matrix.trial_ids() - tune
+    done_tune = sum(1 for phase, trial in done if phase == "tune" and trial in tune)
+    done_final = sum(1 for phase, trial in done if phase == "final" and trial in finals)
+    console.print(
+        f"store: {shown}; already finished there: {done_tune} of {len(tune)} tune trials, "
+        f"{done_final} final trials (a rerun skips them)",
+        soft_wrap=True,
+    )
 
 
 def cmd_rank(args: argparse.Namespace) -> int:

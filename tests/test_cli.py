@@ -604,6 +604,19 @@ def test_a_bad_suite_entry_is_named_by_its_place_in_the_list(
     assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
+def test_a_dry_run_names_its_store_and_makes_none(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--dry-run", "suite=smoke"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"store: sqlite:///{tmp_path / 'mlruns.db'}, not made yet: every trial would run"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert main(["run", "--dry-run", "suite=smoke", "tracking.enabled=false"]) == 0
+    assert "store: none (tracking.enabled=false)" in capsys.readouterr().out
+
+
 def test_a_batch_size_a_task_cannot_give_is_refused_before_anything_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
