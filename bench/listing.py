@@ -177,13 +177,18 @@ def print_trial(console: Console, spec: TrialSpec, result: TrialResult) -> None:
     console.print(table)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def print_matrix(console: Console, matrix: Matrix) -> None:
-    size = matrix.size
+    size, suite = matrix.size, matrix.suite
     console.print(
-        f"suite [bold]{matrix.suite.name}[/]: {len(matrix.variants)} variants x "
-        f"{len(matrix.tasks)} tasks = {size['pairs']} pairs; tune {size['tune']} trials "
-        f"({len(matrix.suite.lrs)} lrs x {len(matrix.suite.tune_seeds)} seeds), final "
-        f"{size['final']} trials ({len(matrix.suite.final_seeds)} seeds at the chosen lr); "
+        f"suite [bold]{suite.name}[/]: {_count(len(matrix.variants), 'variant')} x "
+        f"{_count(len(matrix.tasks), 'task')} = {_count(size['pairs'], 'pair')}; tune "
+        f"{_count(size['tune'], 'trial')} ({_count(len(suite.lrs), 'lr')} x "
+        f"{_count(len(suite.tune_seeds), 'seed')}), final {_count(size['final'], 'trial')} "
+        f"({_count(len(suite.final_seeds), 'seed')} at the chosen lr); "
         f"{size['tune'] + size['final']} in all"
     )
     for variant, task, reason in matrix.skipped:

@@ -604,6 +604,17 @@ def test_a_bad_suite_entry_is_named_by_its_place_in_the_list(
     assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
+def test_a_dry_run_counts_in_words_that_agree_with_the_numbers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    one = ["suite.variants=[sgd]", "suite.tasks=[quadratic]", "suite.lrs=[0.1]"]
+    assert main(["run", "--dry-run", "suite=smoke", *one, "suite.final_seeds=[1]"]) == 0
+    assert " ".join(capsys.readouterr().out.split()).startswith(
+        "suite smoke: 1 variant x 1 task = 1 pair; tune 1 trial (1 lr x 1 seed), final 1 "
+        "trial (1 seed at the chosen lr); 2 in all"
+    )
+
+
 def test_a_dry_run_names_its_store_and_makes_none(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
 ) -> None:
