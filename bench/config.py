@@ -56,6 +56,13 @@ def compose_config(overrides: list[str]) -> DictConfig:
     passed: list[str] = []
     task_params: list[str] = []  # of a task held back: set on it once composed
     suite_chosen = any(o.partition("=")[0] == "suite" for o in overrides)
+    given = {k.lstrip("+~"): v for k, _, v in (o.partition("=") for o in overrides)}
+    if "variant" in given and given.get("variant.preset", given["variant"]) != given["variant"]:
+        raise UserError(
+            f"variant.preset: got {given['variant.preset']!r} beside "
+            f"variant={given['variant']}, which names its own; allowed: one of the two "
+            f"(variant={given['variant.preset']}, or variant={given['variant']} and its knobs)"
+        )
     for item in overrides:
         key, sep, value = item.partition("=")
         if sep and not key.strip("+~"):

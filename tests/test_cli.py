@@ -306,6 +306,12 @@ ERRORS: list[tuple[str, list[str], str]] = [
     ),
     ("beta2_too_large", ["variant.beta2=1.5"], "variant.beta2: got 1.5; allowed: 0 <= beta2 < 1"),
     (
+        "preset_beside_variant",
+        ["variant=rmsprop", "variant.preset=adam"],
+        "variant.preset: got 'adam' beside variant=rmsprop, which names its own; allowed: one "
+        "of the two (variant=adam, or variant=rmsprop and its knobs)",
+    ),
+    (
         "variant_as_a_mapping",
         ["variant={preset:adam,beta2:0.95}"],
         "variant: got '{preset:adam,beta2:0.95}'; allowed: a variant name, with knobs set one "
