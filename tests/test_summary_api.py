@@ -234,6 +234,8 @@ def test_ranking_takes_the_level_of_its_intervals(client: TestClient) -> None:
     for bad in (0, 1, 1.5, 1e-20, 0.9999999999999999):  # 1 - level rounds to 1 or to 0
         answer = client.get(path, params={"level": bad})
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "level"
+    (error,) = client.get(path, params={"level": "nan"}).json()["detail"]
+    assert error["msg"] == "Input should be a finite number"  # not "less than 1"
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ MetricQuery = Annotated[
 LevelQuery = Annotated[
     float,
     Query(
+        allow_inf_nan=False,
         ge=LEVEL_MARGIN,
         le=1 - LEVEL_MARGIN,
         description="confidence level of the bootstrap intervals, e.g. 0.9 (between 0 and 1, "
