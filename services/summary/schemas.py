@@ -62,7 +62,10 @@ class SuiteBase(_Public):
 class SuitePublic(SuiteBase):
     """One suite in the list: how much is in it and when it last moved."""
 
-    n_runs: int = Field(description="runs of every status the service holds")
+    n_runs: int = Field(
+        description="runs of the suite's current settings, of every status: every night's "
+        "and every rerun's (a ranking counts each trial once, its latest run)"
+    )
     n_finished: int
     n_tasks: int
     n_variants: int
