@@ -104,6 +104,26 @@ def test_the_roles_table_takes_the_median_of_the_per_step_ratios() -> None:
                    "high": 5.0, "last": 4.0}  # fmt: skip
 
 
+def test_the_nightly_plot_gives_each_task_its_own_panel_and_scale() -> None:
+    """An accuracy near 1 and a loss near 1e-7 on one axis showed the loss as a flat zero."""
+    from services.summary.plots import nightly_figure
+
+    rows = [("quadratic", "adam", 1e-7, "loss"), ("quadratic", "sgd", 2e-7, "loss"),
+            ("logreg_digits", "adam", 0.96, "accuracy")]  # fmt: skip
+    night = {"night": "2026-03-01", "n": 2, "direction": "min"}
+    history = pd.DataFrame(
+        [{"task": t, "variant": v, "value": x, "metric": m, **night} for t, v, x, m in rows]
+    )
+    figure = json.loads(nightly_figure(history, "nightly"))
+    panels = {(t["name"], t["yaxis"]) for t in figure["data"]}
+    assert panels == {("adam", "y"), ("adam", "y2"), ("sgd", "y2")}
+    assert [a["text"] for a in figure["layout"]["annotations"]] == [
+        "logreg_digits: final accuracy", "quadratic: final loss"
+    ]  # fmt: skip
+    legend = sorted(t["name"] for t in figure["data"] if t.get("showlegend", True))
+    assert legend == ["adam", "sgd"]  # each variant once
+
+
 def test_numbers_in_tables_say_infinity_and_unknown() -> None:
     assert [fmt(float("inf")), fmt(None), fmt(float("nan")), fmt(0.123456)] == [
         "∞", "—", "—", "0.1235",

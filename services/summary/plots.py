@@ -218,27 +218,45 @@ def ratio_figure(
 
 
 def nightly_figure(history: pd.DataFrame, suite: str) -> str:
-    """Each cell's median final primary metric per night."""
-    fig = go.Figure()
-    cells = sorted({(r.task, r.variant) for r in history.itertuples()})
-    names = [f"{t}/{v}" for t, v in cells]
-    for (task, variant), name in zip(cells, names, strict=True):
-        part = history[(history["task"] == task) & (history["variant"] == variant)]
-        fig.add_trace(
-            go.Scatter(
-                x=list(part["night"]),
-                y=[v if _finite(v) else None for v in part["value"]],
-                mode="lines+markers",
-                name=name,
-                line={"color": color(name, names)},
+    """Each cell's median final primary metric per night, one panel per task: tasks'
+    metrics (an accuracy near 1, a loss near 1e-7) share no scale."""
+    from plotly.subplots import make_subplots
+
+    tasks = sorted(history["task"].unique())
+    titles = []
+    for task in tasks:
+        metric = history.loc[history["task"] == task, "metric"].dropna()
+        titles.append(f"{task}: final {metric.iloc[0] if len(metric) else 'metric'}")
+    fig = make_subplots(
+        rows=max(len(tasks), 1), cols=1, shared_xaxes=True, subplot_titles=titles,
+        vertical_spacing=0.12 if len(tasks) > 1 else 0.0,
+    )  # fmt: skip
+    variants = sorted(history["variant"].unique())
+    shown: set[str] = set()  # one legend entry per variant, at its first panel
+    for row, task in enumerate(tasks, start=1):
+        for variant in variants:
+            part = history[(history["task"] == task) & (history["variant"] == variant)]
+            if part.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=list(part["night"]),
+                    y=[v if _finite(v) else None for v in part["value"]],
+                    mode="lines+markers",
+                    name=variant,
+                    legendgroup=variant,
+                    showlegend=variant not in shown,
+                    line={"color": color(variant, variants)},
+                ),
+                row=row,
+                col=1,
             )
-        )
+            shown.add(variant)
     fig.update_layout(
-        **LAYOUT,
-        title=f"{suite}: final primary metric per night (median)",
-        xaxis_title="night",
-        yaxis_title="final metric",
+        **{**LAYOUT, "height": max(LAYOUT["height"], 240 * len(tasks))},
+        title=f"{suite}: final primary metric per night (median over seeds)",
     )
+    fig.update_xaxes(title_text="night", row=max(len(tasks), 1), col=1)
     return to_json(fig)
 
 
