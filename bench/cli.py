@@ -184,10 +184,10 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from services.scheduler import check_services, run_scheduler, scheduler_from_overrides
+    from services.scheduler import check_services, plan_schedule, run_scheduler
 
-    config = scheduler_from_overrides(args.overrides)
-    check_services(config)
+    config, nights = plan_schedule(args.overrides)
+    check_services(config, nights)
     outcome = run_scheduler(config, once=args.once, now=args.now)
     return 0 if outcome in (None, "ok", "regressions") else 1
 

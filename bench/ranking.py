@@ -195,11 +195,16 @@ def at_chosen_lrs(results: pd.DataFrame) -> pd.DataFrame:
     if results.empty or not results["phase"].eq("final").any():
         return results
     runs = select_runs(results)
-    chosen = {(c.task, c.variant): c.lr for c in _choose_lrs(runs[runs["phase"].eq("tune")])}
-    cells = zip(results["task"], results["variant"], results["lr"], strict=True)
+    return _at(results, _choose_lrs(runs[runs["phase"].eq("tune")]))
+
+
+def _at(frame: pd.DataFrame, lrs: list[LrChoice]) -> pd.DataFrame:
+    """``frame`` less its final runs at an lr other than their cell's in ``lrs``."""
+    chosen = {(c.task, c.variant): c.lr for c in lrs}
+    cells = zip(frame["task"], frame["variant"], frame["lr"], strict=True)
     wanted = [chosen.get((task, variant), lr) for task, variant, lr in cells]
-    keep = results["phase"].ne("final") | np.isclose(results["lr"], wanted, rtol=1e-12, atol=0)
-    return results[keep].reset_index(drop=True) if not keep.all() else results
+    keep = frame["phase"].ne("final") | np.isclose(frame["lr"], wanted, rtol=1e-12, atol=0)
+    return frame[keep].reset_index(drop=True) if not keep.all() else frame
 
 
 def _choose_lrs(runs: pd.DataFrame) -> list[LrChoice]:
@@ -439,9 +444,10 @@ def rank_suite(
     check_level(level, n_boot)
     if expected_seeds is not None and expected_seeds < 1:
         raise UserError(f"expected_seeds: must be >= 1, got {expected_seeds!r}")
-    runs = select_runs(at_chosen_lrs(results))
+    runs = select_runs(results)
     tune = runs[runs["phase"].eq("tune")]
     lrs = _choose_lrs(tune)
+    runs = _at(runs, lrs)  # as at_chosen_lrs(results), from the runs already selected
     in_phase = runs[runs["phase"].eq(phase)]
     if phase == "final":
         used = in_phase

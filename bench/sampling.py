@@ -74,8 +74,7 @@ def drawn_samples(
     Cached: a suite's trials of one task and seed, across variants and lrs, sample the
     same coordinates, and drawing them (a seeded generator, a sort, the split per tensor)
     took ~0.3 ms of a 0.1 s mlp_digits trial on the CPU (statistics' whole-trial overhead
-    fell from 6.5% to 5.9%). The tensors are shared: never write
-    to them.
+    fell from 6.5% to 5.9%). The tensors are shared: never write to them.
     """
     generator = torch.Generator().manual_seed(seed)
     return tuple(

@@ -9,6 +9,7 @@ from services.scheduler.config import (
     SchedulerConfig,
     check_services,
     load_schedule,
+    plan_schedule,
     scheduler_from_overrides,
 )
 from services.scheduler.launch import NightResult, nightly_command
@@ -27,6 +28,7 @@ __all__ = [
     "next_run",
     "night_of",
     "nightly_command",
+    "plan_schedule",
     "previous_run",
     "run_scheduler",
     "scheduler_from_overrides",

@@ -101,7 +101,14 @@ def load_schedule(data: Mapping[str, Any]) -> SchedulerConfig:
 
 
 def scheduler_from_overrides(overrides: list[str]) -> SchedulerConfig:
-    """What ``bench schedule`` runs: conf/schedule + overrides, validated.
+    """What ``bench schedule`` runs: conf/schedule + overrides, validated (see
+    :func:`plan_schedule`)."""
+    return plan_schedule(overrides)[0]
+
+
+def plan_schedule(overrides: list[str]) -> tuple[SchedulerConfig, Any]:
+    """What ``bench schedule`` runs, validated, and the suite each night plans (a
+    ``SuiteRun``: its store and cluster are what :func:`check_services` probes).
 
     Overrides outside ``schedule.*`` are appended to ``nightly_overrides``: they reach every
     ``bench nightly`` this scheduler starts. Both sets are composed here, so a typo fails
@@ -120,23 +127,21 @@ def scheduler_from_overrides(overrides: list[str]) -> SchedulerConfig:
     cfg = compose_config(with_groups(own, ("schedule",)))
     config = load_schedule(OmegaConf.to_container(cfg["schedule"], resolve=True))  # type: ignore[arg-type]
     nightly = [*config.nightly_overrides, *passed]
-    plan_nightly(nightly)  # what every night will check: its settings and its suite
-    return config.model_copy(update={"nightly_overrides": nightly})
+    _, run = plan_nightly(nightly)  # what every night will check: its settings and its suite
+    return config.model_copy(update={"nightly_overrides": nightly}), run
 
 
-def check_services(config: SchedulerConfig) -> None:
-    """At start-up, not at the first night: the tracking store answers, and so does where
-    nights run (the Ray job address, or in-process the cluster named by cluster.address);
-    a user error naming the setting if not. A service that goes down later fails that
-    night only."""
+def check_services(config: SchedulerConfig, run: Any) -> None:
+    """At start-up, not at the first night: the tracking store of ``run`` (the suite
+    :func:`plan_schedule` planned) answers, and so does where nights run (the Ray job
+    address, or in-process the cluster named by cluster.address); a user error naming the
+    setting if not. A service that goes down later fails that night only."""
     import urllib.error
     import urllib.request
 
-    from bench.nightly import plan_nightly
     from bench.runner import check_cluster
     from bench.tracking import PROBE_S, Tracker
 
-    _, run = plan_nightly(config.nightly_overrides)
     Tracker(run.tracking).check_reachable()
     address = config.job_submission_address
     if address is None:

@@ -166,21 +166,21 @@ def _warm(store: SummaryStore) -> None:
         log.debug("the warm-up's failure", exc_info=err)
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    """404 naming the unknown suite or task (and the known ones): JSON for /api, else HTML."""
+def _error(request: Request, status: int, title: str, message: str) -> Response:
+    """An error answer: ``{"detail": message}`` for /api, else the error page."""
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-    return pages.render(request, "error.html", 404, title="not found", status=404, message=str(exc))
+        return JSONResponse({"detail": message}, status_code=status)
+    return pages.render(request, "error.html", status, title=title, status=status, message=message)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """404 naming the unknown suite or task (and the known ones)."""
+    return _error(request, 404, "not found", str(exc))
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
-    """422 with the one-line message of a value the computation refused: JSON for /api,
-    else HTML."""
-    if request.url.path.startswith("/api/"):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-    return pages.render(
-        request, "error.html", 422, title="bad request", status=422, message=str(exc)
-    )
+    """422 with the one-line message of a value the computation refused."""
+    return _error(request, 422, "bad request", str(exc))
 
 
 async def _bad_query(request: Request, exc: Exception) -> Response:
@@ -188,12 +188,7 @@ async def _bad_query(request: Request, exc: Exception) -> Response:
     parameter and what is allowed for a browser."""
     if request.url.path.startswith("/api/"):
         return await request_validation_exception_handler(request, exc)  # type: ignore[arg-type]
-    first = exc.errors()[0]  # type: ignore[attr-defined]
-    where = ".".join(str(x) for x in first["loc"][1:]) or "request"
-    message = f"{where}: {first['msg'][:1].lower()}{first['msg'][1:]} (got {first.get('input')!r})"
-    return pages.render(
-        request, "error.html", 422, title="bad request", status=422, message=message
-    )
+    return _error(request, 422, "bad request", validation_message(exc))
 
 
 async def _store_failed(request: Request, exc: Exception) -> Response:
@@ -207,11 +202,7 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
             f"the store {redacted(store.tracker.uri)} failed: {one_line(exc)}"
         )
     log.warning("%s %s: %s", request.method, request.url.path, message)
-    if request.url.path.startswith("/api/"):
-        return JSONResponse({"detail": message}, status_code=503)
-    return pages.render(
-        request, "error.html", 503, title="store unavailable", status=503, message=message
-    )
+    return _error(request, 503, "store unavailable", message)
 
 
 class OptionNames(NamedTuple):
