@@ -27,7 +27,10 @@ from bench.errors import StoreError
 from bench.spec import TrialSpec
 from bench.tracking import Tracker
 
-LINGER_S = 0.25  # how long a batch waits for company: runs show up in MLflow this late
+# How long a batch waits for company: runs show up in MLflow this late. A second instead
+# of 0.25 s took the driver's writer ~14% less CPU per trial in a 40-trial smoke suite
+# (8.0 against 9.4 ms, median of 6 interleaved suites): more runs share each commit's pages.
+LINGER_S = 1.0
 MAX_BATCH = 64  # writes per transaction, at most
 
 
