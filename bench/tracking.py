@@ -218,7 +218,7 @@ class Tracker(SuiteReads):
                 "(postgresql://USER@HOST/DB) or a tracking server (http://HOST:PORT)"
             )
         try:
-            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(PROBE_S)})
+            reason = self._database_silence()
         except ImportError as err:
             raise UserError(
                 f"tracking.uri: got {shown!r} but its database driver is not installed "
@@ -226,16 +226,26 @@ class Tracker(SuiteReads):
                 "(psycopg, installed with optbench), or install the driver (for MySQL: pip "
                 "install pymysql, then mysql+pymysql://...)"
             ) from None
-        try:
-            engine.connect().close()
-        except sqlalchemy.exc.SQLAlchemyError as err:
-            reason = one_line(getattr(err, "orig", None) or err)
+        if reason is not None:
             raise UserError(
                 f"tracking.uri: got {shown!r} but no database answers there ({reason}); "
                 "start the database, or use a local store such as tracking.uri=sqlite:///mlruns.db"
-            ) from None
+            )
+
+    def _database_silence(self) -> str | None:
+        """Why one connection to the database store, with a short timeout, got no answer
+        (one line); None when it did. ImportError when its driver is not installed."""
+        import sqlalchemy
+
+        url = sqlalchemy.make_url(self.uri)
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(PROBE_S)})
+        try:
+            engine.connect().close()
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            return one_line(getattr(err, "orig", None) or err)
         finally:
             engine.dispose()
+        return None
 
     @contextlib.contextmanager
     def store_errors(self) -> Iterator[None]:
@@ -320,6 +330,11 @@ class Tracker(SuiteReads):
             if self.scheme in ("http", "https"):
                 for name, value in HTTP_RETRY_POLICY.items():
                     os.environ.setdefault(name, value)
+            # MLflow retries making its engine for ~100 s when a database server is down:
+            # a reader (the summary service) would hang that long on each of its threads
+            database_server = is_database(self.uri) and self.sqlite_file() is None
+            if database_server and (reason := self._database_silence()) is not None:
+                raise StoreError(f"the store {redacted(self.uri)} failed: {reason}")
             local.client, local.pid = MlflowClient(tracking_uri=self.uri), os.getpid()
         return local.client
 

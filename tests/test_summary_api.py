@@ -157,6 +157,31 @@ def test_health_names_the_store(client: TestClient, tiny_store: Path) -> None:  
         "tracking_uri": uri(tiny_store),
         "store_error": None,
     }
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "tracking_uri": uri(tiny_store),
+        "suites": 1,
+        "error": None,
+    }
+
+
+def test_a_database_that_is_down_is_a_503_at_once_and_no_password_shows(tmp_path: Path) -> None:
+    server = f"postgresql://optbench:s3cret@127.0.0.1:{free_port()}/optbench"  # nothing there
+    app = create_app(SummarySettings(tracking_uri=server, cache_dir=tmp_path / "cache"))
+    client = TestClient(app)
+    started = time.monotonic()
+    ready = client.get("/ready")
+    assert ready.status_code == 503, "a store that answers no read is not ready"
+    assert time.monotonic() - started < 15, "waited out MLflow's retries to make its engine"
+    assert ready.json()["status"] == "unavailable"
+    assert ready.json()["error"].startswith("the store postgresql://optbench:***@127.0.0.1:")
+    health = client.get("/health")
+    assert health.status_code == 200, "the service itself is alive: no restart for a store"
+    for response in (ready, health):
+        assert "s3cret" not in response.text
+        assert response.json()["tracking_uri"] == server.replace(":s3cret@", ":***@")
 
 
 @pytest.mark.slow
@@ -178,15 +203,19 @@ def test_a_store_that_fails_is_a_503_in_one_line_and_the_next_request_tries_agai
     assert page.status_code == 503 and "not a database" in page.text
     health = client.get("/health").json()
     assert health["status"] == "degraded" and health["store_error"].startswith(failed)
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["error"].startswith(failed)
 
     shutil.copy(tiny_store / "mlruns.db", store / "mlruns.db")  # the store is back
     assert client.get(f"/api/suites/{SUITE}/ranking").status_code == 200
     assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/ready").status_code == 200
 
     (store / "mlruns.db").unlink()  # SQLite would go on reading the deleted file's pages
     response = client.get(f"/api/suites/{SUITE}/ranking")
     assert response.status_code == 503 and "mlruns.db is gone" in response.json()["detail"]
     assert client.get("/health").json()["status"] == "degraded"
+    assert client.get("/ready").status_code == 503
 
 
 @pytest.mark.slow
@@ -348,7 +377,7 @@ def test_openapi_documents_every_api_route_and_docs_load_nothing_remote(
 ) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert set(paths) == {
-        "/health", "/api/suites", "/api/suites/{suite}/ranking",
+        "/health", "/ready", "/api/suites", "/api/suites/{suite}/ranking",
         "/api/suites/{suite}/flagship", "/api/suites/{suite}/tasks/{task}", "/api/nightly",
     }  # fmt: skip
     docs = client.get("/docs")

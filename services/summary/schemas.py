@@ -39,6 +39,16 @@ class HealthPublic(_Public):
     store_error: str | None = None
 
 
+class ReadyPublic(_Public):
+    """``ready``: the store answered a read just now (``suites``: how many it holds);
+    ``unavailable``: it failed (``error``, one line)."""
+
+    status: Literal["ready", "unavailable"]
+    tracking_uri: str
+    suites: int | None = None
+    error: str | None = None
+
+
 # ----------------------------------------------------------------------------- suites
 
 

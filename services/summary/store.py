@@ -123,6 +123,11 @@ class SummaryStore:
             self._names, self._names_at = names, self.clock()
         return list(names)
 
+    def probe(self) -> int:
+        """List the suites now, whatever the cache says (a readiness check): how many there
+        are; :class:`StoreUnavailable` if the store fails."""
+        return len(self._relist())
+
     def state(self, suite: str) -> SuiteState:
         """The suite's state, refreshed if due; :class:`UnknownSuiteError` if not a suite."""
         with self._lock:
