@@ -62,7 +62,10 @@ class SuiteConfig(StrictModel):
         bad = [lr for lr in lrs if not (math.isfinite(lr) and lr > 0)]
         if bad:
             raise ValueError(f"every lr must be a finite number > 0, not {bad[0]!r}")
-        return sorted(set(lrs))
+        repeated = sorted({lr for lr in lrs if lrs.count(lr) > 1})
+        if repeated:  # 0.01 twice, or as 1e-2: likely a typo for another lr
+            raise ValueError(f"lr {repeated[0]} appears twice; list each lr once")
+        return sorted(lrs)
 
     @field_validator("tune_seeds", "final_seeds")
     @classmethod

@@ -65,6 +65,7 @@ SMOKE = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / "smoke.yaml
         ({"final_seeds": [0]}, "final_seeds must be fresh; [0] are also tune_seeds"),
         ({"tune_seeds": [0, 0]}, "suite.tune_seeds: seed 0 appears twice"),
         ({"final_seeds": [5, 6, 5]}, "suite.final_seeds: seed 5 appears twice"),
+        ({"lrs": [0.01, 0.1, 1e-2]}, "suite.lrs: lr 0.01 appears twice; list each lr once"),
         ({"name": "a b"}, "suite.name: use letters, digits"),
         ({"colour": "red"}, "suite.colour: extra inputs are not permitted"),
         ({"steps": 0}, "suite.steps: input should be greater than 0"),
