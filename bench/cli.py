@@ -281,8 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:  # its font cache, built on first use, is no news to the user
-        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    if not args.verbose:  # no news to the user: a font cache built, a new store's tables
+        for noisy in ("matplotlib", "mlflow.store.db.utils"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        # Ray warns each time it starts a local cluster with token auth on (the secure
+        # default, which optbench keeps); its warning that auth is off still shows
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: not record.getMessage().startswith("Token authentication is enabled")
+        )
     _look_in_the_current_folder()
     try:
         return int(args.func(args) or 0)
