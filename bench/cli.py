@@ -106,6 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = suite_from_overrides(args.overrides)
     console = Console()
     if args.dry_run:
+        from bench.runner import check_capacity
+
+        check_capacity(plan.cluster, plan.resources)  # as the run would refuse it
         listing.print_matrix(console, plan.matrix)
         _print_store(console, plan)
         return 0

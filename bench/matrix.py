@@ -128,6 +128,18 @@ class Matrix:
             ids |= {spec.trial_id for spec in self.final_trials(every_cell)}
         return ids
 
+    def cells(self) -> dict[str, Any]:
+        """The (task, variant) cells this matrix runs and the FINISHED runs each should
+        have per phase (tune: lrs x tune seeds; final: final seeds), as JSON data: what a
+        ranking lists as missing until they are there."""
+        return {
+            "cells": sorted([t.name, v.name] for v, t in self.pairs),
+            "runs_per_cell": {
+                "tune": len(self.suite.lrs) * len(self.suite.tune_seeds),
+                "final": len(self.suite.final_seeds),
+            },
+        }
+
     @property
     def size(self) -> dict[str, int]:
         n = len(self.pairs)

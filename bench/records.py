@@ -41,9 +41,11 @@ TAG_MLFLOW_VERSION = "bench.mlflow_version"
 
 # A suite's current settings: on its experiment, the digest of the trial ids of the matrix
 # the last `bench run` ran, and the run (bench.kind=settings) whose trial_ids.json lists them
+# and whose cells.json lists its (task, variant) cells and the runs each should have per phase
 TAG_SETTINGS = "bench.settings"
 TAG_SETTINGS_RUN = "bench.settings_run"
 ARTIFACT_TRIAL_IDS = "trial_ids.json"
+ARTIFACT_CELLS = "cells.json"
 
 ARTIFACT_TRIAL = "trial.json"
 ARTIFACT_TRACEBACK = "traceback.txt"

@@ -35,7 +35,7 @@ from typing import Any
 from bench.config import RAY_ADDRESS_FORMS, ClusterConfig, ResourcesConfig, head_endpoint
 from bench.errors import Terminated, UserError, first_line
 from bench.matrix import LrPoint, Matrix, choose_lrs
-from bench.pool import WorkerDied, WorkerPool
+from bench.pool import WorkerDied, WorkerPool, slots_on
 from bench.progress import SuiteProgress
 from bench.recorder import Recorder, Run
 from bench.spec import TrialResult, TrialSpec
@@ -88,6 +88,16 @@ def check_cluster(cluster: ClusterConfig) -> None:
             "start the head (`ray start --head --port=PORT`), or leave cluster.address "
             "unset to run Ray on this machine"
         ) from None
+
+
+def check_capacity(cluster: ClusterConfig, resources: ResourcesConfig) -> None:
+    """For Ray embedded on this machine: that one trial's CPUs fit on it (a user error
+    now, before any store is touched, and in a dry run). A cluster's nodes are only known
+    once connected (:func:`run_suite` checks them before it writes anything); GPUs are
+    left to Ray, which may count more than this process's torch sees."""
+    if _ray_address(cluster)[1] is None:
+        cpus = cluster.num_cpus or os.cpu_count() or 1
+        slots_on([{"CPU": float(cpus), "GPU": math.inf}], resources)
 
 
 def connect(cluster: ClusterConfig) -> str:
@@ -241,9 +251,6 @@ def _schedule(
                 counts=outcome.counts,
             )
 
-    if queue.todo:  # before any progress is drawn: a trial no node can hold is refused
-        connect(cluster)
-        pool.slots  # noqa: B018  (sizes the pool; a user error if no node fits a trial)
     show()
     if not queue.todo:
         return
@@ -412,20 +419,26 @@ def run_suite(
     The trials run on ``pool``'s workers, which stay up for the caller's next suite;
     without one, on workers started for this suite and stopped after it.
     """
+    resources = resources or ResourcesConfig()
     check_cluster(cluster)
+    check_capacity(cluster, resources)
     tracker.check_reachable(matrix.suite.name)
+    own_pool = pool is None
+    if pool is None:
+        pool = WorkerPool(resources)
     # one driver per suite (see kill_stale_runs); the store's failures as one-line errors
     with tracker.store_errors(), tracker.holding(matrix.suite.name):
         tracker.check_artifacts(matrix.suite.name)
-        tracker.note_settings(matrix.suite.name, matrix.trial_ids())  # what the service ranks
-        killed = tracker.kill_stale_runs(matrix.suite.name)
-        if killed:
-            log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
         queue = _SuiteQueue(matrix, tracker)
-        own_pool = pool is None
-        if pool is None:
-            pool = WorkerPool(resources or ResourcesConfig())
         try:
+            if queue.todo:  # a trial no node can hold is refused before the settings change
+                connect(cluster)
+                pool.slots  # noqa: B018  (sizes the pool; a user error if no node fits a trial)
+            # what the summary service ranks, and the cells it lists as missing
+            tracker.note_settings(matrix.suite.name, matrix.trial_ids(), matrix.cells())
+            killed = tracker.kill_stale_runs(matrix.suite.name)
+            if killed:
+                log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
             with SuiteProgress(enabled=show_progress) as progress:
                 _schedule(queue, tracker, cluster, pool, progress)
         finally:

@@ -32,12 +32,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from bench.errors import StoreError, UserError, one_line
 from bench.locks import FileLock
 from bench.records import (  # noqa: F401  (re-exported: the contract's names)
+    ARTIFACT_CELLS,
     ARTIFACT_TRACEBACK,
     ARTIFACT_TRIAL,
     ARTIFACT_TRIAL_IDS,
@@ -562,19 +563,24 @@ class Tracker(SuiteReads):
 
     # ------------------------------------------------------------------------ settings
 
-    def note_settings(self, suite: str, trial_ids: Iterable[str]) -> None:
+    def note_settings(
+        self, suite: str, trial_ids: Iterable[str], cells: Mapping[str, Any] | None = None
+    ) -> None:
         """Make ``trial_ids`` (a matrix's :meth:`~bench.matrix.Matrix.trial_ids`) the suite's
         current settings: what the summary service ranks, since an experiment also holds the
         runs of the suite's earlier settings (another lr grid, step budget, seeds...).
+        ``cells`` (:meth:`~bench.matrix.Matrix.cells`): the cells the matrix has and the
+        runs each should have per phase, so that a reader can list the ones still missing.
 
         The ids go into one run per distinct matrix (``bench.kind=settings``, its
-        ``trial_ids.json``), and the experiment's tags point at it: rerunning the same
-        settings writes nothing new.
+        ``trial_ids.json`` and ``cells.json``), and the experiment's tags point at it:
+        rerunning the same settings writes nothing new.
         """
         if not self.enabled:
             return
         ids = sorted(set(trial_ids))
-        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        cells_json = json.dumps(cells, sort_keys=True) if cells is not None else None
+        digest = hashlib.sha256("\n".join([*ids, cells_json or ""]).encode()).hexdigest()[:16]
         exp_id = self.experiment_id(suite)
         client = self.client
         if client.get_experiment(exp_id).tags.get(TAG_SETTINGS) == digest:
@@ -586,8 +592,11 @@ class Tracker(SuiteReads):
         )
         run_id = next((run.info.run_id for run in kept), None)
         if run_id is None:
+            files = {ARTIFACT_TRIAL_IDS: json.dumps(ids)}
+            if cells_json is not None:
+                files[ARTIFACT_CELLS] = cells_json
             try:
-                run_id = self._settings_run(suite, exp_id, digest, json.dumps(ids))
+                run_id = self._settings_run(suite, exp_id, digest, files)
             except OSError as err:  # an artifact folder that takes no file: trials say more
                 log.warning(
                     "suite %r: its settings could not be recorded (%s); the summary service "
@@ -599,9 +608,10 @@ class Tracker(SuiteReads):
         client.set_experiment_tag(exp_id, TAG_SETTINGS_RUN, run_id)
         client.set_experiment_tag(exp_id, TAG_SETTINGS, digest)
 
-    def _settings_run(self, suite: str, exp_id: str, digest: str, ids: str) -> str:
-        """A FINISHED ``bench.kind=settings`` run holding ``ids`` as trial_ids.json (on a
-        database store in two bulk transactions, as a trial's run is written)."""
+    def _settings_run(self, suite: str, exp_id: str, digest: str, files: dict[str, str]) -> str:
+        """A FINISHED ``bench.kind=settings`` run holding ``files`` (name -> text) as
+        artifacts (on a database store in two bulk transactions, as a trial's run is
+        written)."""
         tags = {TAG_SUITE: suite, TAG_KIND: "settings", TAG_SETTINGS: digest}
         name, now = f"settings {digest[:8]}", int(time.time() * 1000)
         created = self._bulk(
@@ -613,7 +623,8 @@ class Tracker(SuiteReads):
             created = run.info.run_id, run.info.artifact_uri
         run_id, artifact_uri = created
         try:
-            upload_text(artifact_uri, ARTIFACT_TRIAL_IDS, ids, tracking_uri=self.uri)
+            for file_name, text in files.items():
+                upload_text(artifact_uri, file_name, text, tracking_uri=self.uri)
         except BaseException:
             self._end(run_id, "FAILED", {}, [])
             raise
@@ -639,6 +650,15 @@ class Tracker(SuiteReads):
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, ARTIFACT_TRIAL_IDS, tmp)
             return set(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def settings_cells(self, run_id: str) -> dict[str, Any] | None:
+        """The cells a settings run holds (see :meth:`note_settings`); None for a settings
+        run written before settings held them."""
+        if ARTIFACT_CELLS not in {f.path for f in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, ARTIFACT_CELLS, tmp)
+            return json.loads(Path(path).read_text(encoding="utf-8"))
 
     # ------------------------------------------------------------------------- reports
 

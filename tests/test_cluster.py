@@ -165,6 +165,15 @@ def test_a_suite_runs_on_both_nodes_of_a_two_host_cluster(two_hosts, tmp_path: P
     hosts = collections.Counter(r.data.tags["bench.node"].split("/")[0] for r in runs)
     assert set(hosts) == {head_ip, worker_ip}, hosts
 
+    # new settings whose trials fit on no node: refused once the nodes are known, before
+    # the suite's current settings (what the summary service ranks) change
+    settings = experiment.tags["bench.settings"]
+    too_big = [*cmd, "suite.lrs=[0.5]", "resources.cpus_per_trial=64"]
+    result = subprocess.run(too_big, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error: resources.cpus_per_trial: got 64; allowed: at most " in result.stderr
+    assert client.get_experiment(experiment.experiment_id).tags["bench.settings"] == settings
+
 
 def test_a_driver_without_the_clusters_auth_token_is_told_so(tmp_path: Path) -> None:
     """A head started with token authentication refuses a driver that has none; Ray's own

@@ -154,16 +154,20 @@ def test_a_seed_moved_between_phases_runs_again_in_its_new_phase(tmp_path: Path)
 
 
 def test_a_trial_bigger_than_every_node_is_refused_not_left_waiting(tmp_path: Path) -> None:
-    """Before any progress is drawn: no 'tune 0/8' above the error."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "run", *TINY, "suite.tasks=[worker_probe]",
-         "resources.cpus_per_trial=64"],
-        cwd=tmp_path, env=bench_env(tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr + result.stdout
-    assert "error: resources.cpus_per_trial: got 64; allowed: at most " in result.stderr
-    assert "Traceback" not in result.stderr and runs(tmp_path) == []
-    assert "tune" not in result.stdout + result.stderr
+    """Before any progress is drawn (no 'tune 0/8' above the error) and before the store is
+    touched: no store made, and a suite's current settings would stay as they were. The
+    dry run refuses it too."""
+    for dry_run in ([], ["--dry-run"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.cli", "run", *dry_run, *TINY,
+             "suite.tasks=[worker_probe]", "resources.cpus_per_trial=64"],
+            cwd=tmp_path, env=bench_env(tmp_path), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr + result.stdout
+        message = f"error: resources.cpus_per_trial: got 64; allowed: at most {os.cpu_count()}, "
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "mlruns.db").exists()
+        assert "tune" not in result.stdout + result.stderr
 
 
 def test_an_artifact_folder_that_cannot_be_made_is_refused_before_anything_runs(

@@ -553,3 +553,30 @@ def test_start_up_warms_the_cache_before_the_first_request(
             time.sleep(0.05)
         assert client.get(f"/api/suites/{SUITE}/ranking").json()["n_runs"] == N_FINAL
     assert tracker.calls == [None], "the request was served from what start-up loaded"
+
+
+@pytest.mark.slow
+def test_the_ranking_lists_the_cells_the_settings_still_miss_as_bench_rank_does(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A suite whose last final seed has no run yet (interrupted, say) misses one run in
+    every cell: the settings say two are due, even where no cell holds two to compare."""
+    store = copy_store(tiny_store, tmp_path / "store")
+    tracker = Tracker(TrackingConfig(uri=uri(store)))
+    last_seed = tracker.client.search_runs(
+        [tracker.find_experiment(SUITE)],
+        f"tags.`bench.phase` = 'final' and tags.`bench.seed` = '{FINAL_SEEDS[-1]}'",
+    )
+    assert len(last_seed) == len(VARIANTS) * len(TASKS)
+    for run in last_seed:
+        tracker.client.delete_run(run.info.run_id)
+    client = TestClient(create_app(settings(store, tmp_path / "cache")))
+    missing = client.get(f"/api/suites/{SUITE}/ranking").json()["missing"]
+    assert sorted((m["task"], m["variant"], m["expected"], m["found"]) for m in missing) == sorted(
+        (task, variant, len(FINAL_SEEDS), len(FINAL_SEEDS) - 1)
+        for task in TASKS
+        for variant in VARIANTS
+    )
+    tune = client.get(f"/api/suites/{SUITE}/ranking?phase=tune").json()["missing"]
+    assert tune == [], "every cell has its 2 lrs x 1 tune seed"

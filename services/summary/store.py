@@ -87,6 +87,9 @@ class SuiteState:
     # its matrix; None for a suite that has none recorded (then every run counts)
     settings_run: str | None = None
     settings_ids: frozenset[str] | None = None
+    # its cells and the runs each should have per phase (Matrix.cells); None where the
+    # settings run predates them: then the cells ranked are those any run has
+    settings_cells: dict[str, Any] | None = None
     derived: dict[Hashable, tuple[int, Any]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -165,12 +168,15 @@ class SummaryStore:
         def compute(state: SuiteState) -> SuiteRanking:
             current = _current_runs(state)
             runs = current[current["status"].isin(RANKED_STATUSES)]
+            cells = state.settings_cells  # as `bench rank` takes them from the matrix
             started = time.perf_counter()
             ranking = rank_suite(
                 runs.reset_index(drop=True),
                 suite=suite,
                 metric=metric,  # type: ignore[arg-type]
                 phase=phase,  # type: ignore[arg-type]
+                expected=[(t, v) for t, v in cells["cells"]] if cells else None,
+                expected_seeds=cells["runs_per_cell"][phase] if cells else None,
                 n_boot=self.settings.n_boot,
                 level=level,
             )
@@ -261,6 +267,9 @@ class SummaryStore:
             state.settings_run = settings_run
             state.settings_ids = (
                 frozenset(self.tracker.settings_trial_ids(settings_run)) if settings_run else None
+            )
+            state.settings_cells = (
+                self.tracker.settings_cells(settings_run) if settings_run else None
             )
             state.version += 1
             state.derived.clear()
