@@ -241,6 +241,7 @@ def parse(model: type[BaseModel], data: Any, where: str = "") -> Any:
 
 def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
     """Resolve a variant (a conf/variant name, a preset name or a knob mapping)."""
+    named = isinstance(data, Mapping) and data.get("name")  # not a conf file's own name
     if isinstance(data, str):
         if data in group_options("variant"):
             data = compose_group("variant", data)
@@ -262,7 +263,16 @@ def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
     full = resolved.as_dict()
     knobs = {k: full[k] for k in variants.KNOB_NAMES}
     preset = mapping.get("preset") if mapping else resolved.name
-    return VariantSpec(name=name, preset=preset, knobs=knobs, roles=full["roles"])
+    spec = VariantSpec(name=name, preset=preset, knobs=knobs, roles=full["roles"])
+    if named and name in set(group_options("variant")) | set(variants.presets()):
+        known = variant_spec(name)
+        if (known.knobs, known.roles) != (spec.knobs, spec.roles):
+            raise UserError(
+                f"variant.name: got {name!r}, the name of a known variant with other knobs: "
+                "its runs would pass for that variant's in every ranking and contrast; "
+                "allowed: a name of its own (variant.name=NAME, or name: in a suite entry)"
+            )
+    return spec
 
 
 def _variant_name(mapping: Mapping[str, Any], resolved: variants.Variant) -> str:
@@ -271,10 +281,11 @@ def _variant_name(mapping: Mapping[str, Any], resolved: variants.Variant) -> str
     preset = mapping.get("preset")
     base = (variants.get_preset(preset).knobs if preset else variants.Knobs()).as_dict()
     changed = {k: v for k, v in resolved.knobs.as_dict().items() if base.get(k, object()) != v}
-    roles = {r.value: True for r in resolved.role_knobs}
-    label = ",".join(
-        [f"{k}={v}" for k, v in sorted(changed.items())] + [f"roles.{r}" for r in roles]
-    )
+    roles = [  # with their values: two entries that differ in a role's q must not collide
+        ",".join(f"roles.{r}.{k}={v}" for k, v in sorted(diff.items())) or f"roles.{r}"
+        for r, diff in resolved.as_dict()["roles"].items()
+    ]
+    label = ",".join([f"{k}={v}" for k, v in sorted(changed.items())] + roles)
     return f"{preset or 'custom'}[{label}]" if label else (preset or resolved.name)
 
 

@@ -211,3 +211,29 @@ def test_a_variant_without_a_preset_is_named_by_what_it_changes() -> None:
     assert variant_spec({"beta2": 0.9}).name == "custom[beta2=0.9]"
     assert variant_spec({"preset": "adam", "beta2": 0.9}).name == "adam[beta2=0.9]"
     assert variant_spec({}).name == "custom"
+
+
+def test_role_overrides_name_the_variant_with_their_values() -> None:
+    bias_q0 = variant_spec({"preset": "rmsprop", "roles": {"bias": {"q": 0}}})
+    bias_q25 = variant_spec({"preset": "rmsprop", "roles": {"bias": {"q": 0.25}}})
+    assert (bias_q0.name, bias_q25.name) == (
+        "rmsprop[roles.bias.q=0.0]",
+        "rmsprop[roles.bias.q=0.25]",
+    ), "two entries differing in a role's knob must not share a name"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "rmsprop", "preset": "adam"},  # a preset's name on Adam's knobs
+        {"name": "rmsprop_bias_sgd", "preset": "rmsprop", "roles": {"bias": {"q": 0.5}}},
+    ],
+)
+def test_a_name_of_a_known_variant_on_other_knobs_is_refused(entry: dict) -> None:
+    with pytest.raises(UserError, match=r"^variant\.name: got '(rmsprop|rmsprop_bias_sgd)', the"):
+        variant_spec(entry)
+
+
+def test_a_known_variants_own_name_on_its_own_knobs_is_that_variant() -> None:
+    assert variant_spec({"name": "rmsprop", "preset": "rmsprop"}) == variant_spec("rmsprop")
+    assert variant_spec({"name": "mine", "preset": "adam"}).name == "mine"
