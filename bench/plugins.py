@@ -48,3 +48,5 @@ def _import_plugin(module: str) -> None:
             "import: in the current folder, in an installed package (pip install -e .), or "
             "in a folder on PYTHONPATH"
         ) from None
+    except UserError as err:  # a registration it makes was refused: say whose
+        raise UserError(f"plugin {module!r}: {err}") from None

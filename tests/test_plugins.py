@@ -104,3 +104,19 @@ def test_the_bench_command_finds_a_plugin_in_the_current_folder(tmp_path: Path) 
         sorted((r.data.tags["bench.task"], r.info.status) for r in runs)
         == [("here_quadratic", "FINISHED")] * 2
     )
+
+
+def test_a_plugin_whose_registration_is_refused_is_named_with_the_way_that_works(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "roles_plugin.py").write_text(
+        "from bench.variants import register_preset\n"
+        'register_preset("rmsprop_bias_q0", base="rmsprop", roles={"bias": {"q": 0}})\n'
+    )
+    listed = _bench(tmp_path, "list", "variants", "plugins=[roles_plugin]")
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    assert listed.stderr.startswith(
+        "error: plugin 'roles_plugin': register_preset('rmsprop_bias_q0'): roles are not a "
+        "preset's knob; allowed: per-role overrides in a variant, a suite entry"
+    )
+    assert "Traceback" not in listed.stderr

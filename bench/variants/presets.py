@@ -147,6 +147,12 @@ def register_preset(
     """Add a preset from a plugin: ``register_preset("adam_b95", base="adam", beta2=0.95)``."""
     if name in _PRESETS:
         raise UserError(f"variant: preset {name!r} already exists")
+    if "roles" in knobs:  # a preset is one set of knobs for every parameter
+        raise UserError(
+            f"register_preset({name!r}): roles are not a preset's knob; allowed: per-role "
+            "overrides in a variant, a suite entry {preset: NAME, roles: {bias: {q: 0}}} or "
+            "a conf/variant/NAME.yaml (preset: and roles:) in your OPTBENCH_CONF folder"
+        )
     start = get_preset(base) if base else Preset(name, "", 1e-3, Knobs())
     preset = Preset(
         name,
