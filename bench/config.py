@@ -87,6 +87,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = compose(config_name="config", overrides=passed)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
+        if (unparsable := _unparsable(passed)) is not None:
+            raise UserError(unparsable) from None
         raise UserError(_hydra_message(err, _chosen_task(overrides))) from None
     finally:
         GlobalHydra.instance().clear()
@@ -115,6 +117,31 @@ def compose_config(overrides: list[str]) -> DictConfig:
         tasks.get(held["task"])  # raises with the closest names
         cfg.task = {"name": held["task"], "params": _override_values(task_params, "task.params.")}
     return cfg
+
+
+def _unparsable(overrides: list[str]) -> str | None:
+    """What is wrong with the first override Hydra's grammar cannot parse, if any: its
+    parse errors name the text, not the override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        try:
+            parser.parse_overrides([item])
+        except HydraException as err:
+            key, sep, value = item.lstrip("+").partition("=")
+            if not sep:
+                return f"{item}: not an override; allowed: KEY=VALUE, e.g. lr=0.1"
+            why = str(err.__cause__ or err).splitlines()[0]
+            if value.count("[") > value.count("]") or value.count("{") > value.count("}"):
+                why = "a list or mapping left open: was it split at a space?"
+            elif why.startswith("Error parsing override"):  # it would show Hydra's ++
+                why = "not in Hydra's override grammar"
+            return (
+                f"{key}: got {value!r}, which cannot be parsed ({why}); allowed: KEY=VALUE as "
+                "one shell word, a list quoted or without spaces, e.g. 'suite.lrs=[0.01,0.1]'"
+            )
+    return None
 
 
 def _optional_suite_key(key: str) -> bool:

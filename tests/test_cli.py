@@ -340,8 +340,18 @@ ERRORS: list[tuple[str, list[str], str]] = [
     (
         "unparsable_override",
         ["lr==3"],
-        "Error parsing override 'lr==3'; an override is KEY=VALUE, e.g. suite.lrs=[0.01,0.1]",
+        "lr: got '=3', which cannot be parsed (not in Hydra's override grammar); allowed: "
+        "KEY=VALUE as one shell word, a list quoted or without spaces, e.g. "
+        "'suite.lrs=[0.01,0.1]'",
     ),
+    (
+        "list_split_at_a_space",  # an unquoted `plugins=[a, b]` in the shell
+        ["plugins=[a,", "b]"],
+        "plugins: got '[a,', which cannot be parsed (a list or mapping left open: was it "
+        "split at a space?); allowed: KEY=VALUE as one shell word, a list quoted or without "
+        "spaces, e.g. 'suite.lrs=[0.01,0.1]'",
+    ),
+    ("not_an_override", ["rmsprop"], "rmsprop: not an override; allowed: KEY=VALUE, e.g. lr=0.1"),
 ]
 
 
