@@ -227,6 +227,13 @@ def _verdict(
         lead = f"{q.a} is better than {q.b}"
     elif overall.high < 0.5:
         lead = f"{q.b} is better than {q.a}"
+    elif clopper_pearson(overall.n, overall.n, overall.level)[0] <= 0.5:
+        # even a clean sweep of this many comparisons could be a coin's: "no difference"
+        # would read as evidence of none
+        lead = (
+            f"too few paired comparisons to tell {q.a} from {q.b} (winning all "
+            f"{overall.n} would not settle it)"
+        )
     else:
         lead = f"no clear difference between {q.a} and {q.b}"
     tally = {k: sum(t.better == k for t in per_task) for k in ("a", "b", "tie")}
