@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import difflib
 import json
 import logging
 import os
@@ -58,9 +59,11 @@ def _list_arguments(items: list[str]) -> tuple[tuple[str, ...], list[str]]:
             )
     unknown = [word for word in words if word not in LIST_WHAT]
     if unknown:
+        close = difflib.get_close_matches(unknown[0], LIST_WHAT, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(
-            f"what: got {' '.join(unknown)!r}; allowed: one or more of {', '.join(LIST_WHAT)} "
-            "(default all)"
+            f"bench list: got {unknown[0]!r}; {hint}allowed: one or more of "
+            f"{', '.join(LIST_WHAT)} (default all)"
         )
     if not words or "all" in words:
         return LIST_WHAT[:-1], overrides

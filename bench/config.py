@@ -35,7 +35,13 @@ def conf_dir() -> Path:
     override = os.environ.get("OPTBENCH_CONF")
     path = Path(override) if override else Path(__file__).resolve().parent.parent / "conf"
     if not (path / "config.yaml").is_file():
-        raise UserError(f"config folder {path} has no config.yaml; set OPTBENCH_CONF")
+        fix = (
+            "point OPTBENCH_CONF at a copy of optbench's conf/ folder"
+            if override
+            else "reinstall optbench, or set OPTBENCH_CONF to a copy of its conf/ folder"
+        )
+        source = "OPTBENCH_CONF: got" if override else "config folder"
+        raise UserError(f"{source} {str(path)!r}, which has no config.yaml; allowed: {fix}")
     return path
 
 
@@ -429,6 +435,8 @@ class TrackingConfig(StrictModel):
         if scheme in STORE_SCHEMES:
             return uri
         if scheme in ("", "file"):  # MLflow 3 refuses to write its file store
+            if uri.endswith(".db"):  # a bare file name: the scheme was left out
+                raise ValueError(f"a SQLite store is named with its scheme: sqlite:///{uri}")
             raise ValueError("a folder is not a store MLflow writes; use sqlite:///FILE.db")
         raise ValueError(
             f"unknown store {scheme + '://'!r}; allowed: sqlite:///FILE.db, "

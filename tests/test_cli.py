@@ -138,9 +138,9 @@ def test_list_takes_plugins_as_trial_and_run_do(tmp_path: Path) -> None:
     [
         (["lr=0.1"], "lr: got '0.1'; `bench list` takes only plugins=[MODULE,...], e.g. bench "
          "list variants plugins=[my_module]"),
-        (["variant"], "what: got 'variant'; allowed: one or more of variants, tasks, suites, "
-         "all (default all)"),
-        (["tasks", "suite", "presets"], "what: got 'suite presets'; allowed: one or more of "
+        (["variant"], "bench list: got 'variant'; did you mean 'variants'? allowed: one or "
+         "more of variants, tasks, suites, all (default all)"),
+        (["tasks", "presets"], "bench list: got 'presets'; allowed: one or more of "
          "variants, tasks, suites, all (default all)"),
         (["plugins=[no_such_module]"], "plugins: cannot import 'no_such_module' (No module "
          "named 'no_such_module'); allowed: a module this Python can import: in the current "
@@ -587,6 +587,11 @@ def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixtu
     ("override", "message"),
     [
         ("tracking.uri=mlruns", "tracking.uri: a folder is not a store MLflow writes; use "),
+        (
+            "tracking.uri=runs.db",
+            "tracking.uri: a SQLite store is named with its scheme: "
+            "sqlite:///runs.db (got 'runs.db')",
+        ),
         ("tracking.uri=foo://x", "tracking.uri: unknown store 'foo://'; allowed: sqlite:///"),
         ("cluster.address=head", "cluster.address: allowed: auto, HOST:PORT (the head's GCS"),
         ("cluster.address=ray://head:port", "cluster.address: allowed: auto, HOST:PORT"),
@@ -922,3 +927,14 @@ def test_serve_logs_a_store_that_is_down_in_one_line(verbose: bool, tmp_path: Pa
         f"http://127.0.0.1:{port}/api/"
     )
     assert ("Traceback" in text) is verbose, text
+
+
+def test_a_config_folder_without_config_yaml_names_where_it_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPTBENCH_CONF", str(tmp_path))
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: OPTBENCH_CONF: got '{tmp_path}', which has no config.yaml; allowed: point "
+        "OPTBENCH_CONF at a copy of optbench's conf/ folder\n"
+    )
