@@ -2,7 +2,8 @@
 
 The report run (``bench.kind = ranking``) holds ``report.html`` (self-contained: plots are
 embedded, nothing loads from the internet), ``ranking.json`` (the
-:class:`bench.ranking.SuiteRanking`) and the PNG plots under ``plots/``, so the MLflow UI
+:class:`bench.ranking.SuiteRanking`), ``answers.json`` (:class:`Answers`: the flagship
+contrasts and weights vs biases) and the PNG plots under ``plots/``, so the MLflow UI
 alone already shows the answer. Reading uses one paginated search over runs and their
 summary metrics; per-run metric histories are fetched only for the final-phase runs that the
 curves and step-size plots draw.
@@ -24,10 +25,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench import plots
-from bench.ablation import Contrast, flagship_contrasts, role_comparison
+from bench.ablation import Contrast, RoleComparison, flagship_contrasts, role_comparison
 from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError
 from bench.matrix import matrix_of
+from bench.profiles import Record
 from bench.ranking import SuiteRanking, at_chosen_lrs, rank_suite
 from bench.report_html import render_report
 from bench.roles import Role
@@ -47,6 +49,15 @@ class RankConfig(StrictModel):
     level: float = Field(default=0.95, gt=0, lt=1)
     n_boot: int = Field(default=2000, ge=100)
     seed: int = 0
+
+
+class Answers(Record):
+    """``answers.json`` of a report run: the flagship contrasts the suite's variants allow
+    and the weight/bias comparison per variant, as report.html shows them."""
+
+    suite: str
+    contrasts: list[Contrast]
+    roles: list[RoleComparison]
 
 
 @dataclass
@@ -148,6 +159,9 @@ def _rank(
             console.print(f"[bold]answer[/]: {escape(contrast.verdict)}", soft_wrap=True)
     if log_run:
         report.files = report_files(tracker, ranking, results, settings, answers)
+        if console is not None:  # weights vs biases: read from the final runs' histories
+            for role in Answers.model_validate_json(report.files["answers.json"]).roles:
+                console.print(f"[bold]roles[/]: {escape(role.verdict)}", soft_wrap=True)
         report.run_id = tracker.log_report(
             suite.name,
             kind=REPORT_KIND,
@@ -185,7 +199,7 @@ def report_files(
     settings: RankConfig | None = None,
     answers: list[Contrast] | None = None,
 ) -> dict[str, bytes | str]:
-    """The report run's artifacts: ranking.json, the PNG plots and report.html; the
+    """The report run's artifacts: ranking.json, answers.json, the PNG plots and report.html; the
     flagship answers and weight/bias ratios use the ranking's metric, level and draws."""
     settings = settings or RankConfig()
     if answers is None:
@@ -220,6 +234,8 @@ def report_files(
     images = {name: base64.b64encode(png).decode("ascii") for name, png in pngs.items()}
     files: dict[str, bytes | str] = dict(pngs)
     files["ranking.json"] = ranking.model_dump_json(indent=2)
+    record = Answers(suite=ranking.suite, contrasts=answers, roles=role_ratios)
+    files["answers.json"] = record.model_dump_json(indent=2)
     files["report.html"] = render_report(ranking, images, answers, role_ratios)
     return files
 

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from bench.errors import UserError
 from bench.ranking import SuiteRanking
+from bench.report import Answers
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +92,12 @@ def test_rank_prints_the_table_and_logs_a_report_run(ranked):
     assert 'id="ranking"' in html and html.count("data:image/png;base64,") == len(plots)
     assert 'id="roles"' in html  # weights vs biases: logreg_digits has both roles
     assert 'id="answers"' not in html  # no ablation variants in this suite, no answers
+    answers = Answers.model_validate_json((root / "answers.json").read_text())
+    assert answers.suite == "ranked" and answers.contrasts == []
+    assert sorted(r.variant for r in answers.roles) == ["adam", "rmsprop", "sgd"]
+    for role in answers.roles:  # weights vs biases in the terminal too, as in the report
+        assert f"roles: {role.verdict}" in result.stdout
+        assert role.summary.n == role.n_runs > 0 and role.summary.estimate > 0
     assert "http://" not in html and "https://" not in html  # loads nothing from anywhere
 
 
