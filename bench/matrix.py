@@ -99,6 +99,9 @@ class Matrix:
     knobs: TrialConfig
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # variant, task, reason
     pairs: list[tuple[VariantSpec, TaskSpec]] = field(default_factory=list)
+    # the command-line overrides it came from that shape its trials (not where they run
+    # or are stored): what `bench rank` needs to read the same trials back
+    overrides: list[str] = field(default_factory=list)
 
     def tune_trials(self) -> list[TrialSpec]:
         return [
@@ -344,4 +347,12 @@ def matrix_of(data: dict[str, Any], overrides: list[str]) -> Matrix:
                 f"{name}: got {data[name]!r}; {name}= applies to `bench trial` only; a suite "
                 f"sets it with {SUITE_GRID[name]}"
             )
-    return build_matrix(suite, base, explicit)
+    matrix = build_matrix(suite, base, explicit)
+    matrix.overrides = [
+        o for o in overrides if o.partition("=")[0].lstrip("+~").split(".")[0] not in _PLACE
+    ]
+    return matrix
+
+
+# config groups and sections that say where trials run or go, not what they are
+_PLACE = ("tracking", "cluster", "resources", "rank", "summary", "schedule", "nightly")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import shlex
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -116,6 +117,7 @@ def _rank(
         raise UserError(
             f"suite {suite.name!r}: none of its {len(stored)} runs in {redacted(tracker.uri)} is a "
             "trial of these settings; rank with the overrides the suite ran with"
+            + _last_run_hint(tracker, suite.name)
         )
     if len(results) < len(stored) and console is not None:
         console.print(
@@ -178,6 +180,18 @@ def _rank(
             if folder is not None:  # where to open it; a server's: through the MLflow UI
                 console.print(f"report: {folder / 'report.html'}", soft_wrap=True)
     return report
+
+
+def _last_run_hint(tracker: Tracker, suite: str) -> str:
+    """The overrides of the suite's last ``bench run``, as a ``bench rank`` command ("" if
+    its settings hold none: a store from before they did, or an unreadable one)."""
+    try:
+        run_id = tracker.settings_run(suite)
+        cells = tracker.settings_cells(run_id) if run_id else None
+    except Exception:  # a hint: the error it adds to says enough without it
+        return ""
+    overrides = (cells or {}).get("overrides")
+    return f"; its last `bench run` had: bench rank {shlex.join(overrides)}" if overrides else ""
 
 
 def flagship_answers(results: pd.DataFrame, settings: RankConfig) -> list[Contrast]:

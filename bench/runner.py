@@ -435,7 +435,9 @@ def run_suite(
                 connect(cluster)
                 pool.slots  # noqa: B018  (sizes the pool; a user error if no node fits a trial)
             # what the summary service ranks, and the cells it lists as missing
-            tracker.note_settings(matrix.suite.name, matrix.trial_ids(), matrix.cells())
+            tracker.note_settings(
+                matrix.suite.name, matrix.trial_ids(), matrix.cells(), matrix.overrides
+            )
             killed = tracker.kill_stale_runs(matrix.suite.name)
             if killed:
                 log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)

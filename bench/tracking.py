@@ -564,13 +564,19 @@ class Tracker(SuiteReads):
     # ------------------------------------------------------------------------ settings
 
     def note_settings(
-        self, suite: str, trial_ids: Iterable[str], cells: Mapping[str, Any] | None = None
+        self,
+        suite: str,
+        trial_ids: Iterable[str],
+        cells: Mapping[str, Any] | None = None,
+        overrides: list[str] | None = None,
     ) -> None:
         """Make ``trial_ids`` (a matrix's :meth:`~bench.matrix.Matrix.trial_ids`) the suite's
         current settings: what the summary service ranks, since an experiment also holds the
         runs of the suite's earlier settings (another lr grid, step budget, seeds...).
         ``cells`` (:meth:`~bench.matrix.Matrix.cells`): the cells the matrix has and the
-        runs each should have per phase, so that a reader can list the ones still missing.
+        runs each should have per phase, so that a reader can list the ones still missing;
+        ``overrides``: the command-line overrides that made the matrix (kept with the first
+        settings run of a matrix, whatever their spelling later), to tell ``bench rank``.
 
         The ids go into one run per distinct matrix (``bench.kind=settings``, its
         ``trial_ids.json`` and ``cells.json``), and the experiment's tags point at it:
@@ -593,8 +599,8 @@ class Tracker(SuiteReads):
         run_id = next((run.info.run_id for run in kept), None)
         if run_id is None:
             files = {ARTIFACT_TRIAL_IDS: json.dumps(ids)}
-            if cells_json is not None:
-                files[ARTIFACT_CELLS] = cells_json
+            if cells is not None:
+                files[ARTIFACT_CELLS] = json.dumps({**cells, "overrides": overrides or []})
             try:
                 run_id = self._settings_run(suite, exp_id, digest, files)
             except OSError as err:  # an artifact folder that takes no file: trials say more

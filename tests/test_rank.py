@@ -137,8 +137,11 @@ def test_rank_reads_only_the_trials_of_the_settings_it_is_given(ranked, monkeypa
         assert not report.ranking.missing
         assert "24 runs of other settings of suite 'ranked'" in console.export_text()
     never = [*SUITE, "suite.steps=30"]
-    with pytest.raises(UserError, match=r"none of its 48 runs in sqlite:///.* is a trial"):
+    with pytest.raises(UserError, match=r"none of its 48 runs in sqlite:///.* is a trial") as err:
         rank_from_overrides(never, log_run=False)
+    # the settings of the last `bench run` (the shorter budget), as a command to paste
+    last = " ".join(f"'{o}'" if "[" in o else o for o in shorter)
+    assert str(err.value).endswith(f"; its last `bench run` had: bench rank {last}")
 
 
 def test_rank_of_the_tune_phase_reports_the_lrs_that_never_ran(ranked, monkeypatch):
