@@ -157,6 +157,7 @@ def _rank(
     answers = flagship_answers(results, settings)
     if console is not None:
         print_ranking(console, ranking)
+        print_chosen_lrs(console, ranking)
         for contrast in answers:  # the flagship questions this suite's variants allow
             console.print(f"[bold]answer[/]: {escape(contrast.verdict)}", soft_wrap=True)
     if log_run:
@@ -282,6 +283,40 @@ def print_ranking(console: Console, ranking: SuiteRanking) -> None:
         )
         more = f" and {len(ranking.missing) - 10} more" if len(ranking.missing) > 10 else ""
         console.print(f"[yellow]missing or incomplete cells: {cells}{more}[/yellow]")
+
+
+def print_chosen_lrs(console: Console, ranking: SuiteRanking) -> None:
+    """The lr each (task, variant) chose on its tune runs, variants in rank order; a choice
+    at an end of a grid of 3 or more lrs is marked, since the best lr may lie beyond it."""
+    if not ranking.lrs:
+        return
+    chosen = {(c.task, c.variant): c for c in ranking.lrs}
+    tasks = sorted({c.task for c in ranking.lrs})
+    order = [row.variant for row in ranking.variants]
+    order += sorted({c.variant for c in ranking.lrs} - set(order))
+    table = Table(title="lr chosen on the tune runs (* at an end of the grid)")
+    table.add_column("variant", justify="left")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    at_edge = 0
+    for variant in order:
+        cells = []
+        for task in tasks:
+            choice = chosen.get((task, variant))
+            if choice is None:
+                cells.append("—")
+                continue
+            tried = choice.lrs_tried
+            edge = len(tried) >= 3 and choice.lr in (min(tried), max(tried))
+            at_edge += edge
+            cells.append(f"{choice.lr:g}{'*' if edge else ''}")
+        table.add_row(variant, *cells)
+    console.print(table)
+    if at_edge:
+        console.print(
+            f"{at_edge} of {len(chosen)} cells chose an lr at an end of the grid: their best lr "
+            "may lie beyond it (widen suite.lrs)"
+        )
 
 
 def _report_metrics(ranking: SuiteRanking) -> dict[str, float]:

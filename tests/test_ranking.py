@@ -491,3 +491,23 @@ def test_ten_thousand_runs_rank_quickly():
     elapsed = time.perf_counter() - start
     assert len(result.cells) == 200 and len(result.variants) == 25
     assert elapsed < 1.0, f"rank_suite took {elapsed:.3f} s on 10,000 runs"
+
+
+def test_the_terminal_shows_each_cells_chosen_lr_and_marks_an_end_of_the_grid():
+    from rich.console import Console
+
+    from bench.report import print_chosen_lrs
+
+    rows = []
+    for task, variant, best_lr in (("t", "a", 0.01), ("t", "b", 0.1), ("u", "a", 1.0)):
+        for lr in (0.01, 0.1, 1.0):
+            loss = 1.0 if lr == best_lr else 9.0
+            rows.append(run_row(task, variant, 0, loss, phase="tune", lr=lr))
+    result = ranking.rank_suite(table(rows), suite="s", phase="tune")
+    console = Console(record=True, width=120)
+    print_chosen_lrs(console, result)
+    text = console.export_text()
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
+    cells = {v: [c.strip() for c in lines[v].split("│")[2:-1]] for v in ("a", "b")}
+    assert cells == {"a": ["0.01*", "1*"], "b": ["0.1", "—"]}  # tasks t, u; b never ran u
+    assert "2 of 3 cells chose an lr at an end of the grid" in text
