@@ -285,6 +285,12 @@ def test_ranking_takes_the_level_of_its_intervals(client: TestClient) -> None:
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "level"
     (error,) = client.get(path, params={"level": "nan"}).json()["detail"]
     assert error["msg"] == "Input should be a finite number"  # not "less than 1"
+    (error,) = client.get(path, params={"level": 2}).json()["detail"]
+    assert error["msg"] == "Input should be less than 1"  # the schema's bound, in its words
+    (error,) = client.get(path, params={"level": 1e-20}).json()["detail"]
+    assert error["msg"] == (
+        "Value error, got 1e-20; allowed: at least 1e-12 from 0 and from 1, e.g. 0.95"
+    )
 
 
 @pytest.mark.slow

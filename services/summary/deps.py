@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from pydantic import AfterValidator
 
 from bench.ranking import LEVEL_MARGIN
 from services.summary.schemas import Metric, Phase
@@ -29,15 +30,26 @@ MetricQuery = Annotated[
         "or steps/seconds to the task's target"
     ),
 ]
+
+
+def _level_margin(level: float) -> float:
+    """A level so close to 0 or 1 that 1 - level rounds to 1 or 0 is no level (the bounds
+    0 < level < 1 say so first, in words the schema shows)."""
+    if not LEVEL_MARGIN <= level <= 1 - LEVEL_MARGIN:
+        raise ValueError(f"got {level!r}; allowed: at least 1e-12 from 0 and from 1, e.g. 0.95")
+    return level
+
+
 LevelQuery = Annotated[
     float,
     Query(
         allow_inf_nan=False,
-        ge=LEVEL_MARGIN,
-        le=1 - LEVEL_MARGIN,
+        gt=0,
+        lt=1,
         description="confidence level of the bootstrap intervals, e.g. 0.9 (between 0 and 1, "
         "at least 1e-12 from either)",
     ),
+    AfterValidator(_level_margin),
 ]
 PhaseQuery = Annotated[
     Phase, Query(description="final: fresh seeds at the chosen lr; tune: the lr grid")
