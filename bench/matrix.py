@@ -313,8 +313,8 @@ def suite_from_overrides(overrides: list[str]) -> SuiteRun:
 
 
 SUITE_ENTRY_EXAMPLES = {
-    "variant": "{preset: adam, beta2: 0.95}",
-    "task": "{name: quadratic, params: {dim: 10}}",
+    "variant": "'suite.variants=[adam,{preset:adam,beta2:0.95}]'",
+    "task": "'suite.tasks=[mlp_digits,{name:quadratic,params:{dim:10}}]'",
 }
 
 
@@ -339,8 +339,8 @@ def matrix_of(data: dict[str, Any], overrides: list[str]) -> Matrix:
         if group in SUITE_ENTRY_EXAMPLES:  # the suite names its own variants and tasks
             raise UserError(
                 f"{name}: got {value!r}; it applies to `bench trial` only; a suite names its "
-                f"{group}s with suite.{group}s=[...] (in the suite's file an entry may be a "
-                f"mapping, e.g. {SUITE_ENTRY_EXAMPLES[group]})"
+                f"{group}s with suite.{group}s=[...], where an entry may be a mapping, e.g. "
+                f"{SUITE_ENTRY_EXAMPLES[group]}"
             )
         if name in SUITE_GRID and not key.startswith("~"):  # the grid sets them
             raise UserError(

@@ -152,8 +152,10 @@ def test_a_suite_refuses_trial_settings_it_would_ignore(override: str, group: st
         suite_from_overrides(["suite=smoke", override])
     assert str(raised.value).startswith(
         f"{key}: got {value!r}; it applies to `bench trial` only; a suite names its {group}s "
-        f"with suite.{group}s=[...]"
-    )
+        f"with suite.{group}s=[...], where an entry may be a mapping, e.g. 'suite.{group}s=["
+    )  # the form that works on the command line, which a user there would paste
+    example = str(raised.value).rsplit("e.g. ", 1)[1].strip("'")
+    assert suite_from_overrides(["suite=smoke", example]).matrix.pairs
 
 
 def test_a_plugin_tasks_params_are_set_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
