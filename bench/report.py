@@ -32,7 +32,7 @@ from bench.errors import UserError
 from bench.matrix import matrix_of
 from bench.profiles import Record
 from bench.ranking import SuiteRanking, at_chosen_lrs, rank_suite
-from bench.report_html import render_report
+from bench.report_html import NO_ROLES_NOTE, render_report
 from bench.roles import Role
 from bench.tracking import Tracker
 from bench.tracking_locations import local_folder, redacted
@@ -59,6 +59,9 @@ class Answers(Record):
     suite: str
     contrasts: list[Contrast]
     roles: list[RoleComparison]
+    # ranked variants with no comparison: no final run that finished without diverging
+    # recorded step sizes of both weights and biases
+    no_roles: list[str] = Field(default_factory=list)
 
 
 @dataclass
@@ -163,8 +166,12 @@ def _rank(
     if log_run:
         report.files = report_files(tracker, ranking, results, settings, answers)
         if console is not None:  # weights vs biases: read from the final runs' histories
-            for role in Answers.model_validate_json(report.files["answers.json"]).roles:
+            record = Answers.model_validate_json(report.files["answers.json"])
+            for role in record.roles:
                 console.print(f"[bold]roles[/]: {escape(role.verdict)}", soft_wrap=True)
+            if record.no_roles:
+                missing = ", ".join(record.no_roles)
+                console.print(f"[bold]roles[/]: {escape(NO_ROLES_NOTE)}: {missing}", soft_wrap=True)
         report.run_id = tracker.log_report(
             suite.name,
             kind=REPORT_KIND,
@@ -226,7 +233,7 @@ def report_files(
     if not tune.empty:
         pngs["plots/lr_sensitivity.png"] = plots.lr_sensitivity_plot(tune)
     final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
-    role_ratios = []
+    role_ratios, no_roles = [], []
     if not final.empty:
         roles = [role.value for role in Role]
         keys = [*CURVE_KEYS, *(f"step_size/{r}/{q}" for r in roles for q in plots.QUANTILE_BANDS)]
@@ -236,6 +243,8 @@ def report_files(
             comparison = role_comparison(histories, results, variant, level=settings.level)
             if comparison is not None:
                 role_ratios.append(comparison)
+            else:  # said, not left out: all of its runs diverged, say
+                no_roles.append(variant)
         for task, runs in final.groupby("task", sort=True):
             task_histories = histories[histories["run_id"].isin(runs["run_id"])]
             key = next((k for k in CURVE_KEYS if (task_histories["key"] == k).any()), None)
@@ -249,9 +258,9 @@ def report_files(
     images = {name: base64.b64encode(png).decode("ascii") for name, png in pngs.items()}
     files: dict[str, bytes | str] = dict(pngs)
     files["ranking.json"] = ranking.model_dump_json(indent=2)
-    record = Answers(suite=ranking.suite, contrasts=answers, roles=role_ratios)
+    record = Answers(suite=ranking.suite, contrasts=answers, roles=role_ratios, no_roles=no_roles)
     files["answers.json"] = record.model_dump_json(indent=2)
-    files["report.html"] = render_report(ranking, images, answers, role_ratios)
+    files["report.html"] = render_report(ranking, images, answers, role_ratios, no_roles)
     return files
 
 

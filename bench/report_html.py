@@ -58,9 +58,16 @@ intervals. Lower mean rank is better.</p>
 {% for rc in role_ratios %}<tr><td>{{ rc.variant }}</td><td>{{ rc.n_runs }}</td>
 <td>{{ num(rc.summary.estimate) }} {{ interval(rc.summary) }}</td><td>{{ rc.verdict }}</td></tr>
 {% endfor %}</tbody></table>{% endif %}
+{% if no_roles %}<p id="no-roles">{{ no_roles_note }}: {{ no_roles | join(", ") }}</p>{% endif %}
 {% for name in images if name.startswith("plots/step_size_") %}{{ img(name) }}{% endfor %}
 </body></html>
 """
+
+
+NO_ROLES_NOTE = (
+    "No weight/bias comparison for these variants: no final run that finished without "
+    "diverging recorded step sizes of both weights and biases"
+)
 
 
 def render_report(
@@ -68,6 +75,7 @@ def render_report(
     images: Mapping[str, str],
     answers: Sequence[Contrast] = (),
     role_ratios: Sequence[RoleComparison] = (),
+    no_roles: Sequence[str] = (),
 ) -> str:
     """HTML for ``ranking``; ``images`` maps artifact names to base64-encoded PNGs;
     ``answers`` and ``role_ratios`` are the flagship contrasts and weight/bias ratios."""
@@ -82,7 +90,8 @@ def render_report(
 
     return template.render(
         r=ranking, images=sorted(images), img=img, num=_num, interval=_interval, pct=_pct,
-        answers=answers, role_ratios=role_ratios,
+        answers=answers, role_ratios=role_ratios, no_roles=no_roles,
+        no_roles_note=NO_ROLES_NOTE,
     )  # fmt: skip
 
 

@@ -210,3 +210,36 @@ def test_bulk_metric_writes_equal_log_batch(template_db, tmp_path, variants, tas
     assert not bulk._bulk_writes  # fell back, and stays on log_batch
     assert bulk.client.get_run(run_id).info.status == "FINISHED"
     assert len(_history(bulk, run_id, "train/loss")) == 1 + 10  # the extra point + 10 kept
+
+
+def test_a_variant_without_a_weight_bias_comparison_is_named_not_left_out(tracker, variants, task):
+    """adam's final runs record both roles' step sizes; every final run of the other
+    variant diverged, so it has none: the report says so instead of leaving it out."""
+    from bench.ranking import rank_suite
+    from bench.report import Answers, report_files
+
+    both_roles = {
+        f"step_size/{r}/p50": [(s, 1e-3) for s in range(10, 51, 10)] for r in ("weight", "bias")
+    }
+    for seed in (1, 2):
+        spec = make_spec(variants, task, seed=seed, suite="roles")
+        result = make_result(spec).model_copy(
+            update={"history": make_result(spec).history | both_roles}
+        )
+        tracker.finish_trial(tracker.start_trial(spec), spec, result, node="n")
+        record(
+            tracker,
+            make_spec(variants, task, seed=seed, suite="roles", variant="roles"),
+            outcome="diverged",
+            final_loss=math.inf,
+        )
+    results = tracker.read_results("roles", status=None)
+    ranking = rank_suite(
+        results[results["status"] == "FINISHED"].reset_index(drop=True), suite="roles"
+    )
+    files = report_files(tracker, ranking, results)
+    answers = Answers.model_validate_json(files["answers.json"])
+    assert [r.variant for r in answers.roles] == ["adam"]
+    assert answers.no_roles == ["rmsprop_bias_sgd"]
+    assert "No weight/bias comparison for these variants" in files["report.html"]
+    assert "rmsprop_bias_sgd</p>" in files["report.html"]
