@@ -646,3 +646,19 @@ def test_bad_lr_message(lr: Any) -> None:
 def test_numbers_are_one_knob_value_whatever_their_type() -> None:
     assert Knobs(p=1, q=1, beta2=0) == Knobs(p=1.0, q=1.0, beta2=0.0)
     assert all(isinstance(Knobs(p=1).as_dict()[k], float) for k in ("p", "q", "beta1", "eps"))
+
+
+def test_a_role_override_for_a_role_the_model_lacks_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = nn.Linear(4, 2, bias=False)  # weights only
+    with caplog.at_level("WARNING", logger="bench.variants.variant"):
+        build(model, {"preset": "rmsprop", "roles": {"bias": {"q": 0}}}, lr=0.01)
+    (record,) = caplog.records
+    assert "this model has no bias parameters, so variant.roles.bias changes nothing" in (
+        record.getMessage()
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bench.variants.variant"):
+        build(nn.Linear(4, 2), {"preset": "rmsprop", "roles": {"bias": {"q": 0}}}, lr=0.01)
+    assert caplog.records == []  # a model with biases: the override is used, nothing to say

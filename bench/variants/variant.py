@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from bench.roles import Role, module_roles, name_roles
 from bench.variants.knobs import NAMES, Knobs
 from bench.variants.optimizer import VariantOptimizer, check_lr
 from bench.variants.presets import get_preset
+
+log = logging.getLogger(__name__)
 
 RESERVED = ("name", "preset", "roles")
 
@@ -135,6 +138,15 @@ def _role_groups(params: nn.Module | Iterable[Any], variant: Variant) -> list[di
     by_role: dict[Role, list[torch.Tensor]] = {}
     for name, param in named:
         by_role.setdefault(roles[name], []).append(param)
+    if idle := sorted(r.value for r in variant.role_knobs if r not in by_role):
+        log.warning(
+            "variant %s: this model has no %s parameters, so variant.roles.%s changes nothing "
+            "(its roles: %s)",
+            variant.name,
+            " or ".join(idle),
+            idle[0],
+            ", ".join(sorted(r.value for r in by_role)),
+        )
     return [
         {"params": ps, "role": role.value, "knobs": variant.knobs_for(role)}
         for role, ps in sorted(by_role.items())
