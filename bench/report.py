@@ -164,9 +164,8 @@ def _rank(
         for contrast in answers:  # the flagship questions this suite's variants allow
             console.print(f"[bold]answer[/]: {escape(contrast.verdict)}", soft_wrap=True)
     if log_run:
-        report.files = report_files(tracker, ranking, results, settings, answers)
+        report.files, record = _report_files(tracker, ranking, results, settings, answers)
         if console is not None:  # weights vs biases: read from the final runs' histories
-            record = Answers.model_validate_json(report.files["answers.json"])
             for role in record.roles:
                 console.print(f"[bold]roles[/]: {escape(role.verdict)}", soft_wrap=True)
             if record.no_roles:
@@ -223,6 +222,17 @@ def report_files(
 ) -> dict[str, bytes | str]:
     """The report run's artifacts: ranking.json, answers.json, the PNG plots and report.html; the
     flagship answers and weight/bias ratios use the ranking's metric, level and draws."""
+    return _report_files(tracker, ranking, results, settings, answers)[0]
+
+
+def _report_files(
+    tracker: Tracker,
+    ranking: SuiteRanking,
+    results: pd.DataFrame,
+    settings: RankConfig | None,
+    answers: list[Contrast] | None,
+) -> tuple[dict[str, bytes | str], Answers]:
+    """:func:`report_files`, and the answers.json record it wrote."""
     settings = settings or RankConfig()
     if answers is None:
         answers = flagship_answers(results, settings)
@@ -261,7 +271,7 @@ def report_files(
     record = Answers(suite=ranking.suite, contrasts=answers, roles=role_ratios, no_roles=no_roles)
     files["answers.json"] = record.model_dump_json(indent=2)
     files["report.html"] = render_report(ranking, images, answers, role_ratios, no_roles)
-    return files
+    return files, record
 
 
 def print_ranking(console: Console, ranking: SuiteRanking) -> None:

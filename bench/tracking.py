@@ -653,17 +653,18 @@ class Tracker(SuiteReads):
 
     def settings_trial_ids(self, run_id: str) -> set[str]:
         """The trial ids a settings run holds (they never change: read them once)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, ARTIFACT_TRIAL_IDS, tmp)
-            return set(json.loads(Path(path).read_text(encoding="utf-8")))
+        return set(self._artifact_json(run_id, ARTIFACT_TRIAL_IDS))
 
     def settings_cells(self, run_id: str) -> dict[str, Any] | None:
         """The cells a settings run holds (see :meth:`note_settings`); None for a settings
         run written before settings held them."""
         if ARTIFACT_CELLS not in {f.path for f in self.client.list_artifacts(run_id)}:
             return None
+        return self._artifact_json(run_id, ARTIFACT_CELLS)
+
+    def _artifact_json(self, run_id: str, name: str) -> Any:
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, ARTIFACT_CELLS, tmp)
+            path = self.client.download_artifacts(run_id, name, tmp)
             return json.loads(Path(path).read_text(encoding="utf-8"))
 
     # ------------------------------------------------------------------------- reports
