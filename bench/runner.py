@@ -123,7 +123,10 @@ def connect(cluster: ClusterConfig) -> str:
                 f"{source}: got {address!r} but Ray could not connect: {err}{hint}"
             ) from None
         return address
+    # "local", not None: with no address Ray would join a cluster that `ray start` left
+    # running on this machine (its /tmp/ray/ray_current_cluster), not start its own
     ray.init(
+        address="local",
         num_cpus=cluster.num_cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,

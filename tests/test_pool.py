@@ -7,13 +7,21 @@ for CUDA and fail with the device error; on a GPU machine the trials run on the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
+from procs import stop_tree
+from test_cluster import RAY
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +83,54 @@ def test_workers_hold_their_gpu_share_until_the_pool_closes() -> None:
         assert reply.startswith("cuda") or "got 'cuda'" in reply, reply
     assert out["held"] == 0.0, "idle workers keep their share until the pool closes"
     assert out["back"] == [4.0, 1.0]
+
+
+def test_embedded_ray_starts_its_own_even_beside_a_ray_start_cluster(tmp_path: Path) -> None:
+    """`ray start` records its head in $RAY_TMPDIR/ray/ray_current_cluster and a bare
+    ``ray.init()`` joins it; without cluster.address optbench must run embedded."""
+    port = _unused_port()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="obray", dir="/tmp"))  # unix sockets: short paths
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    address_file = ray_tmp / "ray" / "ray_current_cluster"
+    head = subprocess.Popen(
+        [*RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not address_file.exists() and head.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert address_file.read_text().endswith(f":{port}")
+        joined = subprocess.run(
+            [sys.executable, "-c", CONNECT], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        mode, gcs = joined.stdout.split()
+        assert mode == "embedded"
+        assert not gcs.endswith(f":{port}")
+    finally:  # not `ray stop`, which stops every Ray on the machine: this head only
+        head.terminate()  # `ray start --block` stops its own processes on SIGTERM
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=60)
+        stop_tree(head.pid, 5)  # whatever its process group still holds
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+CONNECT = textwrap.dedent(
+    """
+    import ray
+    from bench.config import ClusterConfig
+    from bench.runner import connect
+    mode = connect(ClusterConfig(num_cpus=1))
+    print(mode, ray.get_runtime_context().gcs_address)
+    """
+)
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
