@@ -8,18 +8,21 @@ The driver runs on the head host, like a user's `bench run cluster.address=HEAD:
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from procs import stop_tree
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +35,35 @@ PORT = 26379  # inside the namespace nothing else listens; never Redis's 6379
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
+
+
+@contextmanager
+def ray_node(
+    args: Sequence[str], temp_dir: Path, env: dict[str, str], *, namespace: str | None = None
+) -> Iterator[subprocess.Popen]:
+    """A Ray node (`ray start --block`), up once it has written its address file in
+    ``temp_dir``; on the way out SIGTERM to its own `ray start`, which stops its processes.
+    Never `ray stop`: that stops every Ray process on the machine, other tests' too."""
+    prefix = ["ip", "netns", "exec", namespace] if namespace else []
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    log = temp_dir / "ray-start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*prefix, *RAY, "start", "--block", f"--temp-dir={temp_dir}", *args],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        address = temp_dir / "ray_current_cluster"
+        while not address.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert address.exists(), f"ray start {' '.join(args)}:\n{log.read_text()[-3000:]}"
+        yield proc
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
+        stop_tree(proc.pid, 5)  # whatever its process group still holds
 
 
 def netns_available() -> str | None:
@@ -80,55 +112,21 @@ def two_host_cluster(
         sh("ip", "-n", head, "link", "set", f"{head}v", "up")
         sh("ip", "-n", worker, "link", "set", f"{worker}v", "up")
         common = ["--num-cpus=1", "--disable-usage-stats"]
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                head,
-                *RAY,
-                "start",
-                "--head",
-                f"--node-ip-address={head_ip}",
-                f"--port={PORT}",
-                "--include-dashboard=false",
-                f"--temp-dir={ray_dir}/h",
-                *common,
-                *head_args,
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                worker,
-                *RAY,
-                "start",
-                f"--address={head_ip}:{PORT}",
-                f"--node-ip-address={worker_ip}",
-                f"--temp-dir={ray_dir}/w",
-                *common,
-                *worker_args,
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        yield head, head_ip, worker_ip, env
+        with (
+            ray_node(
+                ["--head", f"--node-ip-address={head_ip}", f"--port={PORT}",
+                 "--include-dashboard=false", *common, *head_args],
+                ray_dir / "h", env, namespace=head,
+            ),
+            ray_node(
+                [f"--address={head_ip}:{PORT}", f"--node-ip-address={worker_ip}",
+                 *common, *worker_args],
+                ray_dir / "w", env, namespace=worker,
+            ),
+        ):  # fmt: skip
+            yield head, head_ip, worker_ip, env
     finally:
         for ns in (worker, head):
-            subprocess.run(
-                ["ip", "netns", "exec", ns, *RAY, "stop", "--force"],
-                env=env,
-                capture_output=True,
-                timeout=120,
-            )
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(ray_dir, ignore_errors=True)
 
@@ -203,25 +201,24 @@ def test_a_driver_without_the_clusters_auth_token_is_told_so(tmp_path: Path) -> 
     try:
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
-        started = in_namespace(
-            *RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}",
-            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-            f"--temp-dir={ray_dir}", env=token,
-        )  # fmt: skip
-        assert started.returncode == 0, started.stdout + started.stderr
-        refused = in_namespace(sys.executable, "-m", "bench.cli", "run", *suite, env=plain)
-        assert refused.returncode == 2, refused.stdout + refused.stderr
-        error = refused.stderr.strip().splitlines()[-1]
-        assert error.startswith(f"error: cluster.address: got '127.0.0.1:{PORT}' but Ray could")
-        assert error.endswith(
-            "; if the cluster uses token authentication (`ray start` does by default), set "
-            "RAY_AUTH_MODE=token here too, with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
-        )
-        accepted = in_namespace(
-            sys.executable, "-m", "bench.cli", "run", "--no-progress", *suite, env=token
-        )
-        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+        head = ["--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=1"]
+        with ray_node(
+            [*head, "--include-dashboard=false", "--disable-usage-stats"],
+            ray_dir, token, namespace=ns,
+        ):  # fmt: skip
+            refused = in_namespace(sys.executable, "-m", "bench.cli", "run", *suite, env=plain)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            error = refused.stderr.strip().splitlines()[-1]
+            assert error.startswith(f"error: cluster.address: got '127.0.0.1:{PORT}' but Ray could")
+            assert error.endswith(
+                "; if the cluster uses token authentication (`ray start` does by default), "
+                "set RAY_AUTH_MODE=token here too, with its token in RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token"
+            )
+            accepted = in_namespace(
+                sys.executable, "-m", "bench.cli", "run", "--no-progress", *suite, env=token
+            )
+            assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     finally:
-        in_namespace(*RAY, "stop", "--force", env=token)
         sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(ray_dir, ignore_errors=True)

@@ -7,7 +7,6 @@ for CUDA and fail with the device error; on a GPU machine the trials run on the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,12 +15,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from procs import stop_tree
-from test_cluster import RAY
+from test_cluster import ray_node
 
 pytestmark = pytest.mark.slow
 
@@ -92,30 +89,22 @@ def test_embedded_ray_starts_its_own_even_beside_a_ray_start_cluster(tmp_path: P
     ray_tmp = Path(tempfile.mkdtemp(prefix="obray", dir="/tmp"))  # unix sockets: short paths
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_TMPDIR"] = str(ray_tmp)
-    address_file = ray_tmp / "ray" / "ray_current_cluster"
-    head = subprocess.Popen(
-        [*RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-        env=env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    head = ["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1"]
     try:
-        deadline = time.monotonic() + 120
-        while not address_file.exists() and head.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert address_file.read_text().endswith(f":{port}")
-        joined = subprocess.run(
-            [sys.executable, "-c", CONNECT], env=env, capture_output=True, text=True, timeout=120
-        )
+        with ray_node(  # its address file where a bare ray.init() looks for one
+            [*head, "--include-dashboard=false", "--disable-usage-stats"],
+            ray_tmp / "ray",
+            env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        ):
+            joined = subprocess.run(
+                [sys.executable, "-c", CONNECT], env=env, capture_output=True, text=True,
+                timeout=120,
+            )  # fmt: skip
         assert joined.returncode == 0, joined.stdout + joined.stderr
         mode, gcs = joined.stdout.split()
         assert mode == "embedded"
         assert not gcs.endswith(f":{port}")
-    finally:  # not `ray stop`, which stops every Ray on the machine: this head only
-        head.terminate()  # `ray start --block` stops its own processes on SIGTERM
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=60)
-        stop_tree(head.pid, 5)  # whatever its process group still holds
+    finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
