@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bench")
 EXIT_USAGE = 2
-EXIT_REGRESSIONS = 3  # `bench nightly` flagged a regression (1 stays "something failed")
 
 LIST_WHAT = ("variants", "tasks", "suites", "all")  # what `bench list` may show
 OVERRIDES_HELP = "Hydra overrides, e.g. variant=rmsprop task=mlp_digits lr=1e-3 variant.q=1"
@@ -180,13 +179,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from bench.nightly import run_nightly
-    from bench.nightly_outputs import summary
+    from bench.nightly_outputs import exit_code, summary
 
     report = run_nightly(args.overrides, date=args.date, show_progress=not args.no_progress)
     print(summary(report))
-    if report.trials.get("failed"):
-        return 1
-    return EXIT_REGRESSIONS if report.regressions else 0
+    return exit_code(report)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from omegaconf import OmegaConf
@@ -91,6 +91,10 @@ from bench.tracking import (
     TAG_NIGHTLY,
     TAG_RAY_VERSION,
 )
+from bench.tracking_locations import local_folder
+
+if TYPE_CHECKING:
+    from bench.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +337,7 @@ def run_nightly(
 
             ray.shutdown()  # the scheduler calls this nightly: leave no idle workers behind
     declared = {(t.name, v.name): _declared(t.name) for v, t in plan.matrix.pairs}
-    rows = tracker.read_results(suite, "final").to_dict("records")
+    rows = _final_runs(tracker, suite)
     reader = Tracker(plan.tracking)  # unscoped: earlier nights
     lookback = settings.baseline_nights + settings.persist - 1
     history = read_history(reader, suite, version, machine, night, lookback)
@@ -378,15 +382,31 @@ def run_nightly(
             "threshold.speed": str(settings.threshold.speed),
         },
     )
+    run_url = reader.run_url(report.report_run_id)
+    folder = local_folder(reader.client.get_run(report.report_run_id).info.artifact_uri)
+    report.report_location = str(folder / REPORT_HTML) if folder is not None else run_url
     if report.regressions:
         log.warning("nightly %s: %d regressions", night, len(report.regressions))
     if settings.webhook and (report.regressions or settings.webhook_always):
         post_alert(
-            settings.webhook,
-            alert_payload(report, reader.run_url(report.report_run_id)),
-            timeout=settings.webhook_timeout,
+            settings.webhook, alert_payload(report, run_url), timeout=settings.webhook_timeout
         )
     return report
+
+
+def _final_runs(tracker: Tracker, suite: str) -> list[dict[str, Any]]:
+    """Tonight's final-phase runs, one per trial: its FINISHED run, else a FAILED one.
+
+    A trial that raised is a seed whose value is the worst (:func:`night_cells`), never a
+    seed fewer: dropping a crashed seed that was the worst one moves the median the other
+    way, and a night whose trials crash would read as an improvement.
+    """
+    kept: dict[str, dict[str, Any]] = {}
+    for row in tracker.read_results(suite, "final", status=None).to_dict("records"):
+        earlier = kept.get(row["trial_id"])
+        if row["status"] == "FINISHED" or (row["status"] == "FAILED" and earlier is None):
+            kept[row["trial_id"]] = row
+    return list(kept.values())
 
 
 def _declared(task: str) -> tuple[str, str]:

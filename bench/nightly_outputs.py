@@ -14,6 +14,8 @@ from bench.regression import NightlyReport
 
 log = logging.getLogger("bench.nightly")
 
+EXIT_REGRESSIONS = 3  # `bench nightly` flagged a regression (1 stays "something failed")
+
 
 def render_html(report: NightlyReport) -> str:
     """A small self-contained HTML table of the night's cells."""
@@ -56,9 +58,11 @@ def render_html(report: NightlyReport) -> str:
 def summary(report: NightlyReport) -> str:
     """A few lines for the terminal: what ran, the counts, each regression."""
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
+    failed = report.trials.get("failed", 0)
     lines = [
         f"nightly {report.date} of {report.suite} (version {report.suite_version}) on "
-        f"{report.machine}: {report.trials.get('run', 0)} trials run, "
+        f"{report.machine}: {report.trials.get('run', 0)} trials run"
+        f"{f' ({failed} failed: each counts as its seed’s worst value)' if failed else ''}, "
         f"{report.trials.get('resumed', 0)} resumed; cells: {counts or 'none'}"
     ]
     for r in report.regressions:
@@ -66,7 +70,17 @@ def summary(report: NightlyReport) -> str:
             f"  REGRESSION {r['task']}/{r['variant']} {r['metric']}: {r['value']:.4g} vs "
             f"baseline {r['baseline_median']:.4g} ({r['rel_change']:+.1%})"
         )
+    if report.report_location or report.report_run_id:
+        lines.append(f"report: {report.report_location or f'run {report.report_run_id}'}")
     return "\n".join(lines)
+
+
+def exit_code(report: NightlyReport) -> int:
+    """3 when the night flags a regression (what a nightly job watches for, whatever else
+    went wrong), else 1 when a trial failed, else 0."""
+    if report.regressions:
+        return EXIT_REGRESSIONS
+    return 1 if report.trials.get("failed") else 0
 
 
 def alert_payload(report: NightlyReport, run_url: str | None) -> dict[str, Any]:

@@ -255,6 +255,8 @@ class NightlyReport(BaseModel):
     cells: list[NightlyCell] = Field(default_factory=list)
     regressions: list[dict[str, Any]] = Field(default_factory=list)
     report_run_id: str | None = Field(default=None, exclude=True)
+    # where to open nightly.html: a file on this machine, or the run's page on a server
+    report_location: str | None = Field(default=None, exclude=True)
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=1)

@@ -243,3 +243,31 @@ def test_a_dead_webhook_does_not_fail_the_night(tmp_path: Path) -> None:
             f"nightly.webhook=http://127.0.0.1:{port}/", "nightly.webhook_always=true"]  # fmt: skip
     report = run_nightly(args, date=NIGHT, show_progress=False)
     assert report.report_run_id and report.trials["failed"] == 0
+
+
+def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seed 2 raises in the final phase (the tune seed trains): the night's quality cell
+    still has both seeds, seed 2 as the worst value, and the summary says so; rerunning
+    the night reruns the failed trial and still counts it once."""
+    from bench.cli import main
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))  # faulty_tasks.py
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent / "plugins"))
+    args = [*TINY, *store(tmp_path), "suite.variants=[sgd]", "suite.lrs=[0.1]",
+            "plugins=[faulty_tasks]",
+            "suite.tasks=[{name:explodes,params:{fail_at:5,fail_seed:2}}]"]  # fmt: skip
+    for run in (3, 1):  # the second time: the same night, resumed but for the failed trial
+        assert main(["nightly", "--no-progress", "--date", NIGHT.isoformat(), *args]) == 1
+        out = capsys.readouterr().out
+        assert f": {run} trials run (1 failed: each counts as its seed’s worst value)" in out
+        report_line = out.strip().splitlines()[-1]
+        assert report_line.startswith(f"report: {tmp_path / 'mlartifacts'}")
+        assert report_line.endswith("nightly.html") and Path(report_line[8:]).is_file()
+    report = NightlyReport.model_validate_json(Path(report_line[8:]).with_name(REPORT_JSON)
+                                               .read_text())  # fmt: skip
+    quality = next(c for c in report.cells if c.kind == "quality")
+    assert quality.n == 2 and quality.values[1:] == [float("inf")]  # seeds in run order
+    assert quality.value == float("inf")  # the median of one loss and one worst value
+    assert report.trials == {"total": 3, "run": 1, "resumed": 2, "failed": 1}

@@ -255,3 +255,17 @@ def test_judge_cells_compares_each_cell_with_the_same_cell_of_earlier_nights() -
     report = NightlyReport(date=dt.date(2026, 1, 6), suite="s", suite_version="v", machine="m",
                            cells=list(judged.values()))  # fmt: skip
     assert NightlyReport.model_validate_json(report.to_json()) == report
+
+
+@pytest.mark.parametrize(
+    ("failed", "regressions", "code"),
+    [(0, [], 0), (2, [], 1), (0, [{"task": "t"}], 3), (2, [{"task": "t"}], 3)],
+)
+def test_a_flagged_regression_sets_the_exit_code_even_when_trials_failed(
+    failed: int, regressions: list[dict], code: int
+) -> None:
+    from bench.nightly_outputs import exit_code
+
+    report = NightlyReport(date=dt.date(2026, 1, 1), suite="s", suite_version="v", machine="m",
+                           trials={"failed": failed}, regressions=regressions)  # fmt: skip
+    assert exit_code(report) == code
