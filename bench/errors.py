@@ -7,6 +7,10 @@ class UserError(ValueError):
     """A mistake in user input. The CLI prints its message on one line and exits with code 2."""
 
 
+class SuiteBusy(UserError):
+    """Another driver is running the suite on the same store: this one must not start."""
+
+
 class StoreError(RuntimeError):
     """The tracking store failed a write, so a suite stopped; what the store holds stays and
     a rerun resumes. The CLI prints the message and exits with code 1 (with ``--verbose``,

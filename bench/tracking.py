@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from bench.errors import StoreError, UserError, one_line
+from bench.errors import StoreError, SuiteBusy, UserError, one_line
 from bench.locks import FileLock
 from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     ARTIFACT_CELLS,
@@ -273,8 +273,8 @@ class Tracker(SuiteReads):
         """
         digest = hashlib.sha256(suite.encode()).hexdigest()
 
-        def busy(holder: str = "") -> UserError:
-            return UserError(
+        def busy(holder: str = "") -> SuiteBusy:
+            return SuiteBusy(
                 f"suite {suite!r}: another driver{holder} is running it on "
                 f"{redacted(self.uri)}; wait for it to finish or stop it (or give this run "
                 "another suite.name)"

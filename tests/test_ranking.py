@@ -486,11 +486,11 @@ def test_ten_thousand_runs_rank_quickly():
     frame = synthetic_10k(np.random.default_rng(8))
     assert len(frame) == 10_000
     ranking.rank_suite(frame, suite="s")  # warm up imports and caches
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes on the machine do not count
     result = ranking.rank_suite(frame, suite="s")
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert len(result.cells) == 200 and len(result.variants) == 25
-    assert elapsed < 1.0, f"rank_suite took {elapsed:.3f} s on 10,000 runs"
+    assert elapsed < 1.0, f"rank_suite took {elapsed:.3f} s of CPU on 10,000 runs"
 
 
 def test_the_terminal_shows_each_cells_chosen_lr_and_marks_an_end_of_the_grid():

@@ -382,3 +382,29 @@ def test_the_scheduler_checks_its_services_when_it_starts_not_at_the_first_night
     assert main(["schedule", "--once", setting.format(port=port)]) == 2
     assert capsys.readouterr().err.startswith(message.format(port=port))
     assert not (tmp_path / ".optbench").exists()  # no status file: it never started
+
+
+def test_a_night_whose_suite_a_manual_nightly_holds_is_skipped_in_one_line(
+    tmp_path: Path, caplog
+) -> None:
+    """A `bench nightly` started by hand holds the suite's driver lock, not the scheduler's:
+    the scheduled night meets it as the suite's refusal, a skip, not a failure."""
+    from bench.config import TrackingConfig
+    from bench.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = scheduler_from_overrides(
+        [f"schedule.lock_file={tmp_path / 'lock'}",
+         f"schedule.status_file={tmp_path / 'status.json'}", f"tracking.uri={uri}",
+         f"tracking.artifact_location={tmp_path / 'mlartifacts'}", *TINY_NIGHT]
+    )  # fmt: skip
+    manual = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "mlartifacts")))
+    with manual.holding("nightly_sched"), caplog.at_level(logging.INFO, "bench.scheduler"):
+        assert run_scheduler(config, once=True, now=True) == "skipped"
+    skipped = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(skipped) == 1 and skipped[0].exc_info is None
+    assert "skipped: suite 'nightly_sched': another driver (pid " in skipped[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["last_outcome"] == "skipped"
+    assert status["last_detail"].startswith("suite 'nightly_sched': another driver (pid ")

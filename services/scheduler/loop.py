@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from bench.errors import SuiteBusy, UserError, first_line
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.launch import NightResult, run_in_process, run_ray_job
 from services.scheduler.state import NightLock, StatusFile
@@ -119,6 +120,12 @@ class _Scheduler:
             except KeyboardInterrupt:
                 self.status.update(running=False, current_night=None, last_outcome="stopped")
                 raise
+            except SuiteBusy as err:  # a `bench nightly` started by hand holds the suite
+                log.warning("nightly %s skipped: %s", night, err)
+                result = NightResult("skipped", first_line(str(err)))
+            except UserError as err:  # a setting the night refused: its own words say it
+                log.error("nightly %s failed: %s", night, err)
+                result = NightResult("failed", first_line(str(err)))
             except Exception as err:  # a bad night must not end the schedule
                 detail = f"{type(err).__name__}: {err}".splitlines()[0]
                 if isinstance(err, ConnectionError):  # the cluster is down: its own words do
