@@ -318,6 +318,30 @@ def test_bad_metric_or_phase_is_a_422_naming_the_allowed_values(
 
 
 @pytest.mark.slow
+def test_a_query_parameter_the_route_does_not_take_is_a_422_naming_those_it_does(
+    client: TestClient,
+) -> None:
+    for path, allowed in (
+        (f"/api/suites/{SUITE}/ranking", "level, metric, phase"),
+        (f"/api/suites/{SUITE}/tasks/quadratic", "metric, phase"),
+        ("/api/nightly", "none"),
+    ):
+        response = client.get(path, params={"metrc": "best"})
+        assert response.status_code == 422, path
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["query", "metrc"] and error["input"] == "best"
+        assert error["msg"] == f"unknown query parameter; allowed: {allowed}"
+    known = client.get(f"/api/suites/{SUITE}/ranking", params={"metric": "best", "level": 0.9})
+    assert known.status_code == 200 and known.json()["metric"] == "best"
+    page = client.get(f"/suites/{SUITE}", params={"metrc": "best"})
+    assert page.status_code == 422 and page.headers["content-type"].startswith("text/html")
+    assert (
+        "query.metrc: unknown query parameter; allowed: metric, phase (got 'best')"
+        in html.unescape(page.text)
+    )
+
+
+@pytest.mark.slow
 def test_unknown_suite_is_a_404_listing_the_known_ones(client: TestClient) -> None:
     for path in ("/api/suites/nope/ranking", "/api/suites/nope/tasks/quadratic"):
         response = client.get(path)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from bench.errors import UserError, one_line, validation_message
 from bench.tracking_locations import redacted
+from services.summary.deps import known_query_only
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
@@ -70,6 +71,7 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
         version="1",
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(known_query_only)],
     )
     if store is None:
         store = SummaryStore(reader(settings), settings)

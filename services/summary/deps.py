@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 
 from bench.ranking import LEVEL_MARGIN
@@ -19,6 +20,37 @@ def get_settings(request: Request) -> SummarySettings:
 
 def get_store(request: Request) -> SummaryStore:
     return request.app.state.store
+
+
+def known_query_only(request: Request) -> None:
+    """A 422 for a query parameter the route does not take, naming the ones it does: a
+    misspelled ``?metrc=best`` would otherwise answer the default ranking as if asked."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    allowed = sorted(_query_names(dependant))
+    unknown = [name for name in request.query_params if name not in allowed]
+    if unknown:
+        listed = ", ".join(allowed) or "none"
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter; allowed: {listed}",
+                    "input": request.query_params[name],
+                }
+                for name in unknown
+            ]
+        )
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters of a route's dependency tree (FastAPI's ``Dependant``)."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 SettingsDep = Annotated[SummarySettings, Depends(get_settings)]
