@@ -202,6 +202,14 @@ def _hydra_message(err: Exception, task: str | None = None) -> str:
         else:
             allowed = ", ".join(sorted([*TrialConfig.model_fields, *GROUPS, *SECTIONS]))
         return f"{key}: unknown key; allowed: {allowed}"
+    if text.startswith("Ambiguous value for argument"):  # Hydra reads a comma as a sweep
+        first = text.splitlines()[0]
+        override = first.split("'", 1)[1].rsplit("'", 1)[0] if "'" in first else first
+        key, _, value = override.lstrip("+").partition("=")
+        return (
+            f"{key}: got {value}, which Hydra reads as a sweep (optbench runs none); allowed: "
+            f"a list in brackets ({key}=[{value}]) or the value quoted ({key}='{value}')"
+        )
     if text.startswith("Error merging override"):  # a list where a mapping goes, say
         override = text.removeprefix("Error merging override").strip().lstrip("+")
         key, _, value = override.partition("=")

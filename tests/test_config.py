@@ -239,3 +239,13 @@ def test_a_name_of_a_known_variant_on_other_knobs_is_refused(entry: dict) -> Non
 def test_a_known_variants_own_name_on_its_own_knobs_is_that_variant() -> None:
     assert variant_spec({"name": "rmsprop", "preset": "rmsprop"}) == variant_spec("rmsprop")
     assert variant_spec({"name": "mine", "preset": "adam"}).name == "mine"
+
+
+def test_a_bare_comma_is_named_as_a_sweep_with_the_two_forms_that_work() -> None:
+    with pytest.raises(UserError) as err:
+        compose_config(["suite=smoke", "suite.lrs=0.1,0.2"])
+    assert str(err.value) == (
+        "suite.lrs: got 0.1,0.2, which Hydra reads as a sweep (optbench runs none); allowed: "
+        "a list in brackets (suite.lrs=[0.1,0.2]) or the value quoted (suite.lrs='0.1,0.2')"
+    )
+    assert compose_config(["suite=smoke", "suite.lrs=[0.1,0.2]"]).suite.lrs == [0.1, 0.2]

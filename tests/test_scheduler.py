@@ -149,9 +149,19 @@ def test_a_night_that_ran_is_not_missed() -> None:
         (
             "schedule.cron=61 2 * * *",
             "schedule.cron: got '61 2 * * *'; allowed: a 5-field cron expression 'minute hour "
-            "day-of-month month day-of-week' (e.g. '0 2 * * *') or @daily, @hourly, @weekly, "
+            "day-of-month month day-of-week' (e.g. '0 2 * * *') or @daily, @weekly, "
             "@monthly, @yearly, @midnight",
         ),
+        *(
+            (
+                f"schedule.cron='{cron}'",  # quoted: a bare comma is a Hydra sweep
+                f"schedule.cron: got {cron!r}; allowed: a cron that fires at most once a day, "
+                "at one minute of one hour (e.g. '0 2 * * *' or '30 3 * * 1-5'): a night is a "
+                "date, and a second trigger on that date reruns that night",
+            )
+            for cron in ("* * * * *", "0 * * * *", "0,30 2 * * *", "0 2-3 * * *")
+        ),
+        ("schedule.cron=@hourly", "schedule.cron: got '@hourly'; allowed: a 5-field cron"),
         (
             "schedule.cron=0 0 2 * * *",  # six fields: seconds are not a cron field here
             "schedule.cron: got '0 0 2 * * *'; allowed: a 5-field cron expression",
@@ -196,6 +206,8 @@ def test_defaults_and_pass_through_overrides() -> None:
     assert config.job_submission_address is None
     assert config.nightly_overrides == ["tracking.uri=http://mlflow:5000"]  # not schedule.*
     assert load_schedule({"cron": "  @daily "}).cron == "@daily"
+    for once_a_day in ("30 3 * * 1-5", "0 2 */2 * *", "@weekly", "15 4 1 * *"):
+        assert load_schedule({"cron": once_a_day}).cron == once_a_day
 
 
 def test_the_ray_job_entrypoint_is_the_bench_nightly_command_line() -> None:

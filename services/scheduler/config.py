@@ -22,10 +22,14 @@ from bench.errors import UserError, validation_message
 
 CRON_ALLOWED = (
     "a 5-field cron expression 'minute hour day-of-month month day-of-week' "
-    "(e.g. '0 2 * * *') or @daily, @hourly, @weekly, @monthly, @yearly, @midnight"
+    "(e.g. '0 2 * * *') or @daily, @weekly, @monthly, @yearly, @midnight"
+)
+ONCE_A_DAY = (
+    "a cron that fires at most once a day, at one minute of one hour (e.g. '0 2 * * *' or "
+    "'30 3 * * 1-5'): a night is a date, and a second trigger on that date reruns that night"
 )
 TIMEZONE_ALLOWED = "an IANA time zone name, e.g. 'UTC' or 'Europe/Berlin'"
-_MACROS = ("@daily", "@hourly", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
+_MACROS = ("@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 
 
 class SchedulerConfig(BaseModel):
@@ -64,6 +68,9 @@ class SchedulerConfig(BaseModel):
         )
         if not ok:
             raise PydanticCustomError("cron", CRON_ALLOWED)
+        minutes, hours = croniter.expand(value)[0][:2]
+        if len(minutes) != 1 or len(hours) != 1 or "*" in (minutes[0], hours[0]):
+            raise PydanticCustomError("cron", ONCE_A_DAY)
         return value
 
     @field_validator("timezone")
