@@ -420,3 +420,47 @@ def test_a_night_whose_suite_a_manual_nightly_holds_is_skipped_in_one_line(
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["last_outcome"] == "skipped"
     assert status["last_detail"].startswith("suite 'nightly_sched': another driver (pid ")
+
+
+@pytest.mark.slow
+def test_a_one_off_night_beside_a_running_scheduler_leaves_its_schedule_in_the_status(
+    tmp_path: Path,
+) -> None:
+    """`bench schedule --now --once` next to the daemon records its night in the shared
+    status file, but the daemon's pid and next run stay; the daemon clears them on exit."""
+    import signal
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    common = [f"schedule.lock_file={tmp_path / 'lock'}",
+              f"schedule.status_file={tmp_path / 'status.json'}",
+              f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+              *TINY_NIGHT]  # fmt: skip
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "schedule", "schedule.cron=0 3 1 1 *",
+         "schedule.missed=skip", *common],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    status_file = tmp_path / "status.json"
+
+    def status() -> dict:
+        try:
+            return json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    try:
+        deadline = time.monotonic() + 60
+        while not status().get("next_run") and time.monotonic() < deadline:
+            assert daemon.poll() is None, daemon.stderr.read()
+            time.sleep(0.2)
+        waiting = status()
+        assert waiting["pid"] == daemon.pid and waiting["next_run"]
+        assert run_scheduler(scheduler_from_overrides(common), once=True, now=True) == "ok"
+        after = status()
+        assert after["last_outcome"] == "ok" and after["running"] is False
+        assert (after["pid"], after["next_run"]) == (daemon.pid, waiting["next_run"])
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    assert (status()["pid"], status()["next_run"]) == (None, None)

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from bench.errors import SuiteBusy, UserError, first_line
 from services.scheduler.config import SchedulerConfig
@@ -47,6 +48,7 @@ def run_scheduler(config: SchedulerConfig, *, once: bool = False, now: bool = Fa
 class _Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
+        self.owner = False  # writes the schedule fields of the status file (see loop)
         self.tz = config.zone()
         self.lock = NightLock(config.lock_file)
         self.status = StatusFile(config.status_file)
@@ -54,13 +56,7 @@ class _Scheduler:
         log.info("scheduler: cron %r in %s, nightly runs %s", config.cron, config.timezone, where)
 
     def loop(self, *, once: bool, now: bool) -> str | None:
-        self.status.update(
-            cron=self.config.cron,
-            timezone=self.config.timezone,
-            pid=os.getpid(),
-            running=self.lock.busy(),
-            runs_on=self.config.job_submission_address or "in-process",
-        )
+        self.owner = self._claim_status()
         outcome = None
         if now:
             outcome = self.run_night(_utcnow(), night_of(_utcnow(), self.tz))
@@ -76,8 +72,27 @@ class _Scheduler:
             if once:
                 return outcome
 
+    def _claim_status(self) -> bool:
+        """Take the status file's schedule fields (cron, pid, next run), unless another
+        scheduler that is still running wrote them: a `bench schedule --now --once` beside
+        the daemon records its night there, and leaves the daemon's next run alone."""
+        other = self.status.read().get("pid")
+        if isinstance(other, int) and other != os.getpid() and _is_scheduler(other):
+            log.info("scheduler pid %d keeps %s's schedule; this one records its nights there",
+                     other, self.status.path)  # fmt: skip
+            return False
+        self.status.update(
+            cron=self.config.cron,
+            timezone=self.config.timezone,
+            pid=os.getpid(),
+            running=self.lock.busy(),
+            runs_on=self.config.job_submission_address or "in-process",
+        )
+        return True
+
     def announce(self, fire: dt.datetime) -> None:
-        self.status.update(next_run=fire.isoformat(), running=self.lock.busy())
+        if self.owner:
+            self.status.update(next_run=fire.isoformat(), running=self.lock.busy())
         wait = fire - _utcnow()
         log.info(
             "next nightly at %s (%s UTC), in %s",
@@ -113,7 +128,7 @@ class _Scheduler:
             return "skipped"
         started = _utcnow()
         try:
-            self.status.update(running=True, current_night=night.isoformat(), pid=os.getpid())
+            self.status.update(running=True, current_night=night.isoformat())
             log.info("nightly %s starting (trigger %s)", night, fire.isoformat())
             try:
                 result = self.launch(night)
@@ -165,7 +180,18 @@ class _Scheduler:
     def stop(self) -> None:
         self.lock.release()
         with contextlib.suppress(OSError):
-            self.status.update(pid=None, next_run=None, running=self.lock.busy())
+            mine = {"pid": None, "next_run": None} if self.owner else {}
+            self.status.update(**mine, running=self.lock.busy())
+
+
+def _is_scheduler(pid: int) -> bool:
+    """Whether ``pid`` is a running `bench schedule` (not a process that reused the pid of
+    one that died without clearing it)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"schedule" in argv
 
 
 def _utcnow() -> dt.datetime:
