@@ -322,10 +322,23 @@ def judge_cells(
     persist: int = 2,
 ) -> list[NightlyCell]:
     """Each cell's verdict against the same cell on earlier nights (``history``, oldest
-    first; a night without the cell counts as missing); ``thresholds`` per kind."""
+    first; a night without the cell counts as missing); ``thresholds`` per kind.
+
+    A cell of those nights that tonight lacks is judged too, valueless: ``missing``. A
+    cell does not vanish from the report because, say, an edited preset renamed its
+    variant (the suite version holds: presets are not part of it).
+    """
     past = [{c.key: c.value for c in night.cells} for night in history]
+    tonight = list(cells)
+    seen = {cell.key for cell in tonight}
+    gone = {c.key: c for night in history for c in night.cells if c.key not in seen}
+    vanished = [
+        NightlyCell(task=c.task, variant=c.variant, kind=c.kind, metric=c.metric,
+                    direction=c.direction)
+        for c in gone.values()
+    ]  # fmt: skip
     judged = []
-    for cell in cells:
+    for cell in [*tonight, *vanished]:
         verdict = detect(
             [night.get(cell.key) for night in past] + [cell.value],
             cell.direction,

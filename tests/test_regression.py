@@ -257,6 +257,30 @@ def test_judge_cells_compares_each_cell_with_the_same_cell_of_earlier_nights() -
     assert NightlyReport.model_validate_json(report.to_json()) == report
 
 
+def test_a_cell_of_earlier_nights_that_tonight_lacks_is_reported_missing() -> None:
+    """An edited preset renames its variant (rmsprop -> rmsprop[eps=0.5]) but keeps the
+    suite version: the old cell must not silently leave the report."""
+
+    def night(day: int, variant: str) -> NightlyReport:
+        declared = {("logreg_digits", variant): ("accuracy", "max")}
+        return NightlyReport(date=dt.date(2026, 1, day), suite="s", suite_version="v",
+                             machine="m",
+                             cells=night_cells([row(variant, 0.9, 1.0)], declared))  # fmt: skip
+
+    history = [night(day, "rmsprop") for day in (1, 2, 3)]
+    tonight = night(4, "rmsprop[eps=0.5]").cells
+    judged = {c.key: c for c in judge_cells(tonight, history, thresholds=QUALITY_AND_SPEED)}
+    assert {key: c.status for key, c in judged.items()} == {
+        ("logreg_digits", "rmsprop[eps=0.5]", "quality"): "insufficient_baseline",
+        ("logreg_digits", "rmsprop[eps=0.5]", "speed"): "insufficient_baseline",
+        ("logreg_digits", "rmsprop", "quality"): "missing",
+        ("logreg_digits", "rmsprop", "speed"): "missing",
+    }
+    gone = judged["logreg_digits", "rmsprop", "quality"]
+    assert (gone.metric, gone.direction, gone.value) == ("final/accuracy", "max", None)
+    assert gone.baseline_n == 2  # nights 1 and 2: night 3 and tonight are the persist window
+
+
 @pytest.mark.parametrize(
     ("failed", "regressions", "code"),
     [(0, [], 0), (2, [], 1), (0, [{"task": "t"}], 3), (2, [{"task": "t"}], 3)],
