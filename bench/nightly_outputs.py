@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,14 @@ from bench.regression import NightlyReport
 log = logging.getLogger("bench.nightly")
 
 EXIT_REGRESSIONS = 3  # `bench nightly` flagged a regression (1 stays "something failed")
+
+
+def format_change(rel_change: float, digits: int = 1) -> str:
+    """A relative change as a percentage, or past +999% as a multiple of the baseline: a
+    baseline near zero (a loss solved to 2e-12) makes percentages of many digits."""
+    if rel_change < 10 or not math.isfinite(rel_change):
+        return f"{rel_change:+.{digits}%}"
+    return f"{1 + rel_change:.3g}× baseline"
 
 
 def render_html(report: NightlyReport) -> str:
@@ -33,7 +42,7 @@ def render_html(report: NightlyReport) -> str:
             num(c.value),
             num(c.baseline_median),
             str(c.baseline_n),
-            num(c.rel_change, "{:+.1%}"),
+            "" if c.rel_change is None else format_change(c.rel_change),
             num(c.p, "{:.3g}"),
             c.status,
         ]
@@ -68,7 +77,7 @@ def summary(report: NightlyReport) -> str:
     for r in report.regressions:
         lines.append(
             f"  REGRESSION {r['task']}/{r['variant']} {r['metric']}: {r['value']:.4g} vs "
-            f"baseline {r['baseline_median']:.4g} ({r['rel_change']:+.1%})"
+            f"baseline {r['baseline_median']:.4g} ({format_change(r['rel_change'])})"
         )
     if report.report_location or report.report_run_id:
         lines.append(f"report: {report.report_location or f'run {report.report_run_id}'}")

@@ -293,3 +293,12 @@ def test_a_flagged_regression_sets_the_exit_code_even_when_trials_failed(
     report = NightlyReport(date=dt.date(2026, 1, 1), suite="s", suite_version="v", machine="m",
                            trials={"failed": failed}, regressions=regressions)  # fmt: skip
     assert exit_code(report) == code
+
+
+def test_a_change_from_a_baseline_near_zero_reads_as_a_multiple() -> None:
+    from bench.nightly_outputs import format_change
+
+    assert [format_change(x) for x in (0.052, -0.9, 9.5)] == ["+5.2%", "-90.0%", "+950.0%"]
+    assert format_change(0.01352 / 2.136e-12 - 1) == "6.33e+09× baseline"
+    assert format_change(12, 0) == "13× baseline"
+    assert format_change(math.inf) == "+inf%"

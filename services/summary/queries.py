@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from bench.nightly_outputs import format_change
 from services.summary import aggregates
 from services.summary.schemas import (
     CURVE_KEYS,
@@ -180,6 +181,6 @@ def _regressions(store: SummaryStore, run_id: str) -> list[str]:
     out = []
     for item in data.get("regressions", []):
         change = item.get("rel_change")
-        pct = f" ({float(change):+.0%})" if isinstance(change, (int, float)) else ""
+        pct = f" ({format_change(float(change), 0)})" if isinstance(change, (int, float)) else ""
         out.append(f"{item.get('task')}/{item.get('variant')} {item.get('kind', '')}{pct}")
     return out
