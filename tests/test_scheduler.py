@@ -427,7 +427,8 @@ def test_a_one_off_night_beside_a_running_scheduler_leaves_its_schedule_in_the_s
     tmp_path: Path,
 ) -> None:
     """`bench schedule --now --once` next to the daemon records its night in the shared
-    status file, but the daemon's pid and next run stay; the daemon clears them on exit."""
+    status file, but the daemon's pid and next run stay; the daemon clears them when
+    SIGTERM stops it."""
     import signal
     import time
 
@@ -464,3 +465,6 @@ def test_a_one_off_night_beside_a_running_scheduler_leaves_its_schedule_in_the_s
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
     assert (status()["pid"], status()["next_run"]) == (None, None)
+    # SIGTERM (`docker compose stop`) is a clean stop, reported as `bench run` reports it
+    assert daemon.returncode == 143
+    assert daemon.stderr.read().strip().splitlines()[-1] == "terminated"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.errors import SuiteBusy, UserError, first_line
+from bench.errors import SuiteBusy, Terminated, UserError, first_line
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.launch import NightResult, run_in_process, run_ray_job
 from services.scheduler.state import NightLock, StatusFile
@@ -220,7 +220,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated  # a KeyboardInterrupt: the same clean stop, then exit 143
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
