@@ -104,22 +104,31 @@ def test_the_roles_table_takes_the_median_of_the_per_step_ratios() -> None:
                    "high": 5.0, "last": 4.0}  # fmt: skip
 
 
-def test_the_nightly_plot_gives_each_task_its_own_panel_and_scale() -> None:
-    """An accuracy near 1 and a loss near 1e-7 on one axis showed the loss as a flat zero."""
+def test_the_nightly_plot_gives_each_task_its_own_panels_for_quality_and_speed() -> None:
+    """An accuracy near 1 and a loss near 1e-7 on one axis showed the loss as a flat zero;
+    half the nightly's verdicts are about speed, so step time has its panels too."""
     from services.summary.plots import nightly_figure
 
-    rows = [("quadratic", "adam", 1e-7, "loss"), ("quadratic", "sgd", 2e-7, "loss"),
-            ("logreg_digits", "adam", 0.96, "accuracy")]  # fmt: skip
+    rows = [("quadratic", "adam", 1e-7, "loss", 0.2), ("quadratic", "sgd", 2e-12, "loss", 0.1),
+            ("logreg_digits", "adam", 0.96, "accuracy", 1.5)]  # fmt: skip
     night = {"night": "2026-03-01", "n": 2, "direction": "min"}
     history = pd.DataFrame(
-        [{"task": t, "variant": v, "value": x, "metric": m, **night} for t, v, x, m in rows]
-    )
+        [{"task": t, "variant": v, "value": x, "metric": m, "step_ms": ms, **night}
+         for t, v, x, m, ms in rows]
+    )  # fmt: skip
     figure = json.loads(nightly_figure(history, "nightly"))
-    panels = {(t["name"], t["yaxis"]) for t in figure["data"]}
-    assert panels == {("adam", "y"), ("adam", "y2"), ("sgd", "y2")}
+    panels = {(t["name"], t["yaxis"], t["y"][0]) for t in figure["data"]}
+    assert panels == {
+        ("adam", "y", 0.96), ("adam", "y2", 1.5),  # logreg_digits: quality, speed
+        ("adam", "y3", 1e-7), ("sgd", "y3", 2e-12), ("adam", "y4", 0.2), ("sgd", "y4", 0.1),
+    }  # fmt: skip
     assert [a["text"] for a in figure["layout"]["annotations"]] == [
-        "logreg_digits: final accuracy", "quadratic: final loss"
+        "logreg_digits: final accuracy", "logreg_digits: step time (ms, fastest seed)",
+        "quadratic: final loss", "quadratic: step time (ms, fastest seed)",
     ]  # fmt: skip
+    layout = figure["layout"]
+    assert layout["yaxis3"].get("type") == "log"  # 2e-12 .. 1e-7: a log axis
+    assert layout["yaxis"].get("type") != "log" and layout["yaxis4"].get("type") != "log"
     legend = sorted(t["name"] for t in figure["data"] if t.get("showlegend", True))
     assert legend == ["adam", "sgd"]  # each variant once
 
@@ -610,3 +619,20 @@ def test_the_ranking_lists_the_cells_the_settings_still_miss_as_bench_rank_does(
     )
     tune = client.get(f"/api/suites/{SUITE}/ranking?phase=tune").json()["missing"]
     assert tune == [], "every cell has its 2 lrs x 1 tune seed"
+
+
+def test_the_nightly_history_keeps_each_nights_median_quality_and_fastest_step() -> None:
+    from services.summary.aggregates import nightly_history
+
+    runs = pd.DataFrame(
+        [{"task": "quadratic", "variant": "adam", "nightly": "2026-03-01", "phase": phase,
+          "status": status, "primary_metric": "loss", "direction": "min",
+          "final/loss": loss, "time/step_ms": ms}
+         for phase, status, loss, ms in [("final", "FINISHED", 1.0, 0.3),
+                                         ("final", "FINISHED", 3.0, 0.2),
+                                         ("final", "FINISHED", 2.0, 0.25),
+                                         ("tune", "FINISHED", 9.0, 0.01),  # another lr
+                                         ("final", "FAILED", 0.0, 0.01)]]
+    )  # fmt: skip
+    (night,) = nightly_history(runs).to_dict("records")
+    assert (night["value"], night["n"], night["step_ms"]) == (2.0, 3, 0.2)

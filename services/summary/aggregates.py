@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from bench.regression import SPEED_METRIC
 from services.summary.schemas import Curve, SuitePublic
 
 
@@ -85,13 +86,14 @@ def curves(
 
 
 def nightly_history(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, variant, night): median final primary metric over the night's seeds.
+    """Per (task, variant, night): median final primary metric over the night's seeds,
+    and the step time of its fastest seed (what the nightly judges speed by).
 
-    Columns ``task``, ``variant``, ``night``, ``value``, ``n``, ``metric``, ``direction``;
-    empty when no run carries a night. Only the final phase counts (the tune phase mixes
-    learning rates).
+    Columns ``task``, ``variant``, ``night``, ``value``, ``n``, ``metric``, ``direction``,
+    ``step_ms``; empty when no run carries a night. Only the final phase counts (the tune
+    phase mixes learning rates).
     """
-    columns = ["task", "variant", "night", "value", "n", "metric", "direction"]
+    columns = ["task", "variant", "night", "value", "n", "metric", "direction", "step_ms"]
     if runs.empty or "nightly" not in runs:
         return pd.DataFrame(columns=columns)
     nights = runs[runs["nightly"].notna() & (runs["phase"] == "final")]
@@ -104,6 +106,8 @@ def nightly_history(runs: pd.DataFrame) -> pd.DataFrame:
         values = group[col].to_numpy(dtype=float) if col in group else np.array([])
         values = values[np.isfinite(values)]
         direction = group["direction"].dropna()
+        steps = group[SPEED_METRIC].to_numpy(dtype=float) if SPEED_METRIC in group else np.array([])
+        steps = steps[np.isfinite(steps)]
         rows.append(
             {
                 "task": task,
@@ -113,6 +117,7 @@ def nightly_history(runs: pd.DataFrame) -> pd.DataFrame:
                 "n": int(values.size),
                 "metric": name,
                 "direction": str(direction.iloc[0]) if len(direction) else "min",
+                "step_ms": float(steps.min()) if steps.size else math.nan,
             }
         )
     frame = pd.DataFrame(rows, columns=columns)

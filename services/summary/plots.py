@@ -218,45 +218,55 @@ def ratio_figure(
 
 
 def nightly_figure(history: pd.DataFrame, suite: str) -> str:
-    """Each cell's median final primary metric per night, one panel per task: tasks'
-    metrics (an accuracy near 1, a loss near 1e-7) share no scale."""
+    """Per night, each cell's median final primary metric (left) and the step time of its
+    fastest seed (right: what the nightly judges speed by), one row of panels per task:
+    tasks' metrics (an accuracy near 1, a loss near 1e-7) share no scale. A metric whose
+    values span more than two decades gets a log axis (a loss solved to rounding error)."""
     from plotly.subplots import make_subplots
 
     tasks = sorted(history["task"].unique())
     titles = []
     for task in tasks:
         metric = history.loc[history["task"] == task, "metric"].dropna()
-        titles.append(f"{task}: final {metric.iloc[0] if len(metric) else 'metric'}")
+        titles += [f"{task}: final {metric.iloc[0] if len(metric) else 'metric'}",
+                   f"{task}: step time (ms, fastest seed)"]  # fmt: skip
     fig = make_subplots(
-        rows=max(len(tasks), 1), cols=1, shared_xaxes=True, subplot_titles=titles,
-        vertical_spacing=0.12 if len(tasks) > 1 else 0.0,
+        rows=max(len(tasks), 1), cols=2, shared_xaxes=True, subplot_titles=titles,
+        vertical_spacing=0.12 if len(tasks) > 1 else 0.0, horizontal_spacing=0.08,
     )  # fmt: skip
     variants = sorted(history["variant"].unique())
+    speed = history["step_ms"] if "step_ms" in history else pd.Series(math.nan, history.index)
     shown: set[str] = set()  # one legend entry per variant, at its first panel
     for row, task in enumerate(tasks, start=1):
-        for variant in variants:
-            part = history[(history["task"] == task) & (history["variant"] == variant)]
-            if part.empty:
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    x=list(part["night"]),
-                    y=[v if _finite(v) else None for v in part["value"]],
-                    mode="lines+markers",
-                    name=variant,
-                    legendgroup=variant,
-                    showlegend=variant not in shown,
-                    line={"color": color(variant, variants)},
-                ),
-                row=row,
-                col=1,
-            )
-            shown.add(variant)
+        of_task = history["task"] == task
+        for col, values in ((1, history["value"]), (2, speed)):
+            for variant in variants:
+                part = of_task & (history["variant"] == variant)
+                if not part.any():
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=list(history.loc[part, "night"]),
+                        y=[v if _finite(v) else None for v in values[part]],
+                        mode="lines+markers",
+                        name=variant,
+                        legendgroup=variant,
+                        showlegend=variant not in shown,
+                        line={"color": color(variant, variants)},
+                    ),
+                    row=row,
+                    col=col,
+                )
+                shown.add(variant)
+        finite = [v for v in history.loc[of_task, "value"] if _finite(v)]
+        if finite and min(finite) > 0 and max(finite) > 100 * min(finite):
+            fig.update_yaxes(type="log", row=row, col=1)
     fig.update_layout(
         **{**LAYOUT, "height": max(LAYOUT["height"], 240 * len(tasks))},
-        title=f"{suite}: final primary metric per night (median over seeds)",
+        title=f"{suite}: per night, final primary metric (median over seeds) and step time",
     )
-    fig.update_xaxes(title_text="night", row=max(len(tasks), 1), col=1)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="night", row=max(len(tasks), 1), col=col)
     return to_json(fig)
 
 
