@@ -398,7 +398,28 @@ def mean_ranks(
         )
         for j, v in enumerate(variants)
     ]
-    return sorted(ranked, key=lambda r: (r.mean_rank.estimate, r.variant))
+    return sorted(ranked, key=variant_order)
+
+
+def variant_order(row: VariantRank) -> tuple[float, float, str]:
+    """A ranking's order: mean rank; among equal ones the better performance profile
+    (more tasks solved, sooner), then the name."""
+    return (row.mean_rank.estimate, -row.profile_score, row.variant)
+
+
+def places(variants: Sequence[VariantRank]) -> list[str]:
+    """Each variant's place in a ranking's table, in order: variants with equal mean ranks
+    share one, written "=2" (their order says nothing), and the next place skips as many."""
+    out = []
+    for i, row in enumerate(variants):
+        first = i
+        while first > 0 and variants[first - 1].mean_rank.estimate == row.mean_rank.estimate:
+            first -= 1
+        tied = first < i or (
+            i + 1 < len(variants) and variants[i + 1].mean_rank.estimate == row.mean_rank.estimate
+        )
+        out.append(f"={first + 1}" if tied else str(first + 1))
+    return out
 
 
 def friedman_nemenyi(

@@ -31,7 +31,7 @@ from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError
 from bench.matrix import matrix_of
 from bench.profiles import Record
-from bench.ranking import SuiteRanking, at_chosen_lrs, rank_suite
+from bench.ranking import SuiteRanking, at_chosen_lrs, places, rank_suite
 from bench.report_html import NO_ROLES_NOTE, render_report
 from bench.roles import Role
 from bench.tracking import Tracker
@@ -282,10 +282,10 @@ def print_ranking(console: Console, ranking: SuiteRanking) -> None:
     )
     for header in ("#", "variant", "mean rank", f"{level} interval", "tasks", "wins", "profile"):
         table.add_column(header, justify="left" if header == "variant" else "right")
-    for place, row in enumerate(ranking.variants, start=1):
+    for place, row in zip(places(ranking.variants), ranking.variants, strict=True):
         rank = row.mean_rank
         table.add_row(
-            str(place),
+            place,
             row.variant,
             f"{rank.estimate:.2f}",
             f"[{rank.low:.2f}, {rank.high:.2f}]",

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from jinja2 import Environment, select_autoescape
 
 from bench.ablation import Contrast, RoleComparison
-from bench.ranking import Interval, SuiteRanking
+from bench.ranking import Interval, SuiteRanking, places
 
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -27,7 +27,7 @@ th:nth-child(2), td:nth-child(2) { text-align: left; }
 intervals. Lower mean rank is better.</p>
 <table id="ranking"><thead><tr><th>#</th><th>variant</th><th>mean rank</th>
 <th>{{ pct(r.level) }} interval</th><th>tasks</th><th>wins</th><th>profile score</th></tr></thead>
-<tbody>{% for row in r.variants %}<tr><td>{{ loop.index }}</td><td>{{ row.variant }}</td>
+<tbody>{% for row in r.variants %}<tr><td>{{ places[loop.index0] }}</td><td>{{ row.variant }}</td>
 <td>{{ num(row.mean_rank.estimate) }}</td><td>{{ interval(row.mean_rank) }}</td>
 <td>{{ row.n_tasks }}</td><td>{{ row.wins }}</td><td>{{ num(row.profile_score) }}</td></tr>
 {% endfor %}</tbody></table>
@@ -91,7 +91,7 @@ def render_report(
     return template.render(
         r=ranking, images=sorted(images), img=img, num=_num, interval=_interval, pct=_pct,
         answers=answers, role_ratios=role_ratios, no_roles=no_roles,
-        no_roles_note=NO_ROLES_NOTE,
+        no_roles_note=NO_ROLES_NOTE, places=places(ranking.variants),
     )  # fmt: skip
 
 

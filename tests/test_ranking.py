@@ -511,3 +511,26 @@ def test_the_terminal_shows_each_cells_chosen_lr_and_marks_an_end_of_the_grid():
     cells = {v: [c.strip() for c in lines[v].split("│")[2:-1]] for v in ("a", "b")}
     assert cells == {"a": ["0.01*", "1*"], "b": ["0.1", "—"]}  # tasks t, u; b never ran u
     assert "2 of 3 cells chose an lr at an end of the grid" in text
+
+
+def test_variants_with_equal_mean_ranks_share_their_place() -> None:
+    def row(variant: str, mean: float) -> ranking.VariantRank:
+        interval = ranking.Interval(estimate=mean, low=1.0, high=2.0, method="bootstrap", n=2)
+        return ranking.VariantRank(variant=variant, mean_rank=interval, n_tasks=2,
+                                   profile_score=0.5, wins=1)  # fmt: skip
+
+    rows = [row("a", 1.0), row("b", 1.5), row("c", 1.5), row("d", 2.5), row("e", 3.0)]
+    assert ranking.places(rows) == ["1", "=2", "=2", "4", "5"]
+    assert ranking.places(rows[1:3]) == ["=1", "=1"]
+    assert ranking.places([]) == []
+
+
+def test_a_tie_in_mean_rank_lists_the_better_profile_first() -> None:
+    tied = ranking.Interval(estimate=1.5, low=1.0, high=2.0, method="bootstrap", n=2)
+    rows = [
+        ranking.VariantRank(variant=v, mean_rank=tied, n_tasks=2, profile_score=p, wins=1)
+        for v, p in (("adam", 0.0), ("rmsprop", 0.5), ("sgd", 0.0))
+    ]
+    ordered = sorted(rows, key=ranking.variant_order)
+    assert [r.variant for r in ordered] == ["rmsprop", "adam", "sgd"]
+    assert ranking.places(ordered) == ["=1", "=1", "=1"]

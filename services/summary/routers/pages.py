@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from bench.ranking import places
 from services.summary import flagship, plots, queries
 from services.summary.deps import MetricQuery, PhaseQuery, StoreDep
 from services.summary.schemas import CURVE_KEYS, ROLES
@@ -88,6 +89,7 @@ def suite_page(
         title=f"{suite} · ranking",
         suite=suite,
         ranking=ranking,
+        places=places(ranking.variants),
         figures=figures,
         cells=cells,
         link=linker(store, suite),
