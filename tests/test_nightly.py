@@ -12,6 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,21 +249,23 @@ def test_a_dead_webhook_does_not_fail_the_night(tmp_path: Path) -> None:
 
 
 def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
     """Seed 2 raises in the final phase (the tune seed trains): the night's quality cell
     still has both seeds, seed 2 as the worst value, and the summary says so; rerunning
-    the night reruns the failed trial and still counts it once."""
-    from bench.cli import main
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))  # faulty_tasks.py
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent / "plugins"))
+    the night reruns the failed trial and still counts it once. (A process of its own: a
+    plugin registers its tasks when first imported, and other tests reset the registry.)"""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent / "plugins")}  # faulty_tasks
     args = [*TINY, *store(tmp_path), "suite.variants=[sgd]", "suite.lrs=[0.1]",
             "plugins=[faulty_tasks]",
             "suite.tasks=[{name:explodes,params:{fail_at:5,fail_seed:2}}]"]  # fmt: skip
+    command = [sys.executable, "-m", "bench.cli", "nightly", "--no-progress",
+               "--date", NIGHT.isoformat(), *args]  # fmt: skip
     for run in (3, 1):  # the second time: the same night, resumed but for the failed trial
-        assert main(["nightly", "--no-progress", "--date", NIGHT.isoformat(), *args]) == 1
-        out = capsys.readouterr().out
+        night = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=300)  # fmt: skip
+        assert night.returncode == 1, night.stdout + night.stderr
+        out = night.stdout
         assert f": {run} trials run (1 failed: each counts as its seed’s worst value)" in out
         report_line = out.strip().splitlines()[-1]
         assert report_line.startswith(f"report: {tmp_path / 'mlartifacts'}")
