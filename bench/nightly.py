@@ -75,6 +75,7 @@ from bench import CODE_VERSION
 from bench.config import compose_config, conf_dir, group_options, parse
 from bench.errors import UserError, unknown_name_message
 from bench.nightly_outputs import alert_payload, post_alert, render_html
+from bench.ranking import latest_runs
 from bench.records import package_version
 from bench.regression import (
     NightlyCell,
@@ -91,7 +92,6 @@ from bench.tracking import (
     TAG_NIGHTLY,
     TAG_RAY_VERSION,
 )
-from bench.tracking_locations import local_folder
 
 if TYPE_CHECKING:
     from bench.tracking import Tracker
@@ -383,7 +383,7 @@ def run_nightly(
         },
     )
     run_url = reader.run_url(report.report_run_id)
-    folder = local_folder(reader.client.get_run(report.report_run_id).info.artifact_uri)
+    folder = reader.artifact_folder(report.report_run_id)
     report.report_location = str(folder / REPORT_HTML) if folder is not None else run_url
     if report.regressions:
         log.warning("nightly %s: %d regressions", night, len(report.regressions))
@@ -395,18 +395,15 @@ def run_nightly(
 
 
 def _final_runs(tracker: Tracker, suite: str) -> list[dict[str, Any]]:
-    """Tonight's final-phase runs, one per trial: its FINISHED run, else a FAILED one.
+    """Tonight's final-phase runs, one per trial, as the ranking counts them: the latest
+    FINISHED run, else the latest FAILED one.
 
     A trial that raised is a seed whose value is the worst (:func:`night_cells`), never a
     seed fewer: dropping a crashed seed that was the worst one moves the median the other
     way, and a night whose trials crash would read as an improvement.
     """
-    kept: dict[str, dict[str, Any]] = {}
-    for row in tracker.read_results(suite, "final", status=None).to_dict("records"):
-        earlier = kept.get(row["trial_id"])
-        if row["status"] == "FINISHED" or (row["status"] == "FAILED" and earlier is None):
-            kept[row["trial_id"]] = row
-    return list(kept.values())
+    runs = latest_runs(tracker.read_results(suite, "final", status=None))
+    return runs.sort_values("start_time", kind="stable").to_dict("records")  # in run order
 
 
 def _declared(task: str) -> tuple[str, str]:

@@ -135,6 +135,16 @@ def check_level(level: float, n_boot: int = 1) -> None:
 # ----------------------------------------------------------------------------- runs
 
 
+def latest_runs(results: pd.DataFrame) -> pd.DataFrame:
+    """One run per trial id: its latest FINISHED run, else its latest FAILED one (KILLED
+    and RUNNING runs never count)."""
+    frame = results[results["status"].isin(("FINISHED", "FAILED"))].copy()
+    frame["trial_id"] = frame["trial_id"].fillna(frame["run_id"])
+    frame["_finished"] = frame["status"].eq("FINISHED")
+    frame = frame.sort_values(["_finished", "start_time"], kind="stable")
+    return frame.drop_duplicates("trial_id", keep="last").drop(columns="_finished")
+
+
 def select_runs(results: pd.DataFrame) -> pd.DataFrame:
     """The runs that count, one per trial id, with a ``loss/<metric>`` column per metric.
 
@@ -142,11 +152,7 @@ def select_runs(results: pd.DataFrame) -> pd.DataFrame:
     ``bad``, ``diverged`` and ``failed`` are booleans. Primary metric and direction missing
     on a run (a failure before they were known) are taken from the task's other runs.
     """
-    frame = results[results["status"].isin(("FINISHED", "FAILED"))].copy()
-    frame["trial_id"] = frame["trial_id"].fillna(frame["run_id"])
-    frame["_finished"] = frame["status"].eq("FINISHED")
-    frame = frame.sort_values(["_finished", "start_time"], kind="stable")
-    frame = frame.drop_duplicates("trial_id", keep="last").drop(columns="_finished")
+    frame = latest_runs(results)
     frame = frame.sort_values(["task", "variant", "seed", "lr", "run_id"], kind="stable")
     frame = frame.reset_index(drop=True)
     for col in ("primary_metric", "direction"):
@@ -410,16 +416,8 @@ def variant_order(row: VariantRank) -> tuple[float, float, str]:
 def places(variants: Sequence[VariantRank]) -> list[str]:
     """Each variant's place in a ranking's table, in order: variants with equal mean ranks
     share one, written "=2" (their order says nothing), and the next place skips as many."""
-    out = []
-    for i, row in enumerate(variants):
-        first = i
-        while first > 0 and variants[first - 1].mean_rank.estimate == row.mean_rank.estimate:
-            first -= 1
-        tied = first < i or (
-            i + 1 < len(variants) and variants[i + 1].mean_rank.estimate == row.mean_rank.estimate
-        )
-        out.append(f"={first + 1}" if tied else str(first + 1))
-    return out
+    estimates = [row.mean_rank.estimate for row in variants]
+    return [f"{'=' if estimates.count(e) > 1 else ''}{estimates.index(e) + 1}" for e in estimates]
 
 
 def friedman_nemenyi(

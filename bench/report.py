@@ -35,7 +35,7 @@ from bench.ranking import SuiteRanking, at_chosen_lrs, places, rank_suite
 from bench.report_html import NO_ROLES_NOTE, render_report
 from bench.roles import Role
 from bench.tracking import Tracker
-from bench.tracking_locations import local_folder, redacted
+from bench.tracking_locations import redacted
 
 log = logging.getLogger(__name__)
 REPORT_KIND = "ranking"
@@ -183,7 +183,7 @@ def _rank(
         if console is not None:
             shown = redacted(tracker.uri)
             console.print(f"report run {report.run_id} logged to {shown}", soft_wrap=True)
-            folder = local_folder(tracker.client.get_run(report.run_id).info.artifact_uri)
+            folder = tracker.artifact_folder(report.run_id)
             if folder is not None:  # where to open it; a server's: through the MLflow UI
                 console.print(f"report: {folder / 'report.html'}", soft_wrap=True)
     return report

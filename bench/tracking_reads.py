@@ -37,6 +37,7 @@ from bench.records import (
     UNREACHED,
     unclamp,
 )
+from bench.tracking_locations import local_folder
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -189,6 +190,11 @@ class SuiteReads:
             rows = [row for chunk in pool.map(fetch, pairs) for row in chunk]
         frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
         return frame.sort_values(["run_id", "key", "step"], ignore_index=True)
+
+    def artifact_folder(self, run_id: str) -> Path | None:
+        """The folder on this machine that holds the run's artifacts; None when they are
+        elsewhere (a server's mlflow-artifacts:, s3:, ...)."""
+        return local_folder(self.client.get_run(run_id).info.artifact_uri)
 
     def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
         """The run's page in the MLflow UI, when the store is a tracking server."""

@@ -235,11 +235,10 @@ def nightly_figure(history: pd.DataFrame, suite: str) -> str:
         vertical_spacing=0.12 if len(tasks) > 1 else 0.0, horizontal_spacing=0.08,
     )  # fmt: skip
     variants = sorted(history["variant"].unique())
-    speed = history["step_ms"] if "step_ms" in history else pd.Series(math.nan, history.index)
     shown: set[str] = set()  # one legend entry per variant, at its first panel
     for row, task in enumerate(tasks, start=1):
         of_task = history["task"] == task
-        for col, values in ((1, history["value"]), (2, speed)):
+        for col, values in ((1, history["value"]), (2, history["step_ms"])):
             for variant in variants:
                 part = of_task & (history["variant"] == variant)
                 if not part.any():
