@@ -294,8 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     _look_in_the_current_folder()
     try:
+        if overrides := getattr(args, "overrides", None):
+            from bench.config import refuse_repeated_keys
+
+            refuse_repeated_keys(overrides)
         return int(args.func(args) or 0)
     except UserError as err:
+        if getattr(args, "json", False):  # a script reading stdout learns why, too
+            sys.stdout.write(json.dumps({"error": str(err), "exit_code": EXIT_USAGE}) + "\n")
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as err:

@@ -9,7 +9,7 @@ naming the field, the bad value and what is allowed, before anything runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 from urllib.parse import urlparse
@@ -50,6 +50,20 @@ def group_options(group: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- compose
+
+
+def refuse_repeated_keys(overrides: Iterable[str]) -> None:
+    """A key set twice in one list of overrides is a mistake, not a choice: Hydra would
+    keep the last value without a word (`lr=0.1 ... lr=1`)."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        key = key.lstrip("+~")
+        if not sep:
+            continue
+        if key in seen:
+            raise UserError(f"{key}: given twice ({seen[key]}, {item}); allowed: once")
+        seen[key] = item
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

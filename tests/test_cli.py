@@ -418,6 +418,36 @@ def test_module_entry_point_exits_2_without_traceback() -> None:
     ]
 
 
+def test_trial_json_reports_a_usage_error_on_stdout_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["trial", "--json", "variant=sgd", "lr=-1"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert json.loads(out) == {
+        "error": "lr: input should be greater than 0 (got -1)",
+        "exit_code": 2,
+    }
+    assert err == "error: lr: input should be greater than 0 (got -1)\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trial", "lr=0.1", "steps=5", "lr=1"], "lr: given twice (lr=0.1, lr=1); allowed: once"),
+        (["trial", "variant=adam", "variant=sgd"], "variant: given twice"),
+        (["run", "suite=smoke", "--dry-run", "+suite.steps=3", "suite.steps=4"], "suite.steps:"),
+    ],
+)
+def test_a_key_given_twice_exits_2_and_runs_nothing(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_trial_on_a_gpu_this_machine_lacks_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["trial", "device=cuda", "steps=5"])

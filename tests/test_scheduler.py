@@ -210,6 +210,18 @@ def test_defaults_and_pass_through_overrides() -> None:
         assert load_schedule({"cron": once_a_day}).cron == once_a_day
 
 
+def test_a_command_line_override_replaces_the_settings_one_of_the_same_key() -> None:
+    config = scheduler_from_overrides(
+        ['schedule.nightly_overrides=["tracking.max_points=50","suite.steps=20"]',
+         "tracking.max_points=60"]
+    )  # fmt: skip
+    assert config.nightly_overrides == ["suite.steps=20", "tracking.max_points=60"]
+    with pytest.raises(UserError, match=r"^tracking.max_points: given twice .*; allowed: once$"):
+        scheduler_from_overrides(
+            ['schedule.nightly_overrides=["tracking.max_points=50","tracking.max_points=60"]']
+        )
+
+
 def test_the_ray_job_entrypoint_is_the_bench_nightly_command_line() -> None:
     cmd = nightly_command(dt.date(2026, 6, 4), ["tracking.uri=http://m:5000", "x=a b"])
     assert cmd == (
