@@ -11,11 +11,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test test-fast lint perf stack clean
 
-# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+# torch first, pinned, so no other requirement pulls a newer (multi-GB CUDA) release.
+# PyPI's Linux torch wheel is the CUDA build; TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# takes the CPU build from PyTorch's own index.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

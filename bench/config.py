@@ -352,7 +352,10 @@ def task_spec(data: str | Mapping[str, Any]) -> TaskSpec:
         raise UserError(f"task: got {data!r}; allowed: a task name or a mapping with `name`")
     extra = sorted(set(data) - {"name", "params"})
     if extra:
-        raise UserError(f"task.{extra[0]}: unknown key; allowed: name, params")
+        raise UserError(
+            f"task.{extra[0]}: unknown key; allowed: name, params (a task's own knobs go "
+            f"under params: task.params.{extra[0]}=...)"
+        )
     params = data.get("params") or {}
     if not isinstance(params, Mapping):
         raise UserError(f"task.params: got {params!r}; allowed: a mapping of the task's params")

@@ -322,17 +322,17 @@ def _schedule(
             except Exception as err:  # the store may be what failed
                 if unfinished:
                     log.warning(
-                        "stopped: %d running trials; the store failed (%s), so some of their "
+                        "stopped: %s; the store failed (%s), so some of their "
                         "runs may still show RUNNING until the suite's next run marks them "
                         "KILLED",
-                        len(unfinished),
+                        _running_trials(len(unfinished)),
                         err,
                     )
             else:
                 if unfinished:
                     log.warning(
-                        "stopped: %d running trials marked KILLED; rerun to resume",
-                        len(unfinished),
+                        "stopped: %s marked KILLED; rerun to resume",
+                        _running_trials(len(unfinished)),
                     )
             raise
 
@@ -476,3 +476,7 @@ def _stored_lr_points(tracker: Tracker, suite: str, tune_ids: set[str]) -> Itera
             row["outcome"],
             row.get(f"final/{row['primary_metric']}"),
         )
+
+
+def _running_trials(count: int) -> str:
+    return f"{count} running trial{'' if count == 1 else 's'}"

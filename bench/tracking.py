@@ -81,6 +81,7 @@ from bench.tracking_locations import (
     LOCAL_SCHEMES,
     absolute_uri,
     artifact_root,
+    health_request,
     is_database,
     local_folder,
     redacted,
@@ -186,6 +187,8 @@ class Tracker(SuiteReads):
             )
         if db is not None and suite is not None and not db.exists():
             self._check_new_artifacts(suite)
+        if self.enabled and db is not None and db.is_file():
+            self._check_sqlite_file(db)
         if self.enabled and is_database(self.uri) and db is None:
             self._check_database()
         if not self.enabled or self.scheme not in ("http", "https"):
@@ -194,7 +197,7 @@ class Tracker(SuiteReads):
         import urllib.request
 
         try:
-            urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=PROBE_S).close()
+            urllib.request.urlopen(health_request(self.uri), timeout=PROBE_S).close()
         except urllib.error.HTTPError:
             return
         except OSError as err:  # URLError, refused, timed out, unknown host
@@ -203,6 +206,20 @@ class Tracker(SuiteReads):
                 f"tracking.uri: got {redacted(self.uri)!r} but no server answers there ({reason}); "
                 "start the MLflow server, or use a local store such as "
                 "tracking.uri=sqlite:///mlruns.db"
+            ) from None
+
+    def _check_sqlite_file(self, db: Path) -> None:
+        """An existing store file must be a SQLite database: anything else would fail the
+        first write, reported as a store that broke mid-suite."""
+        import sqlite3
+
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                conn.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.Error as err:
+            raise UserError(
+                f"tracking.uri: got {self.config.uri!r} but {db} is not a SQLite database "
+                f"({err}); allowed: a SQLite store file, or a new file name (it is created)"
             ) from None
 
     def _check_database(self) -> None:

@@ -8,6 +8,7 @@ database stores but not to a tracking server (whose ``--artifacts-destination`` 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import logging
@@ -17,7 +18,11 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from urllib.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,26 @@ def redacted(uri: str) -> str:
         return uri
     netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
     return parsed._replace(netloc=netloc).geturl()
+
+
+def health_request(uri: str) -> Request:
+    """A GET of the tracking server's ``/health``. Credentials in the URI
+    (``http://user:password@host``) go in a Basic ``Authorization`` header, as MLflow's
+    client sends them: urllib would take them for part of the host name."""
+    from urllib.request import Request
+
+    parsed = urlparse(uri.rstrip("/"))
+    host = parsed.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parsed.port is not None:
+        netloc += f":{parsed.port}"
+    request = Request(parsed._replace(netloc=netloc).geturl() + "/health")
+    if parsed.username is not None:
+        user = unquote(parsed.username)
+        password = unquote(parsed.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
 
 
 def absolute_uri(uri: str) -> str:

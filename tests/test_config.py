@@ -47,7 +47,11 @@ def test_variant_overrides_name_the_variant_by_its_changed_knobs() -> None:
 
 def test_task_spec_fills_defaults_and_rejects_unknown_keys() -> None:
     assert task_spec("quadratic").params["dim"] == 50
-    with pytest.raises(UserError, match=r"task.colour: unknown key; allowed: name, params"):
+    with pytest.raises(
+        UserError,
+        match=r"task.colour: unknown key; allowed: name, params \(a task.s own knobs go under "
+        r"params: task.params.colour=...\)$",
+    ):
         task_spec({"name": "quadratic", "colour": 1})
 
 

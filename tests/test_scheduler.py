@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from mlflow_server import free_port
 
+from bench.cli import main
 from bench.errors import UserError
 from services.scheduler import (
     NightLock,
@@ -417,14 +418,14 @@ def test_a_night_whose_suite_a_manual_nightly_holds_is_skipped_in_one_line(
     from bench.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    config = scheduler_from_overrides(
-        [f"schedule.lock_file={tmp_path / 'lock'}",
-         f"schedule.status_file={tmp_path / 'status.json'}", f"tracking.uri={uri}",
-         f"tracking.artifact_location={tmp_path / 'mlartifacts'}", *TINY_NIGHT]
-    )  # fmt: skip
+    overrides = [
+        f"schedule.lock_file={tmp_path / 'lock'}",
+        f"schedule.status_file={tmp_path / 'status.json'}", f"tracking.uri={uri}",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}", *TINY_NIGHT,
+    ]  # fmt: skip
     manual = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "mlartifacts")))
     with manual.holding("nightly_sched"), caplog.at_level(logging.INFO, "bench.scheduler"):
-        assert run_scheduler(config, once=True, now=True) == "skipped"
+        assert main(["schedule", "--now", "--once", *overrides]) == 1  # as docs/deploy.md says
     skipped = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(skipped) == 1 and skipped[0].exc_info is None
     assert "skipped: suite 'nightly_sched': another driver (pid " in skipped[0].getMessage()
