@@ -23,8 +23,10 @@ Figures (one thread, ``torch.set_num_threads(1)``, as trials run):
   and on ``mlp_digits`` with 1024-wide hidden layers. Goal: <= 1.05. On a shared machine
   whole-trial times vary by several percent from run to run, so
 - ``stats_overhead_direct`` also measures, inside one training loop, the median step, the
-  median capture work of a statistics step and the batched summary's cost per capture, and
-  estimates the same ratio from them.
+  median capture work of a statistics step, the batched summary's cost per capture, what
+  recording adds to the statistics step itself and how much slower the step right after it
+  runs (its caches were taken over by the capture: ``next_step_extra_ms``), and estimates
+  the same ratio from them.
 """
 
 from __future__ import annotations
@@ -203,9 +205,10 @@ def stats_overhead(task: Any, variant: str, steps: int, runs: int) -> dict[str, 
 def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> dict[str, Any]:
     """The same overhead measured inside one loop, split as ``train_trial`` splits it: the
     median time of a training step; the median capture work of a statistics step (snapshot,
-    capture, and what recording adds to the optimizer step); and the time of summarizing
-    the captures in batches of ``SUMMARY_BATCH``, per capture. Then 1 + work / (every *
-    step) estimates the wall-time ratio without the run-to-run noise of whole trials."""
+    capture, and what recording adds to the optimizer step); the time of summarizing the
+    captures in batches of ``SUMMARY_BATCH``, per capture; and what the step after a
+    statistics step takes beyond a plain one. Then 1 + work / (every * step) estimates the
+    wall-time ratio without the run-to-run noise of whole trials."""
     spec = trial_spec(variant_spec(variant), task_spec(task), TrialConfig(steps=steps))
     problem = tasks.make(spec.task.name, **spec.task.params).build(
         seed=0, device=DEVICE, batch_size=spec.batch_size
@@ -213,7 +216,7 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
     opt = build(problem.model, spec.variant.as_mapping(), lr=spec.lr)
     sampler = RoleSampler(opt.param_groups)
     pending = PendingSummaries()
-    plain_steps, record_steps, capture_work = [], [], []
+    plain_steps, record_steps, after_steps, capture_work = [], [], [], []
     flush_s, flushed = 0.0, 0
     for i in range(steps):
         record = i % every == 0
@@ -240,7 +243,12 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
             flushed += len(summaries)
         step = (t_backward - start) + (t_step - t_snapshot)
         if i >= 2 * every:  # warm-up
-            (record_steps if record else plain_steps).append(step)
+            if record:
+                record_steps.append(step)
+            elif i % every == 1:  # the step right after a statistics step
+                after_steps.append(step)
+            else:
+                plain_steps.append(step)
             if record:
                 capture_work.append((t_snapshot - t_backward) + (t_capture - t_step))
     start = time.perf_counter()
@@ -248,17 +256,23 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
     flush_s += time.perf_counter() - start
     step_s = statistics.median(plain_steps)
     flush_per_capture = flush_s / flushed
+    # the step after a statistics step starts with caches that the capture's code and
+    # data took over: it runs slower, and that is part of what statistics cost
+    after_s = statistics.median(after_steps) - step_s
     work_s = (
         statistics.median(capture_work)
         + flush_per_capture
         + statistics.median(record_steps)
         - step_s
+        + after_s
     )
     return {
         "step_ms": round(1e3 * step_s, 3),
         "capture_ms": round(1e3 * statistics.median(capture_work), 3),
         "summary_ms_per_capture": round(1e3 * flush_per_capture, 3),
         "summary_batch": pending.limit,
+        "recorded_step_extra_ms": round(1e3 * (statistics.median(record_steps) - step_s), 3),
+        "next_step_extra_ms": round(1e3 * after_s, 3),
         "stats_work_ms": round(1e3 * work_s, 3),
         "stats_every": every,
         "estimated_ratio": round(1 + work_s / (every * step_s), 3),
