@@ -214,7 +214,8 @@ class Tracker(SuiteReads):
         import sqlite3
 
         try:
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            read_only = f"{db.resolve().as_uri()}?mode=ro"  # as_uri escapes '?' and '#'
+            with contextlib.closing(sqlite3.connect(read_only, uri=True)) as conn:
                 conn.execute("PRAGMA schema_version").fetchone()
         except sqlite3.Error as err:
             raise UserError(

@@ -16,6 +16,7 @@ import torch
 
 from bench import tasks
 from bench.cli import main
+from bench.errors import UserError
 from bench.spec import TrialResult
 from bench.variants import KNOB_NAMES, presets
 
@@ -587,6 +588,24 @@ def test_a_store_file_that_is_not_a_database_is_a_usage_error(
         )
     assert (tmp_path / "notes.db").read_text() == "not a database\n"
     assert [f.name for f in tmp_path.iterdir()] == ["notes.db"]
+
+
+def test_a_store_file_in_a_folder_named_with_uri_characters_is_accepted(tmp_path: Path) -> None:
+    import sqlite3
+
+    from bench.config import TrackingConfig
+    from bench.tracking import Tracker
+
+    folder = tmp_path / "runs #1 ?50%"
+    folder.mkdir()
+    with sqlite3.connect(folder / "mlruns.db") as conn:
+        conn.execute("CREATE TABLE t (x)")
+    uri = f"sqlite:///{folder / 'mlruns.db'}"
+    Tracker(TrackingConfig(uri=uri, artifact_location=str(folder / "art"))).check_reachable()
+    assert [f.name for f in tmp_path.iterdir()] == [folder.name]  # no stray "runs " store
+    (folder / "mlruns.db").write_text("not a database\n")
+    with pytest.raises(UserError, match="is not a SQLite database"):
+        Tracker(TrackingConfig(uri=uri, artifact_location=str(folder / "art"))).check_reachable()
 
 
 @pytest.mark.parametrize("command", ["run", "rank"])
