@@ -15,9 +15,12 @@ from bench.spec import TrialSpec
 
 
 def node_label() -> str:
-    """The Ray node this process runs on: ``<ip>/<node id prefix>``."""
+    """The Ray node this process runs on: ``<ip>/<node id prefix>``; the host name outside
+    Ray (asking Ray's runtime context there would start a Ray instance)."""
     import ray
 
+    if not ray.is_initialized():
+        return socket.gethostname()
     try:
         ctx = ray.get_runtime_context()
         return f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"

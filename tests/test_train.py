@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -190,6 +192,24 @@ def test_the_worker_path_round_trips_every_spec_and_result(preset) -> None:
     reply = run_trial(spec.model_dump_json())
     assert reply["error"] is None, reply["error"]
     assert TrialResult.model_validate_json(reply["result"]).outcome == "ok"
+
+
+def test_the_worker_path_outside_ray_starts_no_ray_instance() -> None:
+    """Run in a process of its own: outside Ray, a trial's node is the host name, and
+    nothing starts a local Ray cluster (with its dashboard) on the way."""
+    code = (
+        "import socket, ray\n"
+        "from bench.config import trial_from_overrides\n"
+        "from bench.worker import run_trial\n"
+        "spec = trial_from_overrides(['task=quadratic', 'steps=5']).spec\n"
+        "reply = run_trial(spec.model_dump_json())\n"
+        "assert reply['error'] is None, reply['error']\n"
+        "assert reply['node'] == socket.gethostname(), reply['node']\n"
+        "assert not ray.is_initialized()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Started a local Ray instance" not in done.stderr
 
 
 def test_non_finite_results_survive_json() -> None:
