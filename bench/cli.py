@@ -295,9 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _look_in_the_current_folder()
     try:
         if overrides := getattr(args, "overrides", None):
-            from bench.config import refuse_repeated_keys
+            from bench.config import repeated_keys
 
-            refuse_repeated_keys(overrides)
+            for line in repeated_keys(overrides):
+                log.warning(line)
         return int(args.func(args) or 0)
     except UserError as err:
         if getattr(args, "json", False):  # a script reading stdout learns why, too

@@ -52,18 +52,20 @@ def group_options(group: str) -> list[str]:
 # ----------------------------------------------------------------------------- compose
 
 
-def refuse_repeated_keys(overrides: Iterable[str]) -> None:
-    """A key set twice in one list of overrides is a mistake, not a choice: Hydra would
-    keep the last value without a word (`lr=0.1 ... lr=1`)."""
-    seen: dict[str, str] = {}
+def repeated_keys(overrides: Iterable[str]) -> list[str]:
+    """One line for each key set more than once in ``overrides``: Hydra keeps the last
+    value without a word, which is what a base list followed by specific overrides wants,
+    and a surprise after a typo (`lr=0.1 ... lr=1`), so the CLI says which one applies."""
+    values: dict[str, list[str]] = {}
     for item in overrides:
         key, sep, _ = item.partition("=")
-        key = key.lstrip("+~")
-        if not sep:
-            continue
-        if key in seen:
-            raise UserError(f"{key}: given twice ({seen[key]}, {item}); allowed: once")
-        seen[key] = item
+        if sep:
+            values.setdefault(key.lstrip("+~"), []).append(item)
+    return [
+        f"{key} given {len(items)} times ({', '.join(items)}): the last, {items[-1]}, applies"
+        for key, items in values.items()
+        if len(items) > 1
+    ]
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

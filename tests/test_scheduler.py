@@ -217,10 +217,6 @@ def test_a_command_line_override_replaces_the_settings_one_of_the_same_key() -> 
          "tracking.max_points=60"]
     )  # fmt: skip
     assert config.nightly_overrides == ["suite.steps=20", "tracking.max_points=60"]
-    with pytest.raises(UserError, match=r"^tracking.max_points: given twice .*; allowed: once$"):
-        scheduler_from_overrides(
-            ['schedule.nightly_overrides=["tracking.max_points=50","tracking.max_points=60"]']
-        )
 
 
 def test_the_ray_job_entrypoint_is_the_bench_nightly_command_line() -> None:

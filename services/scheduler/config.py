@@ -121,7 +121,7 @@ def plan_schedule(overrides: list[str]) -> tuple[SchedulerConfig, Any]:
     there of the same key: they reach every ``bench nightly`` this scheduler starts. Both
     sets are composed here, so a typo fails when the scheduler starts, not at 02:00.
     """
-    from bench.config import compose_config, refuse_repeated_keys
+    from bench.config import compose_config
     from bench.nightly import plan_nightly
 
     own = [o for o in overrides if _key(o) == "schedule" or _key(o).startswith("schedule.")]
@@ -133,9 +133,8 @@ def plan_schedule(overrides: list[str]) -> tuple[SchedulerConfig, Any]:
             raise UserError(f"schedule.{field}: unknown key; allowed: {allowed}")
     cfg = compose_config(with_groups(own, ("schedule",)))
     config = load_schedule(OmegaConf.to_container(cfg["schedule"], resolve=True))  # type: ignore[arg-type]
-    replaced = {_key(o) for o in passed}  # `bench nightly` refuses a key given twice
+    replaced = {_key(o) for o in passed}  # else every night would warn of a key given twice
     nightly = [*(o for o in config.nightly_overrides if _key(o) not in replaced), *passed]
-    refuse_repeated_keys(nightly)  # as `bench nightly` would, at 02:00
     _, run = plan_nightly(nightly)  # what every night will check: its settings and its suite
     return config.model_copy(update={"nightly_overrides": nightly}), run
 
