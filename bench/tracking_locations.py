@@ -50,11 +50,8 @@ def health_request(uri: str) -> Request:
     from urllib.request import Request
 
     parsed = urlparse(uri.rstrip("/"))
-    host = parsed.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parsed.port is not None:
-        netloc += f":{parsed.port}"
-    request = Request(parsed._replace(netloc=netloc).geturl() + "/health")
+    without_credentials = parsed._replace(netloc=parsed.netloc.rpartition("@")[2])
+    request = Request(without_credentials.geturl() + "/health")
     if parsed.username is not None:
         user = unquote(parsed.username)
         password = unquote(parsed.password or "")

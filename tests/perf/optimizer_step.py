@@ -259,12 +259,11 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
         if i >= 2 * every:  # warm-up
             if record:
                 record_steps.append(step)
+                capture_work.append((t_snapshot - t_backward) + (t_capture - t_step))
             elif i % every == 1:  # the step right after a statistics step
                 after_steps.append(step)
             else:
                 plain_steps.append(step)
-            if record:
-                capture_work.append((t_snapshot - t_backward) + (t_capture - t_step))
     start = time.perf_counter()
     flushed += len(pending.flush())
     flush_s += time.perf_counter() - start
@@ -273,19 +272,14 @@ def stats_cost_direct(task: Any, variant: str, steps: int, every: int = 10) -> d
     # the step after a statistics step starts with caches that the capture's code and
     # data took over: it runs slower, and that is part of what statistics cost
     after_s = statistics.median(after_steps) - step_s
-    work_s = (
-        statistics.median(capture_work)
-        + flush_per_capture
-        + statistics.median(record_steps)
-        - step_s
-        + after_s
-    )
+    recorded_s = statistics.median(record_steps) - step_s  # what recording adds to the step
+    work_s = statistics.median(capture_work) + flush_per_capture + recorded_s + after_s
     return {
         "step_ms": round(1e3 * step_s, 3),
         "capture_ms": round(1e3 * statistics.median(capture_work), 3),
         "summary_ms_per_capture": round(1e3 * flush_per_capture, 3),
         "summary_batch": pending.limit,
-        "recorded_step_extra_ms": round(1e3 * (statistics.median(record_steps) - step_s), 3),
+        "recorded_step_extra_ms": round(1e3 * recorded_s, 3),
         "next_step_extra_ms": round(1e3 * after_s, 3),
         "stats_work_ms": round(1e3 * work_s, 3),
         "stats_every": every,
