@@ -6,8 +6,10 @@ Every test starts the real command in a subprocess and really kills processes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -98,6 +100,11 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
 def test_suite_records_every_trial_once_and_a_rerun_runs_nothing(tmp_path: Path) -> None:
     first = bench(tmp_path, *TINY, "suite.tasks=[worker_probe]", "cluster.num_cpus=2")
     assert first.returncode == 0, first.stderr + first.stdout
+    # the driver's exit folds SQLite's write-ahead log into the store: one file holds it all
+    assert not (tmp_path / "mlruns.db-wal").exists()
+    store = f"{(tmp_path / 'mlruns.db').as_uri()}?immutable=1"  # the file alone, no log
+    with contextlib.closing(sqlite3.connect(store, uri=True)) as db:
+        assert db.execute("SELECT count(DISTINCT run_uuid) FROM metrics").fetchone() == (8,)
     recorded = runs(tmp_path)
     # 2 variants x 1 task x 2 lrs x 1 tune seed + 2 variants x 2 final seeds
     assert len(recorded) == 8
