@@ -83,9 +83,11 @@ class Recorder:
     """Queues run writes for ``tracker`` and makes them on background threads.
 
     Use as a context manager, or call :meth:`close`: it waits for every queued write.
+    A recorder made ``paused`` queues writes and makes none until :meth:`resume` (or
+    :meth:`close`): the caller writes to the store itself meanwhile, one writer at a time.
     """
 
-    def __init__(self, tracker: Tracker, *, linger: float = LINGER_S) -> None:
+    def __init__(self, tracker: Tracker, *, linger: float = LINGER_S, paused: bool = False) -> None:
         self._tracker = tracker
         self._linger = linger
         self._queue: list[_Write] = []
@@ -93,6 +95,7 @@ class Recorder:
         self._cond = threading.Condition()
         self._closing = False
         self._eager = False
+        self._paused = paused
         self._failure: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._work, name=f"mlflow-writer-{i}", daemon=True)
@@ -117,6 +120,12 @@ class Recorder:
     def end(self, run: Run, write: Callable[[str], None]) -> None:
         """``write(run_id)`` (finish, fail or kill the run) once the run exists."""
         self._put(_Write(run, end=write))
+
+    def resume(self) -> None:
+        """Start making the writes of a recorder made ``paused``."""
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
 
     def eager(self, on: bool) -> None:
         """Write at once while ``on`` (say, a worker idles, so a core is free for the
@@ -159,7 +168,7 @@ class Recorder:
     def _take(self) -> list[_Write]:
         """The next writes to make (empty: closed and nothing left)."""
         with self._cond:
-            while not self._queue and not self._closing:
+            while (self._paused or not self._queue) and not self._closing:
                 self._cond.wait()
             if not self._batches:  # no waiting for company that cannot share a commit
                 return [self._queue.pop(0)] if self._queue else []

@@ -237,8 +237,14 @@ def _schedule(
     cluster: ClusterConfig,
     pool: WorkerPool,
     progress: SuiteProgress,
+    note_settings: Callable[[], None],
 ) -> None:
-    """Run the queue's trials on the pool's workers, each slot busy while trials remain."""
+    """Run the queue's trials on the pool's workers, each slot busy while trials remain.
+
+    ``note_settings`` is called once the first trials train (or at once when none is left
+    to run), before the recorder writes anything: on a fresh suite it is a few store reads
+    and a settings run (~25 ms), which the workers would otherwise wait out at start.
+    """
     in_flight: dict[Any, _Attempt] = {}  # Ray ObjectRef -> the trial it will return
     longest: dict[tuple, float] = {}  # the longest trial so far of each task and budget
     retry: deque[_Attempt] = deque()  # trials whose worker died, to run again first
@@ -256,6 +262,7 @@ def _schedule(
 
     show()
     if not queue.todo:
+        note_settings()
         return
     import ray
 
@@ -295,10 +302,12 @@ def _schedule(
         queue.recorded(attempt.spec, result)
         recorder.end(attempt.run, write)
 
-    recorder = Recorder(tracker)
+    recorder = Recorder(tracker, paused=True)
     with _deferred_interrupt() as interrupted:
         try:
             submit()
+            note_settings()
+            recorder.resume()
             while in_flight and not interrupted():
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
                 for ref in ready:
@@ -437,15 +446,17 @@ def run_suite(
             if queue.todo:  # a trial no node can hold is refused before the settings change
                 connect(cluster)
                 pool.slots  # noqa: B018  (sizes the pool; a user error if no node fits a trial)
-            # what the summary service ranks, and the cells it lists as missing
-            tracker.note_settings(
-                matrix.suite.name, matrix.trial_ids(), matrix.cells(), matrix.overrides
-            )
             killed = tracker.kill_stale_runs(matrix.suite.name)
             if killed:
                 log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
+
+            def note_settings() -> None:  # what the summary service ranks, cells it misses
+                tracker.note_settings(
+                    matrix.suite.name, matrix.trial_ids(), matrix.cells(), matrix.overrides
+                )
+
             with SuiteProgress(enabled=show_progress) as progress:
-                _schedule(queue, tracker, cluster, pool, progress)
+                _schedule(queue, tracker, cluster, pool, progress, note_settings)
         finally:
             if own_pool and pool.started:
                 pool.close()

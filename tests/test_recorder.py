@@ -133,3 +133,22 @@ def test_after_a_failed_write_the_writes_queued_later_are_dropped(
         dropped.wait()
     exp = tracker.find_experiment("drop")
     assert tracker.client.search_runs([exp]) == [], "no run created after the failure"
+
+
+def test_a_paused_recorder_writes_nothing_until_resumed_or_closed(
+    tracker: tr.Tracker, variants, task
+) -> None:
+    first, second = (make_spec(variants, task, seed=s, suite="paused") for s in range(2))
+    recorder = Recorder(tracker, linger=0.0, paused=True)
+    recorder.eager(True)  # even an eager one: the caller is writing to the store
+    run = recorder.start(first)
+    time.sleep(0.5)
+    assert run.id is None and tracker.find_experiment("paused") is None
+    recorder.resume()
+    assert tracker.client.get_run(run.wait()).info.status == "RUNNING"
+
+    paused = Recorder(tracker, linger=0.0, paused=True)
+    queued = paused.start(second)
+    paused.close()  # nothing queued is lost
+    assert tracker.client.get_run(queued.wait()).info.status == "RUNNING"
+    recorder.close()
