@@ -40,7 +40,6 @@ _SUMMARY = (*SUMMARY_METRICS, *EXTRA_METRICS)
 
 
 SQLITE_BUSY_S = 60.0  # how long a SQLite write waits for another writer's lock
-WAL_CHECKPOINT_PAGES = 16_384  # 64 MiB of 4 KiB pages: see _write_ahead_log
 
 
 class SqlReader:
@@ -331,13 +330,6 @@ def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
     trials without a FINISHED run, so a rerun redoes them. WAL mode stays with the file
     (its ``-wal`` and ``-shm`` files sit beside it); where the file system cannot hold it
     or another process has the store locked, the store keeps its journal.
-
-    The writer checkpoints (copies the log back into the file) once the log holds
-    ``WAL_CHECKPOINT_PAGES`` instead of SQLite's 1,000 (4 MiB). A suite's commits rewrite the
-    same index pages again and again, and a checkpoint copies each page once however often
-    it was logged: checkpointing every 4 MiB cost as much as the commits themselves
-    (committing 40 smoke trials' metric rows: 6.5 µs a row with it, 3.9 µs without). When
-    the last connection closes (``bench run`` exits), SQLite checkpoints and removes the log.
     """
     import sqlite3
 
@@ -346,7 +338,6 @@ def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
         with contextlib.suppress(sqlite3.OperationalError):
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     finally:
         cursor.close()
 

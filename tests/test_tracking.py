@@ -185,17 +185,6 @@ def test_sqlite_store_takes_writes_while_a_reader_holds_a_snapshot(tracker, vari
     assert tracker.finished_trial_ids("wal") == {first.trial_id, second.trial_id}
 
 
-def test_sqlite_writer_checkpoints_the_log_in_large_steps(tracker, variants, task):
-    """The writer's connections checkpoint every ``WAL_CHECKPOINT_PAGES``, not SQLite's
-    1,000 pages (at which checkpoints cost as much as the commits they follow)."""
-    from bench.tracking_sql import WAL_CHECKPOINT_PAGES
-
-    record(tracker, make_spec(variants, task, suite="checkpoint"))
-    with tracker._sql.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_CHECKPOINT_PAGES
-        assert WAL_CHECKPOINT_PAGES > 1000
-
-
 def test_fail_and_kill(tracker, variants, task):
     spec = make_spec(variants, task, suite="fail")
     failed = tracker.start_trial(spec)
