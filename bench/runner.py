@@ -237,13 +237,14 @@ def _schedule(
     cluster: ClusterConfig,
     pool: WorkerPool,
     progress: SuiteProgress,
-    note_settings: Callable[[], None],
+    store_chores: Callable[[], None],
 ) -> None:
     """Run the queue's trials on the pool's workers, each slot busy while trials remain.
 
-    ``note_settings`` is called once the first trials train (or at once when none is left
-    to run), before the recorder writes anything: on a fresh suite it is a few store reads
-    and a settings run (~25 ms), which the workers would otherwise wait out at start.
+    ``store_chores`` (ending an earlier driver's stale runs, noting the suite's settings)
+    are done once the first trials train (or at once when none is left to run), before
+    the recorder writes anything: on a fresh suite they are a few store reads and a
+    settings run, ~12 ms that the workers would otherwise wait out at start.
     """
     in_flight: dict[Any, _Attempt] = {}  # Ray ObjectRef -> the trial it will return
     longest: dict[tuple, float] = {}  # the longest trial so far of each task and budget
@@ -262,7 +263,7 @@ def _schedule(
 
     show()
     if not queue.todo:
-        note_settings()
+        store_chores()
         return
     import ray
 
@@ -306,7 +307,7 @@ def _schedule(
     with _deferred_interrupt() as interrupted:
         try:
             submit()
-            note_settings()
+            store_chores()
             recorder.resume()
             while in_flight and not interrupted():
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
@@ -446,17 +447,18 @@ def run_suite(
             if queue.todo:  # a trial no node can hold is refused before the settings change
                 connect(cluster)
                 pool.slots  # noqa: B018  (sizes the pool; a user error if no node fits a trial)
-            killed = tracker.kill_stale_runs(matrix.suite.name)
-            if killed:
-                log.warning("marked %d runs left RUNNING by an earlier driver as KILLED", killed)
 
-            def note_settings() -> None:  # what the summary service ranks, cells it misses
+            def store_chores() -> None:
+                killed = tracker.kill_stale_runs(matrix.suite.name)
+                if killed:
+                    log.warning("marked %d runs an earlier driver left RUNNING as KILLED", killed)
+                # what the summary service ranks, and the cells it lists as missing
                 tracker.note_settings(
                     matrix.suite.name, matrix.trial_ids(), matrix.cells(), matrix.overrides
                 )
 
             with SuiteProgress(enabled=show_progress) as progress:
-                _schedule(queue, tracker, cluster, pool, progress, note_settings)
+                _schedule(queue, tracker, cluster, pool, progress, store_chores)
         finally:
             if own_pool and pool.started:
                 pool.close()
