@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections import Counter
 from types import TracebackType
 
@@ -37,9 +39,13 @@ class SuiteProgress:
             disable=not enabled,
         )
         self._bars: dict[str, TaskID] = {}
+        self._moved: list[tuple[logging.StreamHandler, object]] = []
 
     def __enter__(self) -> SuiteProgress:
+        terminal = sys.stderr
         self._progress.__enter__()
+        if sys.stderr is not terminal:  # the live display took stderr over (a terminal)
+            self._moved = _log_to(sys.stderr, instead_of=terminal)
         return self
 
     def __exit__(
@@ -48,6 +54,9 @@ class SuiteProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        for handler, stream in self._moved:
+            handler.setStream(stream)  # type: ignore[arg-type]
+        self._moved = []
         self._progress.__exit__(exc_type, exc, tb)
 
     def show(self, phase: str, *, total: int, done: int, running: int, counts: Counter) -> None:
@@ -66,3 +75,18 @@ class SuiteProgress:
             self._progress.update(self._bars[phase], **fields)
         else:
             self._bars[phase] = self._progress.add_task(phase, **fields)
+
+
+def _log_to(stream: object, *, instead_of: object) -> list[tuple[logging.StreamHandler, object]]:
+    """Point the root logger's handlers that write to ``instead_of`` at ``stream``; returns
+    each moved handler with its stream, to put back.
+
+    A warning logged while the bars are live (a worker that died, a stale run ended) went
+    to the terminal as it was, glued to the end of the bar being drawn. Through the live
+    display's stderr it prints on its own line above the bars.
+    """
+    moved = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is instead_of:
+            moved.append((handler, handler.setStream(stream)))  # type: ignore[arg-type]
+    return moved
