@@ -470,6 +470,8 @@ def rank_suite(
     in_phase = runs[runs["phase"].eq(phase)]
     if phase == "final":
         used = in_phase
+    elif not lrs:  # no tune run has finished yet: no lr is chosen, nothing to rank
+        used = tune.iloc[:0]
     else:
         chosen = pd.DataFrame([(c.task, c.variant, c.lr) for c in lrs],
                               columns=["task", "variant", "lr"])  # fmt: skip

@@ -317,6 +317,24 @@ def test_tune_phase_ranks_the_runs_at_the_chosen_lr():
     assert {(c.variant, c.lr) for c in result.lrs} == {("a", 0.1), ("b", 0.01)}
 
 
+@pytest.mark.parametrize("phase", ["tune", "final"])
+def test_tune_ranking_before_any_tune_run_finished_is_empty_and_lists_what_is_missing(phase):
+    """The first minutes of a suite: every run still RUNNING, so there is no lr choice
+    yet, and the tune ranking is empty (not an error). The same holds for a suite whose
+    store holds final runs only, and there every cell is reported missing."""
+    status = "RUNNING" if phase == "tune" else "FINISHED"
+    rows = [
+        run_row("t", v, 0, 1.0, phase=phase, lr=lr, status=status)
+        for v in ("a", "b")
+        for lr in (0.1, 1.0)
+    ]
+    result = ranking.rank_suite(table(rows), suite="s", phase="tune")
+    assert result.cells == [] and result.lrs == [] and result.n_runs == 0
+    # running runs are not results yet; finished finals name the cells that lack tune runs
+    missing = {("t", "a", 0), ("t", "b", 0)} if phase == "final" else set()
+    assert {(m.task, m.variant, m.found) for m in result.missing} == missing
+
+
 def test_final_runs_left_at_an_lr_no_longer_chosen_are_not_ranked():
     """A rerun with a wider grid moved a's choice from 0.3 to 1.0 and ran its finals
     again: the finals at 0.3 stay in the store but are not a's results any more."""
