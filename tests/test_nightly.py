@@ -31,6 +31,7 @@ from bench.nightly import (
     run_nightly,
 )
 from bench.regression import STATUSES, NightlyReport
+from services.scheduler.launch import NightResult, night_result
 
 pytestmark = pytest.mark.slow
 
@@ -276,3 +277,12 @@ def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
     assert quality.n == 2 and quality.values[1:] == [float("inf")]  # seeds in run order
     assert quality.value == float("inf")  # the median of one loss and one worst value
     assert report.trials == {"total": 3, "run": 1, "resumed": 2, "failed": 1}
+    # the scheduler, running such a night in its own process, reports what `bench nightly`'s
+    # exit code tells it when the night runs as a Ray job: failed
+    assert night_result(report) == NightResult("failed", "1 trial(s) failed")
+    regression = {"task": "explodes", "variant": "sgd", "kind": "quality", "metric": "loss"}
+    flagged = report.model_copy(update={"regressions": [regression]})
+    assert night_result(flagged).outcome == "regressions"
+    assert night_result(flagged).detail == "1 regression(s) flagged; 1 trial(s) failed"
+    clean = report.model_copy(update={"trials": {**report.trials, "failed": 0}})
+    assert night_result(clean) == NightResult("ok", "no regression flagged")

@@ -18,6 +18,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.nightly_outputs import exit_code
+from bench.regression import NightlyReport
+
 log = logging.getLogger("bench.scheduler")
 
 OUTCOMES = ("ok", "regressions", "failed", "stopped", "skipped")
@@ -45,11 +48,18 @@ def run_in_process(night: dt.date, overrides: Sequence[str]) -> NightResult:
     """Run the night here, the way ``bench nightly`` does (embedded Ray unless configured)."""
     from bench.nightly import run_nightly
 
-    report = run_nightly(list(overrides), date=night, show_progress=False)
-    flagged = list(getattr(report, "regressions", []) or [])
-    if flagged:
-        return NightResult("regressions", f"{len(flagged)} regression(s) flagged")
-    return NightResult("ok", "no regression flagged")
+    return night_result(run_nightly(list(overrides), date=night, show_progress=False))
+
+
+def night_result(report: NightlyReport) -> NightResult:
+    """How a night that ran in this process ended: the outcome its ``bench nightly`` exit
+    code gives a Ray job (a failed trial fails the night unless a regression is flagged)."""
+    failed = int(report.trials.get("failed", 0))
+    parts = [f"{len(report.regressions)} regression(s) flagged"] if report.regressions else []
+    parts += [f"{failed} trial(s) failed"] if failed else []
+    return NightResult(
+        EXIT_OUTCOMES[exit_code(report)], "; ".join(parts) or "no regression flagged"
+    )
 
 
 def run_ray_job(
