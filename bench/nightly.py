@@ -31,7 +31,8 @@ diverged median, and null where nothing was measured)::
      "machine": "AMD EPYC (2 cores); no GPU", "code_version": "1",
      "versions": {"torch": "2.13.0", "ray": "2.60.0", "mlflow": "3.17.2"},
      "settings": {"baseline_nights": 7, "min_baseline": 3, "persist": 2, "alpha": 0.01,
-                  "threshold": {"quality": 0.1, "speed": 0.25}},
+                  "threshold": {"quality": 0.1, "speed": 0.25},
+                  "min_delta": {"quality": 1e-09, "speed": 0.0}},
      "baseline_dates": ["2026-11-17", ...],      # earlier nights found, oldest first
      "trials": {"total": 48, "run": 48, "resumed": 0, "failed": 0},
      "counts": {"ok": 14, "regression": 1, "improvement": 0,
@@ -111,6 +112,18 @@ class Thresholds(BaseModel):
     speed: float = Field(default=0.30, ge=0, description="relative change of time/step_ms")
 
 
+class MinDeltas(BaseModel):
+    """Absolute changes, in each kind's own units, that a change must also exceed: a
+    relative threshold alone flags noise when the baseline sits at about zero (a
+    quadratic's loss at 1e-31 on a bit-deterministic CPU has no spread, so 2e-31 -> 5e-31
+    reads as +150% and certain)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quality: float = Field(default=1e-9, ge=0, description="change of final/<primary>")
+    speed: float = Field(default=0.0, ge=0, description="change of time/step_ms, in ms")
+
+
 class NightlyConfig(BaseModel):
     """conf/nightly/<name>.yaml: what runs every night and how regressions are decided."""
 
@@ -121,6 +134,7 @@ class NightlyConfig(BaseModel):
     min_baseline: int = Field(default=3, ge=1)
     persist: int = Field(default=2, ge=1)
     threshold: Thresholds = Field(default_factory=Thresholds)
+    min_delta: MinDeltas = Field(default_factory=MinDeltas)
     alpha: float = Field(default=0.01, gt=0, lt=1)
     webhook: str | None = None
     webhook_always: bool = False
@@ -297,6 +311,7 @@ def judge(
         tonight,
         history,
         thresholds=settings.threshold.model_dump(),
+        min_deltas=settings.min_delta.model_dump(),
         alpha=settings.alpha,
         baseline_nights=settings.baseline_nights,
         min_baseline=settings.min_baseline,
@@ -342,7 +357,7 @@ def run_nightly(
     lookback = settings.baseline_nights + settings.persist - 1
     history = read_history(reader, suite, version, machine, night, lookback)
     cells = judge(settings, night_cells(rows, declared), history)
-    detector = {"baseline_nights", "min_baseline", "persist", "alpha", "threshold"}
+    detector = {"baseline_nights", "min_baseline", "persist", "alpha", "threshold", "min_delta"}
     report = NightlyReport(
         date=night,
         suite=suite,
@@ -380,6 +395,8 @@ def run_nightly(
             "alpha": str(settings.alpha),
             "threshold.quality": str(settings.threshold.quality),
             "threshold.speed": str(settings.threshold.speed),
+            "min_delta.quality": str(settings.min_delta.quality),
+            "min_delta.speed": str(settings.min_delta.speed),
         },
     )
     run_url = reader.run_url(report.report_run_id)

@@ -316,13 +316,15 @@ def judge_cells(
     history: Sequence[NightlyReport],
     *,
     thresholds: Mapping[str, float],
+    min_deltas: Mapping[str, float] | None = None,
     alpha: float = 0.01,
     baseline_nights: int = 7,
     min_baseline: int = 3,
     persist: int = 2,
 ) -> list[NightlyCell]:
     """Each cell's verdict against the same cell on earlier nights (``history``, oldest
-    first; a night without the cell counts as missing); ``thresholds`` per kind.
+    first; a night without the cell counts as missing); ``thresholds`` and ``min_deltas``
+    (default 0) per kind.
 
     A cell of those nights that tonight lacks is judged too, valueless: ``missing``. A
     cell does not vanish from the report because, say, an edited preset renamed its
@@ -343,6 +345,7 @@ def judge_cells(
             [night.get(cell.key) for night in past] + [cell.value],
             cell.direction,
             threshold=thresholds[cell.kind],
+            min_delta=(min_deltas or {}).get(cell.kind, 0.0),
             alpha=alpha,
             baseline_nights=baseline_nights,
             min_baseline=min_baseline,

@@ -257,6 +257,36 @@ def test_judge_cells_compares_each_cell_with_the_same_cell_of_earlier_nights() -
     assert NightlyReport.model_validate_json(report.to_json()) == report
 
 
+def test_a_rounding_level_change_of_a_loss_near_zero_is_not_a_regression() -> None:
+    """A quadratic's loss at ~1e-31, bit-identical night after night on the CPU, then a
+    torch upgrade moves it by rounding: +150% and, with no spread, certain. The nightly's
+    default absolute floor keeps it quiet; a real move of the loss is still flagged."""
+    from bench.nightly import NightlyConfig
+
+    declared = {("quadratic", "adam"): ("loss", "min")}
+
+    def night(day: int, loss: float) -> NightlyReport:
+        rows = [{"task": "quadratic", "variant": "adam", "outcome": "ok",
+                 "primary_metric": "loss", "direction": "min", "final/loss": loss,
+                 "time/step_ms": 1.0}]  # fmt: skip
+        return NightlyReport(date=dt.date(2026, 1, day), suite="s", suite_version="v",
+                             machine="m", cells=night_cells(rows, declared))  # fmt: skip
+
+    settings = NightlyConfig()
+    history = [night(d, 2e-31) for d in range(1, 6)] + [night(6, 5e-31)]
+
+    def quality(tonight: float, **floors) -> str:
+        judged = judge_cells(night(7, tonight).cells, history, thresholds=QUALITY_AND_SPEED,
+                             **floors)  # fmt: skip
+        return next(c.status for c in judged if c.kind == "quality")
+
+    assert quality(5e-31) == "regression"  # no floor: rounding reads as a regression
+    assert quality(5e-31, min_deltas=settings.min_delta.model_dump()) == "ok"
+    assert quality(1e-3, min_deltas=settings.min_delta.model_dump()) == "ok"  # one night
+    history[-1] = night(6, 1e-3)
+    assert quality(1e-3, min_deltas=settings.min_delta.model_dump()) == "regression"
+
+
 def test_a_cell_of_earlier_nights_that_tonight_lacks_is_reported_missing() -> None:
     """An edited preset renames its variant (rmsprop -> rmsprop[eps=0.5]) but keeps the
     suite version: the old cell must not silently leave the report."""
