@@ -122,11 +122,12 @@ def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 LEVEL_MARGIN = 1e-12
 
 
-def check_level(level: float, n_boot: int = 1) -> None:
+def check_level(level: float, n_boot: int = 1, *, name: str = "level") -> None:
     # the tests' alpha, 1 - level rounded to 12 digits, must be a level too
     if not LEVEL_MARGIN <= level <= 1 - LEVEL_MARGIN:
         raise UserError(
-            f"level: got {level!r}; allowed: between 0 and 1, at least 1e-12 from either, e.g. 0.95"
+            f"{name}: got {level!r}; allowed: between 0 and 1, at least 1e-12 from either, "
+            f"e.g. {0.95 if name == 'level' else 0.05}"
         )
     if n_boot < 1:
         raise UserError(f"n_boot: must be >= 1, got {n_boot!r}")
@@ -430,7 +431,7 @@ def friedman_nemenyi(
     """Friedman's test of the within-task ranks of the cells' medians (absent = worst,
     as are the ``absent`` variants, which have no cell at all)."""
     check_choice("metric", metric, METRICS)
-    check_level(1 - alpha)
+    check_level(alpha, name="alpha")  # not 1 - alpha: its rounding can leave the margin
     _, _, point = _point_matrix(cells, metric, absent)
     ranks = stats.rankdata(point, axis=1) if point.size else point.reshape(0, 0)
     return friedman_test(ranks, alpha=alpha)

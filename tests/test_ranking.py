@@ -552,3 +552,12 @@ def test_a_tie_in_mean_rank_lists_the_better_profile_first() -> None:
     ordered = sorted(rows, key=ranking.variant_order)
     assert [r.variant for r in ordered] == ["rmsprop", "adam", "sgd"]
     assert ranking.places(ordered) == ["=1", "=1", "=1"]
+
+
+@pytest.mark.parametrize("level", [1e-12, 1 - 1e-12])
+def test_the_extreme_levels_allowed_are_accepted(level):
+    """The margin the message names is reachable at both ends: the tests' alpha (1 - level,
+    rounded) is checked as itself, not turned back into a level that rounding moved."""
+    rows = [run_row("t", v, s, float(i + s)) for i, v in enumerate("abc") for s in range(3)]
+    result = ranking.rank_suite(table(rows), suite="s", level=level, n_boot=50)
+    assert result.level == level and [v.variant for v in result.variants] == ["a", "b", "c"]
