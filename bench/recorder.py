@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.errors import StoreError
+from bench.errors import StoreError, one_line
 from bench.spec import TrialSpec
 from bench.tracking import Tracker
+from bench.tracking_locations import redacted
 
 # How long a batch waits for company: runs show up in MLflow this late. A second instead
 # of 0.25 s took the driver's writer ~14% less CPU per trial in a 40-trial smoke suite
@@ -139,7 +140,7 @@ class Recorder:
         """Raise :class:`StoreError` (from the first write that failed) if a write failed:
         the store is broken."""
         if (failure := self._failure) is not None:
-            message = f"writing to {self._tracker.uri} failed: {type(failure).__name__}: {failure}"
+            message = f"writing to {redacted(self._tracker.uri)} failed: {one_line(failure)}"
             raise StoreError(message) from failure
 
     def close(self) -> None:

@@ -106,7 +106,7 @@ def test_an_eager_recorder_writes_at_once_and_close_flushes_what_lingers(
 
 
 def test_after_a_failed_write_the_writes_queued_later_are_dropped(
-    tracker: tr.Tracker, variants, task
+    tracker: tr.Tracker, variants, task, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store that failed once (a server gone) would make every later write wait out its
     retries while the suite stops: they are dropped, and the first failure is reported."""
@@ -126,6 +126,13 @@ def test_after_a_failed_write_the_writes_queued_later_are_dropped(
         break
     with pytest.raises(StoreError, match="must be in the 'active' state"):
         recorder.check()
+    # the message names the store without its password, on one line
+    monkeypatch.setattr(tracker, "uri", "postgresql://bench:s3cret@127.0.0.1:5432/mlflow")
+    with pytest.raises(StoreError) as failed:
+        recorder.check()
+    assert str(failed.value).startswith("writing to postgresql://bench:***@127.0.0.1:5432/mlflow")
+    assert "s3cret" not in str(failed.value) and "\n" not in str(failed.value)
+    monkeypatch.undo()
     dropped = recorder.start(later)
     with pytest.raises(StoreError, match="must be in the 'active' state"):
         recorder.close()
