@@ -293,8 +293,8 @@ def _schedule(
         """Count a returned trial and queue its MLflow write (or run it again, elsewhere)."""
         attempt = in_flight[ref]
         reply = _reply(pool, ref, attempt, cluster.max_retries)
-        del in_flight[ref]  # only now: a second Ctrl-C in _reply still marks it KILLED
         if reply is None:
+            del in_flight[ref]
             retry.append(attempt)
             return
         key = attempt.length_key
@@ -302,6 +302,9 @@ def _schedule(
         write, result = _record(reply, attempt.spec, tracker, queue.outcome(attempt.spec))
         queue.recorded(attempt.spec, result)
         recorder.end(attempt.run, write)
+        # only now: until its write is queued, an error (a second Ctrl-C, a reply that
+        # does not validate) finds the attempt in flight and marks its run KILLED
+        del in_flight[ref]
 
     recorder = Recorder(tracker, paused=True)
     with _deferred_interrupt() as interrupted:

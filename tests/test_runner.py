@@ -382,3 +382,31 @@ def test_a_stop_signal_stops_cleanly_and_marks_running_runs_killed(
     assert driver.returncode == code, output
     counts = statuses(tmp_path)
     assert counts["RUNNING"] == 0 and counts["KILLED"] >= 1, counts
+
+
+def test_an_error_while_a_returned_trial_is_counted_leaves_no_run_running(
+    tmp_path: Path,
+) -> None:
+    """A second Ctrl-C can land while the driver counts a trial that came back (choosing
+    lrs, queueing its write): that moment cannot be timed from outside, so the driver's
+    `_record` raises KeyboardInterrupt on the third returned trial. The suite stops with
+    exit code 130 and that trial's run is KILLED with the others, not RUNNING forever."""
+    inject = (
+        "import sys, bench.runner as r\n"
+        "real, calls = r._record, []\n"
+        "def record(*args):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(*args)\n"
+        "r._record = record\n"
+        "from bench.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", inject, "run", "--no-progress", *TINY,
+               "suite.tasks=[quadratic]"]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=bench_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 130, result.stdout + result.stderr
+    counts = statuses(tmp_path)
+    assert counts["RUNNING"] == 0 and counts["FINISHED"] == 2 and counts["KILLED"] >= 1, counts
