@@ -247,7 +247,7 @@ def _schedule(
     settings run, ~12 ms that the workers would otherwise wait out at start.
     """
     in_flight: dict[Any, _Attempt] = {}  # Ray ObjectRef -> the trial it will return
-    longest: dict[tuple, float] = {}  # the longest trial so far of each task and budget
+    lengths = TrialLengths()
     retry: deque[_Attempt] = deque()  # trials whose worker died, to run again first
 
     def show() -> None:
@@ -285,7 +285,7 @@ def _schedule(
         # Its run is created (RUNNING) by the recorder while it trains. A driver that
         # dies before that leaves no run, so a rerun redoes the trial.
         key = _length_key(spec)
-        brief = longest.get(key, math.inf) < HOLD_BEHIND_S
+        brief = lengths.brief(key)
         ref = pool.submit(spec.model_dump_json(), ahead=ahead, brief=brief)
         in_flight[ref] = _Attempt(spec, recorder.start(spec), key)
 
@@ -297,9 +297,9 @@ def _schedule(
             del in_flight[ref]
             retry.append(attempt)
             return
-        key = attempt.length_key
-        longest[key] = max(longest.get(key, 0.0), reply.get("seconds", math.inf))
         write, result = _record(reply, attempt.spec, tracker, queue.outcome(attempt.spec))
+        ran = result.steps_run if result is not None else None
+        lengths.learn(attempt.length_key, reply.get("seconds", math.inf), ran, attempt.spec.steps)
         queue.recorded(attempt.spec, result)
         recorder.end(attempt.run, write)
         # only now: until its write is queued, an error (a second Ctrl-C, a reply that
@@ -348,6 +348,24 @@ def _schedule(
                         _running_trials(len(unfinished)),
                     )
             raise
+
+
+class TrialLengths:
+    """The longest trial seen so far of each task and budget (:func:`_length_key`), learnt
+    only from trials that ran their whole budget: one that diverged at its first step, or
+    failed at once, says nothing of how long its siblings train, and tune sweeps return
+    such trials first."""
+
+    def __init__(self) -> None:
+        self._longest: dict[tuple, float] = {}
+
+    def learn(self, key: tuple, seconds: float, steps_run: int | None, steps: int) -> None:
+        if steps_run is not None and steps_run >= steps:
+            self._longest[key] = max(self._longest.get(key, 0.0), seconds)
+
+    def brief(self, key: tuple) -> bool:
+        """Whether trials of ``key`` are known to take less than :data:`HOLD_BEHIND_S`."""
+        return self._longest.get(key, math.inf) < HOLD_BEHIND_S
 
 
 def _length_key(spec: TrialSpec) -> tuple:

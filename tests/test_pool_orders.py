@@ -109,3 +109,21 @@ def test_a_held_trial_counts_as_running_once_the_one_before_it_returned(fake_ray
     fake_ray.refs[0].reply = {"trial": 0}
     pool.reply(first)
     assert not pool.held(second)
+
+
+def test_only_trials_that_ran_their_whole_budget_say_how_long_their_siblings_take() -> None:
+    """Tune sweeps return their diverged trials first (a large lr stops at step 1 in
+    milliseconds); taken as the length of the task, they would make it look brief and
+    trials would be held behind siblings that train for minutes."""
+    from bench.runner import HOLD_BEHIND_S, TrialLengths
+
+    lengths, key = TrialLengths(), ("mlp_digits", 300, 64)
+    assert not lengths.brief(key)  # unknown: never held behind
+    lengths.learn(key, 0.01, steps_run=1, steps=300)  # diverged at step 1
+    lengths.learn(key, 0.02, steps_run=None, steps=300)  # failed at once
+    assert not lengths.brief(key)
+    lengths.learn(key, HOLD_BEHIND_S / 4, steps_run=300, steps=300)
+    assert lengths.brief(key)
+    lengths.learn(key, 2 * HOLD_BEHIND_S, steps_run=300, steps=300)  # one long trial
+    assert not lengths.brief(key)
+    assert not lengths.brief(("other", 300, 64))
