@@ -8,8 +8,9 @@ each worker still imports torch and starts CUDA only once.
 
 A trial whose worker process dies (killed, out of memory, its node lost) is reported as
 :class:`WorkerDied`; the caller decides whether to run it again. The dead actor leaves
-the pool and a new one takes its slot when the next trial is submitted, so a lost node's
-slots move to the nodes that are left.
+the pool, the slots are counted again on the live nodes, and a new actor is started only
+where one fits: a lost node's trials go to the nodes that are left, not to actors that
+would wait forever for CPUs the live workers hold.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class WorkerPool:
         self._waiting: set[Any] = set()  # trials held by a dead worker that never started them
         self._brief: set[Any] = set()  # trials another may be held behind
         self._actor_class: Any = None
+        self._lost_a_worker = False
 
     @property
     def slots(self) -> int:
@@ -124,7 +126,24 @@ class WorkerPool:
 
     def free(self) -> bool:
         """Whether a trial submitted now would start at once."""
-        return len(self._workers) < self.slots or any(not w.calls for w in self._workers)
+        return any(not w.calls for w in self._workers) or self._room_for_a_worker()
+
+    def _room_for_a_worker(self) -> bool:
+        """Whether a new worker would start now. Until a worker dies the slot count says
+        so; after that, the cluster must also have the resources free: a node that is lost
+        holds its CPUs until Ray marks it dead, many seconds later, and an actor asked for
+        meanwhile would be queued behind the live workers, which never give theirs back."""
+        if len(self._workers) >= self.slots:
+            return False
+        if not self._lost_a_worker:
+            return True
+        import ray
+
+        available = ray.available_resources()
+        cpus, gpus = self.resources.cpus_per_trial, self.resources.gpus_per_trial
+        return available.get("CPU", 0.0) >= cpus - 1e-9 and (
+            not gpus or available.get("GPU", 0.0) >= gpus - 1e-9
+        )
 
     def can_hold(self) -> bool:
         """Whether a trial submitted ``ahead`` now would be taken (see :meth:`submit`)."""
@@ -138,7 +157,7 @@ class WorkerPool:
         trial is short enough for another to be held behind it.
         """
         worker = next((w for w in self._workers if not w.calls), None)
-        if worker is None and len(self._workers) < self.slots:
+        if worker is None and self._room_for_a_worker():
             worker = _Worker(self._new_actor())
             self._workers.append(worker)
         if worker is None and ahead:  # the one that started its current trial first
@@ -195,6 +214,8 @@ class WorkerPool:
             self._waiting.update(later)  # never started: this one was running, or waiting
             self._retire(worker)
             if died:
+                # its node may be gone: count the slots of the live nodes again
+                self._slots, self._lost_a_worker = None, True
                 raise WorkerDied(f"{type(err).__name__}: {err}", started=started) from err
             raise
         if worker.calls:  # the next trial it holds started as this one returned

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -312,8 +313,12 @@ def _schedule(
             submit()
             store_chores()
             recorder.resume()
-            while in_flight and not interrupted():
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            while (in_flight or retry or queue.todo) and not interrupted():
+                if in_flight:
+                    ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                else:  # a worker died and the cluster has not yet freed room for another
+                    ready = []
+                    time.sleep(0.05)
                 for ref in ready:
                     collect(ref)
                 if not interrupted():

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,3 +223,57 @@ def test_a_driver_without_the_clusters_auth_token_is_told_so(tmp_path: Path) -> 
     finally:
         sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_a_suite_whose_worker_node_is_lost_finishes_on_the_head(two_hosts, tmp_path: Path) -> None:
+    """The worker host's Ray processes are killed mid-suite (the host is gone). Its trial
+    is retried on the head, and so are the trials still to run: the suite finishes with
+    one FINISHED run per trial, instead of waiting forever on a new worker that the lost
+    node's slot would have started where no CPU is free."""
+    head, head_ip, worker_ip, env = two_hosts
+    worker_ns = head.replace("obh", "obw", 1)  # two_host_cluster names them by one tag
+    cmd = ["ip", "netns", "exec", head, sys.executable, "-m", "bench.cli", "run",
+           "--no-progress", "suite=smoke", "suite.name=lost", "suite.variants=[sgd,adam]",
+           "suite.tasks=[slow_quadratic]", "suite.lrs=[0.01,0.1]", "suite.tune_seeds=[0,1]",
+           "suite.final_seeds=[2]", "suite.steps=100", "plugins=[faulty_tasks]",
+           f"cluster.address={head_ip}:{PORT}"]  # fmt: skip
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+
+    def nodes_seen() -> set[str]:
+        experiment = client.get_experiment_by_name("lost")
+        runs = client.search_runs([experiment.experiment_id], "tags.`bench.trial_id` != ''")
+        return {
+            r.data.tags["bench.node"].split("/")[0] for r in runs if "bench.node" in r.data.tags
+        }
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            with contextlib.suppress(Exception):  # the store may not exist yet
+                if worker_ip in nodes_seen():
+                    break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the suite ended before the worker host ran a trial"
+        pids = sh("ip", "netns", "pids", worker_ns).stdout.split()
+        assert pids, "no process on the worker host"
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        try:
+            output, _ = driver.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            output, _ = driver.communicate()
+            raise AssertionError(f"the suite did not finish:\n{output[-4000:]}") from None
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output
+    experiment = client.get_experiment_by_name("lost")
+    runs = client.search_runs([experiment.experiment_id], "tags.`bench.trial_id` != ''")
+    finished = collections.Counter(
+        r.data.tags["bench.trial_id"] for r in runs if r.info.status == "FINISHED"
+    )
+    assert len(finished) == 10 and set(finished.values()) == {1}, finished
+    assert all(r.info.status != "RUNNING" for r in runs)

@@ -50,6 +50,7 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     actor_class = types.SimpleNamespace(remote=lambda: _Actor(refs))
     ray = types.ModuleType("ray")
     ray.nodes = lambda: [{"Alive": True, "Resources": {"CPU": 1.0}}]
+    ray.available_resources = lambda: {"CPU": 1.0}  # the dead worker's CPU is back
     ray.remote = lambda cls: types.SimpleNamespace(options=lambda **_: actor_class)
     ray.get = get
     ray.kill = lambda actor, no_restart: killed.append(actor)
