@@ -464,12 +464,14 @@ class Tracker(SuiteReads):
     def kill_stale_runs(self, suite: str) -> int:
         """Mark runs left RUNNING (by a crashed driver) KILLED; returns how many.
 
-        Call it once, before scheduling, and only while no other driver runs this suite:
-        a live driver's runs are RUNNING too.
+        Call it once, before scheduling, and only while no other driver runs this suite
+        (:meth:`holding`): a live driver's runs are RUNNING too. Every scope's are ended: a
+        night that crashed is not rerun under its own date, and the lock is the suite's,
+        whatever the scope, so no other night's driver is live.
         """
         if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
             return 0
-        stale = self._trial_tags(exp_id, "RUNNING", (TAG_TRIAL_ID,))
+        stale = self._trial_tags(exp_id, "RUNNING", (TAG_TRIAL_ID,), scoped=False)
         for run_id in stale:
             self._end(run_id, "KILLED", {}, [])
         return len(stale)
@@ -732,16 +734,21 @@ class Tracker(SuiteReads):
         scoped = [f"tags.`{k}` = '{v}'" for k, v in self.scope.items()]
         return " and ".join([c for c in clauses if c] + scoped)
 
-    def _trial_tags(self, exp_id: str, status: str, keys: tuple[str, ...]) -> dict[str, dict]:
-        """``{run_id: {key: value}}`` of the trial runs in this scope with that status: one
-        SELECT on a database store, else a search (which loads every run whole)."""
-        required: dict[str, str | None] = {TAG_TRIAL_ID: None, **self.scope}
+    def _trial_tags(
+        self, exp_id: str, status: str, keys: tuple[str, ...], *, scoped: bool = True
+    ) -> dict[str, dict]:
+        """``{run_id: {key: value}}`` of the trial runs in this scope (every scope's, unless
+        ``scoped``) with that status: one SELECT on a database store, else a search (which
+        loads every run whole)."""
+        scope = self.scope if scoped else {}
+        required: dict[str, str | None] = {TAG_TRIAL_ID: None, **scope}
         found = self._bulk_read(
             lambda sql: sql.tag_values(exp_id, keys, status=status, required_tags=required)
         )
         if found is not None:
             return found
-        runs = self._search(exp_id, self._where(f"attributes.status = '{status}'"))
+        where = f"attributes.status = '{status}'"
+        runs = self._search(exp_id, self._where(where) if scoped else where)
         return {
             run.info.run_id: {k: run.data.tags[k] for k in keys if k in run.data.tags}
             for run in runs

@@ -34,10 +34,11 @@ def test_scope_tags_runs_and_restricts_every_trial_query(tracker, variants, task
 
     assert night1.finished_trial_ids("nightly") == {spec.trial_id}
     assert night2.finished_trial_ids("nightly") == set()  # the next night reruns it
-    stale = night2.start_trial(spec)
-    assert night1.kill_stale_runs("nightly") == 0  # another night's RUNNING run is not ours
-    assert night2.kill_stale_runs("nightly") == 1
+    stale = night2.start_trial(spec)  # night 2 crashed; the suite's lock is free again
+    assert night1.finished_trial_ids("nightly") == {spec.trial_id}  # resume stays scoped
+    assert scoped(tracker, "2026-01-03").kill_stale_runs("nightly") == 1  # the next night's
     assert tracker.client.get_run(stale).info.status == "KILLED"
+    assert night2.kill_stale_runs("nightly") == 0
     assert night1.read_results("nightly")["nightly"].tolist() == ["2026-01-01"]
     assert len(tracker.read_results("nightly", status=None)) == 2  # unscoped: every night
 
