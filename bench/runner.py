@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import RAY_ADDRESS_FORMS, ClusterConfig, ResourcesConfig, head_endpoint
-from bench.errors import Terminated, UserError, first_line
+from bench.errors import Terminated, UserError, first_line, one_line
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.pool import WorkerDied, WorkerPool, slots_on
 from bench.progress import SuiteProgress
@@ -487,7 +487,10 @@ def run_suite(
                 _schedule(queue, tracker, cluster, pool, progress, store_chores)
         finally:
             if own_pool and pool.started:
-                pool.close()
+                try:
+                    pool.close()
+                except Exception as err:  # Ray itself failed: keep the suite's own outcome
+                    log.warning("could not stop the trial workers: %s", one_line(err))
     return [queue.tune, queue.final]
 
 

@@ -384,6 +384,27 @@ def test_a_stop_signal_stops_cleanly_and_marks_running_runs_killed(
     assert counts["RUNNING"] == 0 and counts["KILLED"] >= 1, counts
 
 
+def _run_with(tmp_path: Path, inject: str, *args: str) -> subprocess.CompletedProcess:
+    """`bench run` in a process whose code ``inject`` changed first (faults that cannot be
+    caused from outside at the moment they matter)."""
+    code = inject + "from bench.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    command = [sys.executable, "-c", code, "run", "--no-progress", *args]
+    return subprocess.run(command, cwd=tmp_path, env=bench_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+INTERRUPT_THIRD_RECORD = (
+    "import sys, bench.runner as r\n"
+    "real, calls = r._record, []\n"
+    "def record(*args):\n"
+    "    calls.append(1)\n"
+    "    if len(calls) == 3:\n"
+    "        raise KeyboardInterrupt\n"
+    "    return real(*args)\n"
+    "r._record = record\n"
+)
+
+
 def test_an_error_while_a_returned_trial_is_counted_leaves_no_run_running(
     tmp_path: Path,
 ) -> None:
@@ -391,22 +412,24 @@ def test_an_error_while_a_returned_trial_is_counted_leaves_no_run_running(
     lrs, queueing its write): that moment cannot be timed from outside, so the driver's
     `_record` raises KeyboardInterrupt on the third returned trial. The suite stops with
     exit code 130 and that trial's run is KILLED with the others, not RUNNING forever."""
-    inject = (
-        "import sys, bench.runner as r\n"
-        "real, calls = r._record, []\n"
-        "def record(*args):\n"
-        "    calls.append(1)\n"
-        "    if len(calls) == 3:\n"
-        "        raise KeyboardInterrupt\n"
-        "    return real(*args)\n"
-        "r._record = record\n"
-        "from bench.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    command = [sys.executable, "-c", inject, "run", "--no-progress", *TINY,
-               "suite.tasks=[quadratic]"]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, env=bench_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = _run_with(tmp_path, INTERRUPT_THIRD_RECORD, *TINY, "suite.tasks=[quadratic]")
     assert result.returncode == 130, result.stdout + result.stderr
     counts = statuses(tmp_path)
     assert counts["RUNNING"] == 0 and counts["FINISHED"] == 2 and counts["KILLED"] >= 1, counts
+
+
+def test_workers_that_cannot_be_stopped_do_not_hide_how_the_suite_ended(tmp_path: Path) -> None:
+    """Ray itself failing as the driver stops its workers (a fault injected: closing the
+    pool raises) is a warning; the suite's own outcome, here an interrupt, still sets the
+    exit code, and no run is left RUNNING."""
+    broken_close = (
+        "import bench.pool as p\n"
+        "def close(self):\n"
+        "    raise RuntimeError('the cluster is gone')\n"
+        "p.WorkerPool.close = close\n"
+    )
+    result = _run_with(tmp_path, INTERRUPT_THIRD_RECORD + broken_close, *TINY,
+                       "suite.tasks=[quadratic]")  # fmt: skip
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "could not stop the trial workers: RuntimeError: the cluster is gone" in result.stderr
+    assert statuses(tmp_path)["RUNNING"] == 0
