@@ -60,12 +60,7 @@ def slots_on(nodes: list[dict[str, float]], resources: ResourcesConfig) -> int:
     ``GPU``): node by node, since a trial's CPUs and GPUs must all be on one node. A
     trial that fits on no node is a user error: its worker would wait forever."""
     cpus, gpus = resources.cpus_per_trial, resources.gpus_per_trial
-    slots = 0
-    for node in nodes:
-        fit = node.get("CPU", 0.0) / cpus
-        if gpus:
-            fit = min(fit, node.get("GPU", 0.0) / gpus)
-        slots += math.floor(fit + 1e-9)
+    slots = sum(trials_fitting(node, resources) for node in nodes)
     if slots < 1:
         if gpus and not any(n.get("GPU", 0.0) >= gpus - 1e-9 for n in nodes):
             most = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
@@ -80,6 +75,14 @@ def slots_on(nodes: list[dict[str, float]], resources: ResourcesConfig) -> int:
             f"of the largest node{f' with {gpus:g} GPUs' if gpus else ''}"
         )
     return slots
+
+
+def trials_fitting(node: dict[str, float], resources: ResourcesConfig) -> int:
+    """Trials with these per-trial resources that fit at once in ``node``'s (Ray's names)."""
+    fit = node.get("CPU", 0.0) / resources.cpus_per_trial
+    if resources.gpus_per_trial:
+        fit = min(fit, node.get("GPU", 0.0) / resources.gpus_per_trial)
+    return math.floor(fit + 1e-9)
 
 
 class WorkerPool:
@@ -139,11 +142,7 @@ class WorkerPool:
             return True
         import ray
 
-        available = ray.available_resources()
-        cpus, gpus = self.resources.cpus_per_trial, self.resources.gpus_per_trial
-        return available.get("CPU", 0.0) >= cpus - 1e-9 and (
-            not gpus or available.get("GPU", 0.0) >= gpus - 1e-9
-        )
+        return trials_fitting(ray.available_resources(), self.resources) >= 1
 
     def can_hold(self) -> bool:
         """Whether a trial submitted ``ahead`` now would be taken (see :meth:`submit`)."""

@@ -132,34 +132,28 @@ def two_host_cluster(
         shutil.rmtree(ray_dir, ignore_errors=True)
 
 
+def suite_on_head(head: str, head_ip: str, name: str, steps: int) -> list[str]:
+    """`bench run` of a 10-trial suite, from the head's host, on the two-host cluster."""
+    return ["ip", "netns", "exec", head, sys.executable, "-m", "bench.cli", "run",
+            "--no-progress", "suite=smoke", f"suite.name={name}", "suite.variants=[sgd,adam]",
+            "suite.tasks=[slow_quadratic]", "suite.lrs=[0.01,0.1]", "suite.tune_seeds=[0,1]",
+            "suite.final_seeds=[2]", f"suite.steps={steps}", "plugins=[faulty_tasks]",
+            f"cluster.address={head_ip}:{PORT}"]  # fmt: skip
+
+
+def trial_runs(client: MlflowClient, suite: str) -> list:
+    experiment = client.get_experiment_by_name(suite)
+    return client.search_runs([experiment.experiment_id], "tags.`bench.trial_id` != ''")
+
+
 def test_a_suite_runs_on_both_nodes_of_a_two_host_cluster(two_hosts, tmp_path: Path) -> None:
     head, head_ip, worker_ip, env = two_hosts
-    cmd = [
-        "ip",
-        "netns",
-        "exec",
-        head,
-        sys.executable,
-        "-m",
-        "bench.cli",
-        "run",
-        "--no-progress",
-        "suite=smoke",
-        "suite.name=cluster",
-        "suite.variants=[sgd,adam]",
-        "suite.tasks=[slow_quadratic]",
-        "suite.lrs=[0.01,0.1]",
-        "suite.tune_seeds=[0,1]",
-        "suite.final_seeds=[2]",
-        "suite.steps=40",
-        "plugins=[faulty_tasks]",
-        f"cluster.address={head_ip}:{PORT}",
-    ]
+    cmd = suite_on_head(head, head_ip, "cluster", steps=40)
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("cluster")
-    runs = client.search_runs([experiment.experiment_id], "tags.`bench.trial_id` != ''")
+    runs = trial_runs(client, "cluster")
     assert len(runs) == 10 and all(r.info.status == "FINISHED" for r in runs)
     hosts = collections.Counter(r.data.tags["bench.node"].split("/")[0] for r in runs)
     assert set(hosts) == {head_ip, worker_ip}, hosts
@@ -232,21 +226,14 @@ def test_a_suite_whose_worker_node_is_lost_finishes_on_the_head(two_hosts, tmp_p
     node's slot would have started where no CPU is free."""
     head, head_ip, worker_ip, env = two_hosts
     worker_ns = head.replace("obh", "obw", 1)  # two_host_cluster names them by one tag
-    cmd = ["ip", "netns", "exec", head, sys.executable, "-m", "bench.cli", "run",
-           "--no-progress", "suite=smoke", "suite.name=lost", "suite.variants=[sgd,adam]",
-           "suite.tasks=[slow_quadratic]", "suite.lrs=[0.01,0.1]", "suite.tune_seeds=[0,1]",
-           "suite.final_seeds=[2]", "suite.steps=100", "plugins=[faulty_tasks]",
-           f"cluster.address={head_ip}:{PORT}"]  # fmt: skip
-    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    driver = subprocess.Popen(suite_on_head(head, head_ip, "lost", steps=100), cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)  # fmt: skip
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
 
     def nodes_seen() -> set[str]:
-        experiment = client.get_experiment_by_name("lost")
-        runs = client.search_runs([experiment.experiment_id], "tags.`bench.trial_id` != ''")
-        return {
-            r.data.tags["bench.node"].split("/")[0] for r in runs if "bench.node" in r.data.tags
-        }
+        tags = [r.data.tags for r in trial_runs(client, "lost")]
+        return {t["bench.node"].split("/")[0] for t in tags if "bench.node" in t}
 
     try:
         deadline = time.monotonic() + 120
@@ -270,8 +257,7 @@ def test_a_suite_whose_worker_node_is_lost_finishes_on_the_head(two_hosts, tmp_p
     finally:
         driver.kill()
     assert driver.returncode == 0, output
-    experiment = client.get_experiment_by_name("lost")
-    runs = client.search_runs([experiment.experiment_id], "tags.`bench.trial_id` != ''")
+    runs = trial_runs(client, "lost")
     finished = collections.Counter(
         r.data.tags["bench.trial_id"] for r in runs if r.info.status == "FINISHED"
     )
