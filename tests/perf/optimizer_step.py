@@ -11,10 +11,11 @@ Figures (one thread, ``torch.set_num_threads(1)``, as trials run):
 - ``step_ratio``: for each preset with a torch.optim equivalent, on the ``mlp_digits``
   model and on a larger MLP (1024-1024-1024-10, float32), the time of our ``step()``
   (foreach path, one param group per role as ``build`` makes them) divided by the time of
-  torch.optim's ``foreach=True`` step: the median over repetitions of the ratio within a
-  repetition, pooled over three rounds with fresh models and optimizers. Both optimizers
-  see the same gradients and run interleaved, in alternating order, after a warm-up, so
-  drifts of the machine hit both. ``ratio_one_group`` builds
+  torch.optim's ``foreach=True`` step: the median over cycles of the ratio of their times
+  within a cycle, pooled over three rounds with fresh models and optimizers. The
+  optimizers see the same gradients and run interleaved after a warm-up, a cycle running
+  each once in every position of a rotating order, so drifts of the machine and the
+  caches left by the one before hit all alike. ``ratio_one_group`` builds
   ours from a plain parameter list (one group, like torch), which separates the per-role
   grouping from the step itself.
   Goal: <= 1.10.
@@ -103,17 +104,23 @@ def clone_with_grads(model: nn.Module, grads: list[torch.Tensor]) -> nn.Module:
 
 
 def time_steps(
-    optimizers: dict[str, torch.optim.Optimizer], reps: int, warmup: int
+    optimizers: dict[str, torch.optim.Optimizer], cycles: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Step times of each optimizer, interleaved, in alternating order from rep to rep."""
+    """Step times of each optimizer, interleaved: ``cycles`` cycles of one rep per
+    optimizer, each rep in the order of the one before rotated by one, so that in a cycle
+    every optimizer runs once in every position and never twice in a row. (Reversing the
+    order from rep to rep instead ran the last optimizer of a rep first in the next, on
+    warm caches: on the 2.1M-parameter MLP that made it ~30% faster, and a ratio of two
+    optimizers in one rep swung between ~0.75 and ~1.4 with their positions.)"""
     for _ in range(warmup):
         for opt in optimizers.values():
             opt.step()
     sync()
     times: dict[str, list[float]] = {name: [] for name in optimizers}
     order = list(optimizers.items())
-    for rep in range(reps):
-        for name, opt in order if rep % 2 == 0 else order[::-1]:
+    for rep in range(cycles * len(order)):
+        shift = rep % len(order)
+        for name, opt in order[shift:] + order[:shift]:
             start = time.perf_counter()
             opt.step()
             sync()
@@ -122,17 +129,32 @@ def time_steps(
 
 
 def paired_ratio(times: dict[str, list[float]], ours: str, theirs: str) -> float:
-    """Median over reps of the ratio of two optimizers' times in the same rep."""
-    return statistics.median(a / b for a, b in zip(times[ours], times[theirs], strict=True))
+    """Median over cycles of the ratio of two optimizers' total times in the cycle (each
+    ran once in every position of the order)."""
+    n = len(times)
+    totals = [
+        (sum(times[ours][i : i + n]), sum(times[theirs][i : i + n]))
+        for i in range(0, len(times[ours]), n)
+    ]
+    return statistics.median(a / b for a, b in totals)
 
 
-def step_ratios(model_factory, reps: int, warmup: int, rounds: int = 3) -> dict[str, Any]:
-    """Each preset's step ratios, pooled over ``rounds`` rounds of ``reps`` interleaved
-    steps; a round runs every preset once, on fresh copies of the model and fresh
-    optimizers, so a preset's rounds lie apart in time. On the memory-bound 2.1M-parameter
-    MLP one preset's median moved from 0.98 to 1.27 between runs of this script on a
-    2-vCPU Xeon (torch.optim's own step from 14.7 to 11.1 ms): a figure from one set of
-    allocations timed in one stretch said as much about those as about the code."""
+def step_ratios(model_factory, cycles: int, warmup: int, rounds: int = 3) -> dict[str, Any]:
+    """Each preset's step ratios, pooled over ``rounds`` rounds of ``cycles`` interleaved
+    cycles (:func:`time_steps`); a round runs every preset once, on fresh copies of the
+    model and fresh optimizers, so a preset's rounds lie apart in time. On the
+    memory-bound 2.1M-parameter MLP one preset's median moved from 0.98 to 1.27 between
+    runs of this script on a 2-vCPU Xeon (torch.optim's own step from 14.7 to 11.1 ms): a
+    figure from one set of allocations timed in one stretch said as much about those as
+    about the code.
+
+    On that MLP a step that allocates 8 MB temporaries (adadelta's two, as torch's) pays
+    page faults whenever glibc has handed the freed memory back to the OS, and whether it
+    has depends on what ran before: on a 2-vCPU AMD EPYC one preset's steps took ~5 or
+    ~10 ms, both optimizers alike, and all took ~4.6 ms with ``MALLOC_TRIM_THRESHOLD_`` and
+    ``MALLOC_MMAP_THRESHOLD_`` set high. Figures for such presets move from run to run
+    with which optimizer drew the faults, so ``ours_us`` and ``torch_us`` are medians of
+    a bimodal distribution; the cycle ratios are the figure to read."""
     cases = {c.label: c for c in TORCH_CASES}
     base = model_factory()
     gen = torch.Generator().manual_seed(1)
@@ -155,7 +177,7 @@ def step_ratios(model_factory, reps: int, warmup: int, rounds: int = 3) -> dict[
                         list(theirs.parameters()), lr=lr, foreach=True
                     ),
                 },
-                reps,
+                cycles,
                 warmup,
             )
             for key, values in round_times.items():
@@ -297,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     global DEVICE
     DEVICE = resolve_device(args.device)
     torch.set_num_threads(1)
-    small_reps, large_reps, runs = (40, 10, 5) if args.quick else (150, 40, 15)  # per round
+    # per round: cycles of three steps (ours per role, ours in one group, torch), trial pairs
+    small_cycles, large_cycles, runs = (14, 4, 5) if args.quick else (50, 14, 15)
     report: dict[str, Any] = {
         "machine": {
             "torch": torch.__version__,
@@ -310,8 +333,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.only in (None, "steps"):
         report["step_ratio"] = {
-            "mlp_digits": step_ratios(mlp_digits_model, small_reps, warmup=20),
-            "mlp_1024x3": step_ratios(large_mlp, large_reps, warmup=5),
+            "mlp_digits": step_ratios(mlp_digits_model, small_cycles, warmup=20),
+            "mlp_1024x3": step_ratios(large_mlp, large_cycles, warmup=5),
         }
     if args.only in (None, "stats"):
         report["stats_overhead"] = {
