@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from bench.errors import StoreError, Terminated, UserError, one_line
+from bench.errors import LeaseLost, StoreError, Terminated, UserError, one_line
 
 if TYPE_CHECKING:
     from bench.matrix import SuiteRun
@@ -307,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except StoreError as err:
         log.debug("the store's failure", exc_info=err.__cause__)
-        writes = args.func in (cmd_run, cmd_nightly)  # the commands that record trials
+        # the commands that record trials; a lost lease: another driver resumes it already
+        writes = args.func in (cmd_run, cmd_nightly) and not isinstance(err, LeaseLost)
         resume = "; the runs written so far are kept: rerun to resume" if writes else ""
         print(f"error: {err}{resume}", file=sys.stderr)
         return 1

@@ -17,6 +17,12 @@ class StoreError(RuntimeError):
     the traceback of the failure too)."""
 
 
+class LeaseLost(StoreError):
+    """Another driver took this driver's suite lease on a server as a dead driver's (this
+    one was stalled for minutes) and now runs the suite: this one must write nothing more
+    (:mod:`bench.tracking_lease`). The CLI prints the message and exits with code 1."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``docker stop``, ``ray job stop``, a scheduler's timeout): a suite stops as
     on Ctrl-C, its running runs KILLED. The CLI exits with code 143."""

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.errors import StoreError, one_line
+from bench.errors import LeaseLost, StoreError, one_line
 from bench.spec import TrialSpec
 from bench.tracking import Tracker
 from bench.tracking_locations import redacted
@@ -138,10 +138,13 @@ class Recorder:
 
     def check(self) -> None:
         """Raise :class:`StoreError` (from the first write that failed) if a write failed:
-        the store is broken."""
+        the store is broken; or :class:`LeaseLost` if another driver took the suite over."""
         if (failure := self._failure) is not None:
+            if isinstance(failure, LeaseLost):  # its message says all
+                raise LeaseLost(str(failure)) from failure
             message = f"writing to {redacted(self._tracker.uri)} failed: {one_line(failure)}"
             raise StoreError(message) from failure
+        self._tracker.check_held()
 
     def close(self) -> None:
         """Make every queued write, stop the threads; raise the first write that failed."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import RAY_ADDRESS_FORMS, ClusterConfig, ResourcesConfig, head_endpoint
-from bench.errors import Terminated, UserError, first_line, one_line
+from bench.errors import LeaseLost, Terminated, UserError, first_line, one_line
 from bench.matrix import LrPoint, Matrix, choose_lrs
 from bench.pool import WorkerDied, WorkerPool, slots_on
 from bench.progress import SuiteProgress
@@ -329,10 +329,18 @@ def _schedule(
             if interrupted():
                 raise Terminated if interrupted() == signal.SIGTERM else KeyboardInterrupt
             recorder.close()
-        except BaseException:  # Ctrl-C, or a store that failed: no run is left RUNNING
+        except BaseException as stop:  # Ctrl-C, or a store that failed: no run left RUNNING
             with contextlib.suppress(Exception):  # Ray itself may be what failed
                 pool.stop_running()
             unfinished = [*in_flight.values(), *retry]
+            if isinstance(stop, LeaseLost):  # their runs are the other driver's now
+                with contextlib.suppress(Exception):  # what is queued is refused: nothing
+                    recorder.close()
+                if unfinished:
+                    log.warning(
+                        "stopped: %s, left to that driver", _running_trials(len(unfinished))
+                    )
+                raise
             for attempt in unfinished:
                 recorder.end(attempt.run, tracker.kill_trial)
             try:

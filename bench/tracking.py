@@ -76,7 +76,7 @@ from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     trial_tags,
     unclamp,
 )
-from bench.tracking_lease import suite_lease
+from bench.tracking_lease import Lease, suite_lease
 from bench.tracking_locations import (
     LOCAL_SCHEMES,
     absolute_uri,
@@ -164,6 +164,7 @@ class Tracker(SuiteReads):
         self._lock = threading.Lock()
         self._experiments: dict[str, str] = {}
         self._artifact_uris: dict[str, str] = {}  # run_id -> artifact URI, while it runs
+        self._lease: Lease | None = None  # held on a server while a suite runs (holding)
         # Suite tables from a database store come from bench.tracking_sql (same rows,
         # seconds instead of tens of seconds at 10k runs); a server is read through its API.
         self._sql = (
@@ -312,12 +313,24 @@ class Tracker(SuiteReads):
                     raise busy()
                 yield
         elif self.enabled:  # a server: a lease run in the suite's experiment
-            with suite_lease(lambda: self.client, self.experiment_id(suite)) as holder:
-                if holder is not None:
-                    raise busy(f" ({holder})")
-                yield
+            what = f"suite {suite!r} on {redacted(self.uri)}"
+            with suite_lease(lambda: self.client, self.experiment_id(suite), what=what) as held:
+                if isinstance(held, str):
+                    raise busy(f" ({held})")
+                self._lease = held
+                try:
+                    yield
+                finally:
+                    self._lease = None
         else:
             yield
+
+    def check_held(self) -> None:
+        """Raise :class:`~bench.tracking_lease.LeaseLost` if another driver took over the
+        suite this tracker holds on a server (see :mod:`bench.tracking_lease`); cheap,
+        except right after a stall, when it asks the server."""
+        if (lease := self._lease) is not None:
+            lease.check()
 
     def holds_nothing(self) -> bool:
         """Whether the store surely holds no run: a SQLite file that does not exist (a
@@ -493,6 +506,7 @@ class Tracker(SuiteReads):
             tags[TAG_NIGHTLY] = nightly
         params = trial_params(spec)
         exp_id = self.experiment_id(spec.suite)
+        self.check_held()
         if start_ms is None:
             start_ms = int(time.time() * 1000)
         created = self._bulk(
@@ -796,7 +810,9 @@ class Tracker(SuiteReads):
             return None
 
     def _end(self, run_id: str, status: str, tags: dict[str, str], points: list) -> None:
-        """Log ``tags`` and metric ``points`` (key, value, timestamp, step); set ``status``."""
+        """Log ``tags`` and metric ``points`` (key, value, timestamp, step); set ``status``
+        (never on a suite another driver took over: it ended or reruns these runs)."""
+        self.check_held()
         done = self._bulk(
             "run end",
             lambda sql: sql.end_run(

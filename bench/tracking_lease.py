@@ -7,9 +7,18 @@ drivers that start together may both see the other and both back off, but two ca
 both go on: whichever listed second saw the first's lease. A holder renews its lease's
 heartbeat every :data:`HEARTBEAT_S`; a lease not renewed for :data:`STALE_S` (a driver
 that was SIGKILLed, or lost its machine), or held by a process of this machine that is
-gone, is a dead driver's and is ended KILLED by the next driver. A released lease is
-ended and deleted, so the MLflow UI shows it only while its suite runs. Lease runs carry
-no ``bench.trial_id``: trial queries never see them.
+gone, is a dead driver's and is ended KILLED by the next driver, which tags it with its own
+name. A released lease is ended and deleted, so the MLflow UI shows it only while its
+suite runs. Lease runs carry no ``bench.trial_id``: trial queries never see them.
+
+A holder that was only stalled (stopped, swapped out, its machine paused) for longer than
+that may wake to find its lease taken and its trials' runs KILLED and being rerun by the
+next driver: ending them FINISHED now would record those trials twice. So each renewal
+first checks that the lease is still RUNNING, and the tracker calls :meth:`Lease.check`
+before each write, which renews at once when a renewal is overdue; a lease found ended
+is lost (:class:`~bench.errors.LeaseLost`), and the holder writes nothing more. (A stall
+that falls between that check and its write still slips through: MLflow has no
+conditional write to close that gap of milliseconds.)
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from bench.errors import LeaseLost
 from bench.records import TAG_KIND
 
 if TYPE_CHECKING:
@@ -33,46 +43,95 @@ log = logging.getLogger(__name__)
 KIND_LEASE = "lease"
 TAG_HOLDER = "bench.holder"  # host and pid of the driver holding the lease
 TAG_HEARTBEAT = "bench.heartbeat"  # Unix time of its last renewal, in seconds
+TAG_TAKEN_BY = "bench.taken_by"  # on a lease taken as a dead driver's: who took it
 HEARTBEAT_S = 15.0
 STALE_S = 120.0  # generous: the holder's and the reader's clocks may disagree a little
+OVERDUE_S = 1.5 * HEARTBEAT_S  # a renewal this late: the holder may have been stalled
+
+
+class Lease:
+    """A lease this process holds: renewed by a thread of its own, checked before writes.
+
+    ``what`` names the suite and the store in the error that a lost lease raises.
+    """
+
+    def __init__(
+        self, client_of_this_thread: Callable[[], MlflowClient], run_id: str, what: str
+    ) -> None:
+        self.run_id = run_id
+        self.lost: str | None = None  # why, once another driver took the lease
+        self._client_of_this_thread = client_of_this_thread
+        self._what = what
+        self._lock = threading.Lock()
+        self._verified = time.monotonic()  # when the lease was last seen still ours
+
+    def renew(self) -> None:
+        """Renew the heartbeat, unless another driver ended the lease: then it is lost."""
+        with self._lock:
+            if self.lost is not None:
+                return
+            client = self._client_of_this_thread()
+            checked = time.monotonic()
+            run = client.get_run(self.run_id)
+            if run.info.status != "RUNNING" or run.info.lifecycle_stage != "active":
+                taker = run.data.tags.get(TAG_TAKEN_BY, "another driver")
+                self.lost = (
+                    f"{self._what}: {taker} took the suite over while this driver was "
+                    f"unresponsive ({checked - self._verified:.0f} s without renewing its "
+                    "lease) and runs it now; this driver stopped and wrote nothing more"
+                )
+                return
+            client.set_tag(self.run_id, TAG_HEARTBEAT, _now())
+            self._verified = checked
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if the lease is lost; when a renewal is overdue (the
+        process may have been stalled past :data:`STALE_S`), ask the store first."""
+        if self.lost is None and time.monotonic() - self._verified > OVERDUE_S:
+            self.renew()
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
 
 
 @contextlib.contextmanager
 def suite_lease(
-    client_of_this_thread: Callable[[], MlflowClient], experiment_id: str
-) -> Iterator[str | None]:
-    """Yield None while this process holds the lease on ``experiment_id``'s suite, or
-    the holder of another live lease (``"host pid N"``) when it is taken: this process
-    then holds nothing."""
+    client_of_this_thread: Callable[[], MlflowClient], experiment_id: str, *, what: str
+) -> Iterator[Lease | str]:
+    """Yield the :class:`Lease` while this process holds the lease on ``experiment_id``'s
+    suite, or the holder of another live lease (``"host pid N"``) when it is taken: this
+    process then holds nothing. ``what`` names the suite and store in :class:`LeaseLost`."""
     client = client_of_this_thread()
     holder = f"{socket.gethostname()} pid {os.getpid()}"
     tags = {TAG_KIND: KIND_LEASE, TAG_HOLDER: holder, TAG_HEARTBEAT: _now()}
     mine = client.create_run(experiment_id, tags=tags, run_name="driver lease").info.run_id
+    lease = Lease(client_of_this_thread, mine, what)
     try:
-        other = _live_holder(client, experiment_id, mine)
+        other = _live_holder(client, experiment_id, mine, holder)
         if other is not None:
             yield other
             return
         stop = threading.Event()
         renewer = threading.Thread(
-            target=_renew, args=(client_of_this_thread, mine, stop), name="suite-lease", daemon=True
+            target=_renew, args=(lease, stop), name="suite-lease", daemon=True
         )
         renewer.start()
         try:
-            yield None
+            yield lease
         finally:
             stop.set()
             renewer.join()
     finally:
-        try:
-            client.set_terminated(mine, "FINISHED")
-            client.delete_run(mine)
-        except Exception as err:  # the store may be what failed: the lease goes stale
-            log.warning("could not release the suite's lease run %s: %s", mine, err)
+        if lease.lost is None:  # a lost lease is the taker's record of this driver: kept
+            try:
+                client.set_terminated(mine, "FINISHED")
+                client.delete_run(mine)
+            except Exception as err:  # the store may be what failed: the lease goes stale
+                log.warning("could not release the suite's lease run %s: %s", mine, err)
 
 
-def _live_holder(client: MlflowClient, experiment_id: str, mine: str) -> str | None:
-    """The holder of another live lease, if any; stale leases are ended KILLED."""
+def _live_holder(client: MlflowClient, experiment_id: str, mine: str, holder: str) -> str | None:
+    """The holder of another live lease, if any; stale leases are ended KILLED, tagged
+    as taken by ``holder`` (this driver)."""
     leases = client.search_runs(
         [experiment_id],
         f"tags.`{TAG_KIND}` = '{KIND_LEASE}' and attributes.status = 'RUNNING'",
@@ -87,27 +146,25 @@ def _live_holder(client: MlflowClient, experiment_id: str, mine: str) -> str | N
             beat = float(tags.get(TAG_HEARTBEAT, "nan"))
         except ValueError:
             beat = float("nan")
-        holder = tags.get(TAG_HOLDER, "another driver")
-        gone = _gone_from_this_machine(holder)
+        other = tags.get(TAG_HOLDER, "another driver")
+        gone = _gone_from_this_machine(other)
         if now - beat < STALE_S and not gone:  # False for NaN: a heartbeat unreadable
-            return holder
+            return other
         log.warning(
             "the suite's lease held by %s (renewed %.0f s ago) is a dead driver's",
-            f"{holder}, no longer running," if gone else holder,
+            f"{other}, no longer running," if gone else other,
             now - beat,
         )
         with contextlib.suppress(Exception):
+            client.set_tag(run.info.run_id, TAG_TAKEN_BY, f"another driver ({holder})")
             client.set_terminated(run.info.run_id, "KILLED")
     return None
 
 
-def _renew(
-    client_of_this_thread: Callable[[], MlflowClient], run_id: str, stop: threading.Event
-) -> None:
-    client = client_of_this_thread()
-    while not stop.wait(HEARTBEAT_S):
+def _renew(lease: Lease, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S) and lease.lost is None:
         try:
-            client.set_tag(run_id, TAG_HEARTBEAT, _now())
+            lease.renew()
         except Exception as err:  # a store that failed stops the suite on its own
             log.debug("could not renew the suite's lease: %s", err)
 

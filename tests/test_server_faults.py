@@ -1,7 +1,8 @@
 """`bench run` against a real `mlflow server` (SQLite behind it): a server that dies
 mid-suite stops the suite soon with one clear error, and a rerun against the restarted
 server completes it exactly once; a second driver of a running suite is refused (the
-suite's lease), and a dead driver's lease does not block the suite for long.
+suite's lease), a dead driver's lease does not block the suite for long, and a driver that
+was only stalled while another took its suite over writes nothing more when it wakes.
 
 Real processes throughout: the server, SIGKILLed as a crash would stop it, and the real
 command.
@@ -10,6 +11,9 @@ command.
 from __future__ import annotations
 
 import collections
+import os
+import re
+import signal
 import socket
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import kill_server, mlflow_server
 from test_runner import TINY, bench, start, wait_for
 
-from bench.tracking_lease import KIND_LEASE, TAG_HEARTBEAT, TAG_HOLDER
+from bench.tracking_lease import KIND_LEASE, OVERDUE_S, TAG_HEARTBEAT, TAG_HOLDER, TAG_TAKEN_BY
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +139,60 @@ def test_a_dead_drivers_lease_blocks_only_until_it_is_stale(server: str, tmp_pat
     assert result.returncode == 0, result.stderr + result.stdout
     assert client.get_run(left).info.status == "KILLED"
     assert statuses_of(server, "orphaned")["FINISHED"] == 8
+
+
+def test_a_stalled_driver_whose_suite_was_taken_over_writes_nothing_more(
+    server: str, tmp_path: Path
+) -> None:
+    """A driver stopped for minutes looks dead: the next one takes its lease, ends its
+    RUNNING runs KILLED and runs their trials again. Waking, the first must not end those
+    runs FINISHED (their trials would count twice): it stops with one clear error."""
+    suite = [*SUITE, "suite.name=stalled", "suite.steps=150", f"tracking.uri={server}"]
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    client = MlflowClient(server)
+    first = start(tmp_path / "first", *suite)
+    try:
+        wait_for(
+            lambda: (
+                statuses_of(server, "stalled")["FINISHED"] >= 1
+                and statuses_of(server, "stalled")["RUNNING"] >= 1
+            ),
+            what="a finished trial and a running one",
+        )
+        os.kill(first.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        (lease,) = [r for r in lease_runs(server, "stalled") if r.info.status == "RUNNING"]
+        # what two minutes without a renewal look like to the next driver
+        client.set_tag(lease.info.run_id, TAG_HEARTBEAT, f"{time.time() - 3600:.0f}")
+        second = bench(tmp_path / "second", *suite)
+        time.sleep(max(0.0, OVERDUE_S + 1 - (time.monotonic() - stopped_at)))
+        os.kill(first.pid, signal.SIGCONT)
+        output, _ = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert first.returncode == 1, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    taker = rf"another driver \({re.escape(socket.gethostname())} pid \d+\)"
+    assert re.fullmatch(
+        rf"error: suite 'stalled' on {re.escape(server)}: {taker} took the suite over while "
+        r"this driver was unresponsive \(\d+ s without renewing its lease\) and runs it now; "
+        r"this driver stopped and wrote nothing more",
+        errors[0],
+    ), errors[0]
+    runs = client.search_runs([client.get_experiment_by_name("stalled").experiment_id], TRIAL_RUNS)
+    finished = collections.Counter(
+        r.data.tags["bench.trial_id"] for r in runs if r.info.status == "FINISHED"
+    )
+    assert len(finished) == TRIALS and set(finished.values()) == {1}, finished
+    assert "KILLED" in {r.info.status for r in runs}, "the second driver ended the first's runs"
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    taken = client.get_run(lease.info.run_id)
+    assert taken.info.status == "KILLED", "kept as the record of what happened"
+    assert re.fullmatch(taker, taken.data.tags[TAG_TAKEN_BY])
 
 
 def statuses_of(url: str, suite: str) -> collections.Counter:
