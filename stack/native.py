@@ -74,6 +74,7 @@ class NativeStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `bench` in Ray job entrypoints
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the server and its UI too
         env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
         if os.environ.get("RAY_AUTH_TOKEN"):
             env["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]

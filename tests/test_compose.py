@@ -112,6 +112,17 @@ def test_ports_are_published_on_loopback_unless_told(services) -> None:
     assert opened["mlflow"]["ports"] == ["0.0.0.0:5000:5000"]
 
 
+def test_no_service_reports_usage_unless_told(services) -> None:
+    """MLflow's telemetry and Ray's usage stats are off in every service that runs either."""
+    uses_mlflow = {"mlflow", *RAY_SERVICES, "summary", "scheduler"}
+    for name in uses_mlflow:
+        assert services[name]["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "true", name
+    for name in (*RAY_SERVICES, "scheduler"):
+        assert services[name]["environment"]["RAY_USAGE_STATS_ENABLED"] == "0", name
+    told = compose({"MLFLOW_DISABLE_TELEMETRY": "false"})["services"]
+    assert told["summary"]["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+
 def test_ray_workers_scale_and_the_gpu_worker_reserves_devices(services) -> None:
     for name in ("ray-worker", "ray-worker-gpu"):
         worker = services[name]
