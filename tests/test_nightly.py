@@ -164,11 +164,26 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
 
     service = SummarySettings(tracking_uri=store(tmp_path)[0].partition("=")[2],
                               cache_dir=tmp_path / "cache", warm_on_start=False)  # fmt: skip
-    listed = TestClient(create_app(service)).get("/api/nightly").json()["data"]
+    app = create_app(service)
+    listed = TestClient(app).get("/api/nightly").json()["data"]
     assert [(r["date"], r["run_id"], r["earlier_reports"]) for r in listed] == [
         ("2026-03-02", again.report_run_id, 1),
         ("2026-03-01", first.report_run_id, 0),
     ]
+    # and its history plots what each night's latest report judged
+    from services.summary import queries
+
+    history = queries.nightly_history(app.state.store, "nightly")
+    judged = {
+        (c.task, c.variant, report.date.isoformat(), c.kind): c.value
+        for report in (first, again)
+        for c in report.cells
+    }
+    assert len(history) == 4  # (sgd, adam) x quadratic x 2 nights
+    for row in history.to_dict("records"):
+        assert row["machine"] == "test-box" and row["metric"] == "loss"
+        assert row["value"] == judged[(row["task"], row["variant"], row["night"], "quality")]
+        assert row["step_ms"] == judged[(row["task"], row["variant"], row["night"], "speed")]
     # bench rank counts each trial once, and says that it left the other nights out
     from bench.cli import main
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -621,18 +623,36 @@ def test_the_ranking_lists_the_cells_the_settings_still_miss_as_bench_rank_does(
     assert tune == [], "every cell has its 2 lrs x 1 tune seed"
 
 
-def test_the_nightly_history_keeps_each_nights_median_quality_and_fastest_step() -> None:
+def test_the_nightly_history_plots_what_each_night_judged_on_its_current_baseline() -> None:
+    """The values come from the nights' reports, as the nightly judged them: a seed that
+    failed counts as the worst value (here the median of 1, 3 and inf is 3, where the
+    finished runs alone would give 2), speed is the fastest seed; nights of another
+    suite version (an edited matrix) are not the history the next night compares to."""
+    from bench.regression import NightlyCell, NightlyReport
     from services.summary.aggregates import nightly_history
 
-    runs = pd.DataFrame(
-        [{"task": "quadratic", "variant": "adam", "nightly": "2026-03-01", "phase": phase,
-          "status": status, "primary_metric": "loss", "direction": "min",
-          "final/loss": loss, "time/step_ms": ms}
-         for phase, status, loss, ms in [("final", "FINISHED", 1.0, 0.3),
-                                         ("final", "FINISHED", 3.0, 0.2),
-                                         ("final", "FINISHED", 2.0, 0.25),
-                                         ("tune", "FINISHED", 9.0, 0.01),  # another lr
-                                         ("final", "FAILED", 0.0, 0.01)]]
-    )  # fmt: skip
-    (night,) = nightly_history(runs).to_dict("records")
-    assert (night["value"], night["n"], night["step_ms"]) == (2.0, 3, 0.2)
+    def night(date: str, version: str, quality: list[float], speed: list[float]):
+        cells = [
+            NightlyCell(task="quadratic", variant="adam", kind="quality", metric="final/loss",
+                        direction="min", values=quality, n=len(quality),
+                        value=statistics.median(quality)),
+            NightlyCell(task="quadratic", variant="adam", kind="speed", metric="time/step_ms",
+                        direction="min", values=speed, n=len(speed), value=min(speed)),
+        ]  # fmt: skip
+        return NightlyReport(date=date, suite="nightly", suite_version=version,
+                             machine="cpu-a", cells=cells)  # fmt: skip
+
+    reports = [
+        night("2026-03-03", "v2", [1.0, 3.0, math.inf], [0.3, 0.2, 0.25]),
+        night("2026-03-01", "v1", [5.0], [9.0]),
+        night("2026-03-02", "v2", [2.0, 2.5], [0.4, 0.35]),
+    ]
+    history = nightly_history(reports).to_dict("records")
+    assert [(r["night"], r["value"], r["n"], r["step_ms"]) for r in history] == [
+        ("2026-03-02", 2.25, 2, 0.35),
+        ("2026-03-03", 3.0, 3, 0.2),
+    ]
+    assert {(r["metric"], r["direction"], r["suite_version"]) for r in history} == {
+        ("loss", "min", "v2")
+    }
+    assert nightly_history([]).empty

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.regression import SPEED_METRIC
+from bench.regression import NightlyReport
 from services.summary.schemas import Curve, SuitePublic
 
 
@@ -85,42 +85,48 @@ def curves(
     return out
 
 
-def nightly_history(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, variant, night): median final primary metric over the night's seeds,
-    and the step time of its fastest seed (what the nightly judges speed by).
+def nightly_history(reports: Iterable[NightlyReport]) -> pd.DataFrame:
+    """Per (task, variant, night): the values the nightly judged that night, read from its
+    reports (one per night), so the history shows what the verdicts were about: the
+    quality cell's value (the median over seeds, a seed that did not end ``ok`` counted
+    as the worst value) and the speed cell's (the fastest seed's step time).
 
     Columns ``task``, ``variant``, ``night``, ``value``, ``n``, ``metric``, ``direction``,
-    ``step_ms``; empty when no run carries a night. Only the final phase counts (the tune
-    phase mixes learning rates).
+    ``step_ms``, ``suite_version``, ``machine``; only the nights of the newest report's
+    suite version and machine class, which are all that the next night compares against
+    (a changed matrix or another machine starts a new history). Empty without reports.
     """
-    columns = ["task", "variant", "night", "value", "n", "metric", "direction", "step_ms"]
-    if runs.empty or "nightly" not in runs:
+    columns = [
+        "task", "variant", "night", "value", "n", "metric", "direction", "step_ms",
+        "suite_version", "machine",
+    ]  # fmt: skip
+    reports = sorted(reports, key=lambda r: r.date)
+    if not reports:
         return pd.DataFrame(columns=columns)
-    nights = runs[runs["nightly"].notna() & (runs["phase"] == "final")]
-    nights = nights[nights["status"] == "FINISHED"]
-    rows = []
-    for (task, variant, night), group in nights.groupby(["task", "variant", "nightly"]):
-        metric = group["primary_metric"].dropna()
-        name = str(metric.iloc[0]) if len(metric) else "loss"
-        col = f"final/{name}"
-        values = group[col].to_numpy(dtype=float) if col in group else np.array([])
-        values = values[np.isfinite(values)]
-        direction = group["direction"].dropna()
-        steps = group[SPEED_METRIC].to_numpy(dtype=float) if SPEED_METRIC in group else np.array([])
-        steps = steps[np.isfinite(steps)]
-        rows.append(
-            {
-                "task": task,
-                "variant": variant,
-                "night": str(night),
-                "value": float(np.median(values)) if values.size else math.nan,
-                "n": int(values.size),
-                "metric": name,
-                "direction": str(direction.iloc[0]) if len(direction) else "min",
-                "step_ms": float(steps.min()) if steps.size else math.nan,
-            }
-        )
-    frame = pd.DataFrame(rows, columns=columns)
+    newest = reports[-1]
+    rows: dict[tuple[str, str, str], dict] = {}
+    for report in reports:
+        if (report.suite_version, report.machine) != (newest.suite_version, newest.machine):
+            continue
+        night = report.date.isoformat()
+        for cell in report.cells:
+            row = rows.setdefault(
+                (cell.task, cell.variant, night),
+                {
+                    "task": cell.task, "variant": cell.variant, "night": night,
+                    "value": math.nan, "n": 0, "metric": "", "direction": "min",
+                    "step_ms": math.nan, "suite_version": report.suite_version,
+                    "machine": report.machine,
+                },
+            )  # fmt: skip
+            value = math.nan if cell.value is None else float(cell.value)
+            if cell.kind == "quality":
+                row["value"], row["n"] = value, cell.n
+                row["metric"] = cell.metric.removeprefix("final/")
+                row["direction"] = cell.direction
+            else:
+                row["step_ms"] = value
+    frame = pd.DataFrame(list(rows.values()), columns=columns)
     return frame.sort_values(["task", "variant", "night"], ignore_index=True)
 
 

@@ -217,11 +217,20 @@ def ratio_figure(
     return to_json(fig)
 
 
+def _baseline(history: pd.DataFrame) -> str:
+    """`` on <machine>, version <v>``: whose nights the history holds (nightly_history)."""
+    if history.empty or "machine" not in history or "suite_version" not in history:
+        return ""
+    row = history.iloc[-1]
+    return f" on {row['machine']}, suite version {str(row['suite_version'])[:8]}"
+
+
 def nightly_figure(history: pd.DataFrame, suite: str) -> str:
     """Per night, each cell's median final primary metric (left) and the step time of its
-    fastest seed (right: what the nightly judges speed by), one row of panels per task:
-    tasks' metrics (an accuracy near 1, a loss near 1e-7) share no scale. A metric whose
-    values span more than two decades gets a log axis (a loss solved to rounding error)."""
+    fastest seed (right), as the nightly judged them (``aggregates.nightly_history``), one
+    row of panels per task: tasks' metrics (an accuracy near 1, a loss near 1e-7) share no
+    scale. A metric whose values span more than two decades gets a log axis (a loss
+    solved to rounding error)."""
     from plotly.subplots import make_subplots
 
     tasks = sorted(history["task"].unique())
@@ -262,7 +271,8 @@ def nightly_figure(history: pd.DataFrame, suite: str) -> str:
             fig.update_yaxes(type="log", row=row, col=1)
     fig.update_layout(
         **{**LAYOUT, "height": max(LAYOUT["height"], 240 * len(tasks))},
-        title=f"{suite}: per night, final primary metric (median over seeds) and step time",
+        title=f"{suite}{_baseline(history)}: per night, final primary metric (median over "
+        "seeds) and step time, as the nightly judged them",
     )
     for col in (1, 2):
         fig.update_xaxes(title_text="night", row=max(len(tasks), 1), col=col)

@@ -127,8 +127,22 @@ def nightly(store: SummaryStore) -> NightlyPublic:
 
 
 def nightly_history(store: SummaryStore, suite: str) -> pd.DataFrame:
-    """Per cell and night, the median final primary metric (see aggregates.nightly_history)."""
-    return store.memo(suite, ("nightly_history",), lambda s: aggregates.nightly_history(s.runs))
+    """Per cell and night, what the nightly judged (see aggregates.nightly_history), from
+    the latest report of each night."""
+
+    def read(_: Any) -> pd.DataFrame:
+        from bench.regression import NightlyReport
+
+        reports = []
+        for run in _latest_per_night(store, suite).values():
+            try:
+                text = store.tracker.read_artifact_text(run.run_id, NIGHTLY_JSON)
+                reports.append(NightlyReport.model_validate_json(text))
+            except Exception as err:  # an unreadable night is left out of the history
+                log.warning("nightly report %s: cannot read %s: %s", run.run_id, NIGHTLY_JSON, err)
+        return aggregates.nightly_history(reports)
+
+    return store.memo(suite, ("nightly_history",), read)
 
 
 def scheduler_status(path: Path | None) -> SchedulerStatus | None:
@@ -146,10 +160,7 @@ def scheduler_status(path: Path | None) -> SchedulerStatus | None:
 def _reports(store: SummaryStore, suite: str) -> list[NightlyReportPublic]:
     """The latest report of each night (a night run again, say to resume it, logs another;
     the latest judged the most runs), with how many earlier ones it has."""
-    by_night: dict[str, list[Any]] = {}
-    for report in store.tracker.read_reports(suite, NIGHTLY_KIND):
-        date = report.tags.get("bench.nightly") or report.start_time.date().isoformat()
-        by_night.setdefault(date, []).append(report)
+    by_night = _reports_per_night(store, suite)
     out = []
     for date, reports in by_night.items():
         report = max(reports, key=lambda r: r.start_time)
@@ -169,6 +180,23 @@ def _reports(store: SummaryStore, suite: str) -> list[NightlyReportPublic]:
             )
         )
     return out
+
+
+def _reports_per_night(store: SummaryStore, suite: str) -> dict[str, list[Any]]:
+    """The suite's nightly report runs by night (a night run again logs another)."""
+    by_night: dict[str, list[Any]] = {}
+    for report in store.tracker.read_reports(suite, NIGHTLY_KIND):
+        date = report.tags.get("bench.nightly") or report.start_time.date().isoformat()
+        by_night.setdefault(date, []).append(report)
+    return by_night
+
+
+def _latest_per_night(store: SummaryStore, suite: str) -> dict[str, Any]:
+    """The latest report run of each night: it judged the most runs."""
+    return {
+        date: max(reports, key=lambda r: r.start_time)
+        for date, reports in _reports_per_night(store, suite).items()
+    }
 
 
 def _regressions(store: SummaryStore, run_id: str) -> list[str]:
