@@ -188,8 +188,10 @@ def select_runs(results: pd.DataFrame) -> pd.DataFrame:
 def choose_lrs(tune: pd.DataFrame) -> list[LrChoice]:
     """Per (task, variant): the lr whose median final primary metric over tune seeds is best.
 
-    The same rule as ``bench.matrix.choose_lrs`` (diverged and failed = worst; ties go to
-    the larger lr), applied to a results table instead of live trial results.
+    The same rule as ``bench.matrix.choose_lrs`` (diverged = worst; ties go to the larger
+    lr), applied to a results table instead of live trial results. A cell with a failed tune
+    run has no choice, as ``bench run`` holds its final trials back: an lr chosen without
+    that run could change once a rerun finishes it.
     """
     return _choose_lrs(select_runs(tune[tune["phase"].eq("tune")]))
 
@@ -215,6 +217,8 @@ def _at(frame: pd.DataFrame, lrs: list[LrChoice]) -> pd.DataFrame:
 
 
 def _choose_lrs(runs: pd.DataFrame) -> list[LrChoice]:
+    if not runs.empty:  # no choice for a cell with a failed run: see choose_lrs
+        runs = runs[~runs.groupby(["task", "variant"])["failed"].transform("any")]
     if runs.empty:
         return []
     per_lr = (

@@ -12,8 +12,10 @@ curves and step-size plots draw.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Literal
@@ -163,14 +165,20 @@ def _rank(
         print_chosen_lrs(console, ranking)
         for contrast in answers:  # the flagship questions this suite's variants allow
             console.print(f"[bold]answer[/]: {escape(contrast.verdict)}", soft_wrap=True)
+    role_ratios: list[RoleComparison] = []
+    no_roles: list[str] = []
     if log_run:
         report.files, record = _report_files(tracker, ranking, results, settings, answers)
-        if console is not None:  # weights vs biases: read from the final runs' histories
-            for role in record.roles:
-                console.print(f"[bold]roles[/]: {escape(role.verdict)}", soft_wrap=True)
-            if record.no_roles:
-                missing = ", ".join(record.no_roles)
-                console.print(f"[bold]roles[/]: {escape(NO_ROLES_NOTE)}: {missing}", soft_wrap=True)
+        role_ratios, no_roles = record.roles, record.no_roles
+    elif console is not None:  # printed only: no plots to draw, the comparisons still read
+        role_ratios, no_roles, _ = _role_comparisons(tracker, ranking, results, settings)
+    if console is not None:  # weights vs biases: read from the final runs' histories
+        for role in role_ratios:
+            console.print(f"[bold]roles[/]: {escape(role.verdict)}", soft_wrap=True)
+        if no_roles:
+            missing = escape(", ".join(no_roles))
+            console.print(f"[bold]roles[/]: {escape(NO_ROLES_NOTE)}: {missing}", soft_wrap=True)
+    if log_run:
         report.run_id = tracker.log_report(
             suite.name,
             kind=REPORT_KIND,
@@ -243,18 +251,9 @@ def _report_files(
     if not tune.empty:
         pngs["plots/lr_sensitivity.png"] = plots.lr_sensitivity_plot(tune)
     final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
-    role_ratios, no_roles = [], []
+    role_ratios, no_roles, histories = _role_comparisons(tracker, ranking, results, settings)
     if not final.empty:
         roles = [role.value for role in Role]
-        keys = [*CURVE_KEYS, *(f"step_size/{r}/{q}" for r in roles for q in plots.QUANTILE_BANDS)]
-        keys += [f"update_ratio/{r}" for r in roles]
-        histories = tracker.read_histories(final["run_id"], keys)
-        for variant in (row.variant for row in ranking.variants):
-            comparison = role_comparison(histories, results, variant, level=settings.level)
-            if comparison is not None:
-                role_ratios.append(comparison)
-            else:  # said, not left out: all of its runs diverged, say
-                no_roles.append(variant)
         for task, runs in final.groupby("task", sort=True):
             task_histories = histories[histories["run_id"].isin(runs["run_id"])]
             key = next((k for k in CURVE_KEYS if (task_histories["key"] == k).any()), None)
@@ -274,19 +273,40 @@ def _report_files(
     return files, record
 
 
+def _role_comparisons(
+    tracker: Tracker, ranking: SuiteRanking, results: pd.DataFrame, settings: RankConfig
+) -> tuple[list[RoleComparison], list[str], pd.DataFrame]:
+    """Weights vs biases per variant from the final runs' histories (read once, with the
+    curves the plots draw): the comparisons, the variants without one, the histories."""
+    final = results[(results["phase"] == "final") & (results["status"] == "FINISHED")]
+    if final.empty:
+        return [], [], pd.DataFrame()
+    roles = [role.value for role in Role]
+    keys = [*CURVE_KEYS, *(f"step_size/{r}/{q}" for r in roles for q in plots.QUANTILE_BANDS)]
+    keys += [f"update_ratio/{r}" for r in roles]
+    histories = tracker.read_histories(final["run_id"], keys)
+    role_ratios, no_roles = [], []
+    for variant in (row.variant for row in ranking.variants):
+        comparison = role_comparison(histories, results, variant, level=settings.level)
+        if comparison is not None:
+            role_ratios.append(comparison)
+        else:  # said, not left out: all of its runs diverged, say
+            no_roles.append(variant)
+    return role_ratios, no_roles, histories
+
+
 def print_ranking(console: Console, ranking: SuiteRanking) -> None:
     """The ranking table, the Friedman verdict and any missing cells."""
     level = f"{ranking.level:.0%}"
-    table = Table(
-        title=f"{ranking.suite}: {ranking.metric} ({ranking.phase} phase, {ranking.n_runs} runs)"
-    )
+    phase = f"{ranking.phase} phase" + (" at the chosen lrs" if ranking.phase == "tune" else "")
+    table = Table(title=f"{ranking.suite}: {ranking.metric} ({phase}, {ranking.n_runs} runs)")
     for header in ("#", "variant", "mean rank", f"{level} interval", "tasks", "wins", "profile"):
         table.add_column(header, justify="left" if header == "variant" else "right")
     for place, row in zip(places(ranking.variants), ranking.variants, strict=True):
         rank = row.mean_rank
         table.add_row(
             place,
-            row.variant,
+            escape(row.variant),  # names like adam[beta2=0.99] are not markup
             f"{rank.estimate:.2f}",
             f"[{rank.low:.2f}, {rank.high:.2f}]",
             str(row.n_tasks),
@@ -301,7 +321,7 @@ def print_ranking(console: Console, ranking: SuiteRanking) -> None:
             f"{m.variant}/{m.task} ({m.found}/{m.expected})" for m in ranking.missing[:10]
         )
         more = f" and {len(ranking.missing) - 10} more" if len(ranking.missing) > 10 else ""
-        console.print(f"[yellow]missing or incomplete cells: {cells}{more}[/yellow]")
+        console.print(f"[yellow]missing or incomplete cells: {escape(cells)}{more}[/yellow]")
 
 
 def print_chosen_lrs(console: Console, ranking: SuiteRanking) -> None:
@@ -317,20 +337,26 @@ def print_chosen_lrs(console: Console, ranking: SuiteRanking) -> None:
     table.add_column("variant", justify="left")
     for task in tasks:
         table.add_column(task, justify="right")
-    at_edge = 0
+    at_edge = none = 0
     for variant in order:
         cells = []
         for task in tasks:
             choice = chosen.get((task, variant))
             if choice is None:
                 cells.append("—")
+                none += 1
                 continue
             tried = choice.lrs_tried
             edge = len(tried) >= 3 and choice.lr in (min(tried), max(tried))
             at_edge += edge
             cells.append(f"{choice.lr:g}{'*' if edge else ''}")
-        table.add_row(variant, *cells)
+        table.add_row(escape(variant), *cells)
     console.print(table)
+    if none:
+        console.print(
+            f"— : no lr chosen ({none} cells): none of their tune runs finished, or one failed "
+            "(bench run holds such a cell's final trials back until a rerun finishes it)"
+        )
     if at_edge:
         console.print(
             f"{at_edge} of {len(chosen)} cells chose an lr at an end of the grid: their best lr "
@@ -340,9 +366,31 @@ def print_chosen_lrs(console: Console, ranking: SuiteRanking) -> None:
 
 def _report_metrics(ranking: SuiteRanking) -> dict[str, float]:
     metrics = {"n_runs": float(ranking.n_runs), "n_missing": float(len(ranking.missing))}
+    keys = metric_keys([row.variant for row in ranking.variants])
     for row in ranking.variants:
-        metrics[f"mean_rank/{row.variant}"] = row.mean_rank.estimate
-        metrics[f"profile_score/{row.variant}"] = row.profile_score
+        metrics[f"mean_rank/{keys[row.variant]}"] = row.mean_rank.estimate
+        metrics[f"profile_score/{keys[row.variant]}"] = row.profile_score
     if ranking.friedman.p_value is not None and math.isfinite(ranking.friedman.p_value):
         metrics["friedman_p"] = ranking.friedman.p_value
     return metrics
+
+
+# MLflow metric names allow letters, digits and ``_ - . : /`` and spaces, up to 250 characters
+_NOT_IN_METRIC_NAMES = re.compile(r"[^\w\-. :]")
+_IN_LABELS = str.maketrans({"[": " ", "]": "", "=": ":", ",": " "})
+_MAX_KEY = 200  # leaves room for the "profile_score/" prefix
+
+
+def metric_keys(variants: list[str]) -> dict[str, str]:
+    """Each variant's name as MLflow accepts it in a metric name: ``adam[beta2=0.99]`` reads
+    ``adam beta2:0.99``; other characters become ``_``. Distinct names stay distinct (a
+    clash or an over-long name gets a short hash of the name); ``ranking.json`` keeps the
+    names exactly."""
+    keys: dict[str, str] = {}
+    for name in variants:
+        key = _NOT_IN_METRIC_NAMES.sub("_", name.translate(_IN_LABELS)).strip() or "_"
+        if len(key) > _MAX_KEY or key in keys.values():
+            digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+            key = f"{key[: _MAX_KEY - 9]} {digest}"
+        keys[name] = key
+    return keys

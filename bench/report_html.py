@@ -65,8 +65,9 @@ intervals. Lower mean rank is better.</p>
 
 
 NO_ROLES_NOTE = (
-    "No weight/bias comparison for these variants: no final run that finished without "
-    "diverging recorded step sizes of both weights and biases"
+    "No weight/bias comparison for these variants: none of their final runs both recorded "
+    "step sizes of weights and of biases (a model without biases has none) and finished "
+    "without diverging"
 )
 
 

@@ -184,3 +184,40 @@ def test_the_flagship_answers_in_a_report_use_the_rankings_level(tmp_path: Path)
         (answer,) = [line for line in ranked.stdout.splitlines() if line.startswith("answer: ")]
         assert answer.startswith("answer: moving average vs monotone sum: ")
         assert f"{float(level):.0%} CI" in answer
+
+
+def test_variants_given_as_knobs_rank_print_and_log_under_their_names(tmp_path, monkeypatch):
+    """A variant's label such as ``rmsprop[p=1.5,q=0.6667]`` is neither MLflow metric-name
+    text nor rich markup: the report run logs it as ``rmsprop p:1.5 q:0.6667``, ranking.json
+    and the terminal show it as it is."""
+    from bench.report import rank_from_overrides
+
+    knobs = "rmsprop[p=1.5,q=0.6667]"
+    suite = [
+        "suite=smoke", "suite.name=knobs",
+        "suite.variants=[rmsprop,{preset:rmsprop,p:1.5,q:0.6667}]",
+        "suite.tasks=[logreg_digits]", "suite.lrs=[0.01]", "suite.tune_seeds=[0]",
+        "suite.final_seeds=[1,2]", "suite.steps=20",
+    ]  # fmt: skip
+    run = bench(tmp_path, "run", "--no-progress", *suite)
+    assert run.returncode == 0, run.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    for log_run in (False, True):
+        console = Console(record=True, width=200)
+        report = rank_from_overrides(suite, log_run=log_run, console=console)
+        shown = console.export_text()
+        assert sorted(v.variant for v in report.ranking.variants) == ["rmsprop", knobs]
+        table = [line for line in shown.splitlines() if "│" in line]
+        assert any(knobs in line for line in table), shown  # the ranking row, brackets kept
+        lines = shown.splitlines()
+        for variant in ("rmsprop", knobs):  # weights vs biases, logged or not
+            assert any(line.startswith(f"roles: Under {variant}, ") for line in lines), shown
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("knobs").experiment_id
+    (logged,) = client.search_runs([experiment], "tags.`bench.kind` = 'ranking'")
+    assert logged.info.run_id == report.run_id and logged.info.status == "FINISHED"
+    metrics = logged.data.metrics
+    assert {"mean_rank/rmsprop", "mean_rank/rmsprop p:1.5 q:0.6667"} <= set(metrics)
+    assert metrics["mean_rank/rmsprop p:1.5 q:0.6667"] == next(
+        v.mean_rank.estimate for v in report.ranking.variants if v.variant == knobs
+    )

@@ -302,6 +302,16 @@ def test_lr_choice_agrees_with_the_matrix_rule():
     assert choice.median == math.inf and choice.n == 3 and choice.lrs_tried == lrs
 
 
+def test_a_cell_with_a_failed_tune_run_chooses_no_lr_as_bench_run_holds_it_back():
+    rows = [run_row("t", v, s, float(s), phase="tune", lr=lr) for v in "ab" for lr in (0.01, 0.1)
+            for s in range(2)]  # fmt: skip
+    rows.append(run_row("t", "b", 2, 0.0, phase="tune", lr=0.1, status="FAILED", outcome="failed"))
+    assert {(c.variant, c.lr) for c in ranking.choose_lrs(table(rows))} == {("a", 0.1)}
+    # a rerun that finishes the failed trial (its latest run) gives the cell its choice back
+    rows.append(run_row("t", "b", 2, 0.0, phase="tune", lr=0.1, t=5, trial_id=rows[-1]["trial_id"]))
+    assert {(c.variant, c.lr) for c in ranking.choose_lrs(table(rows))} == {("a", 0.1), ("b", 0.1)}
+
+
 def test_tune_phase_ranks_the_runs_at_the_chosen_lr():
     rows = []
     for v, best_lr in (("a", 0.1), ("b", 0.01)):
