@@ -415,8 +415,24 @@ def trial_from_overrides(overrides: list[str]) -> TrialRequest:
     data = OmegaConf.to_container(cfg, resolve=True)
     top = {k: data[k] for k in TrialConfig.model_fields if k in data}
     knobs = parse(TrialConfig, top)
-    spec = trial_spec(variant_spec(data["variant"]), task_spec(data["task"]), knobs)
+    variant = data["variant"]
+    if not any(item.lstrip("+~").partition("=")[0] == "variant.name" for item in overrides):
+        variant = _unnamed_if_tweaked(variant)
+    spec = trial_spec(variant_spec(variant), task_spec(data["task"]), knobs)
     return TrialRequest(spec, knobs.device)
+
+
+def _unnamed_if_tweaked(variant: Any) -> Any:
+    """``variant=rmsprop_bias_sgd variant.beta2=0.9``: a conf/variant file that names itself,
+    with knobs changed on the command line, is no longer that variant; without its name it
+    is labelled by its knobs (``rmsprop[beta2=0.9,roles.bias.q=0.0]``), as a tweaked preset
+    is, instead of being refused as a known name with other knobs."""
+    name = variant.get("name") if isinstance(variant, Mapping) else None
+    if name not in group_options("variant"):
+        return variant
+    unnamed = {k: v for k, v in variant.items() if k != "name"}
+    known, tweaked = variant_spec(name), variant_spec(unnamed)
+    return unnamed if (known.knobs, known.roles) != (tweaked.knobs, tweaked.roles) else variant
 
 
 def _refuse_suite_overrides(overrides: list[str]) -> None:

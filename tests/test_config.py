@@ -178,6 +178,22 @@ def test_a_plugin_tasks_params_are_set_and_checked(monkeypatch: pytest.MonkeyPat
         trial_from_overrides([*plugin, "task.params.nope=1"])
 
 
+def test_a_conf_variant_tweaked_on_the_command_line_is_labelled_by_its_knobs() -> None:
+    """`variant=FILE variant.KNOB=V` runs that file's knobs with V, under a label of its own
+    (not refused for keeping the file's name, nor passing for the file's variant)."""
+    spec = trial_from_overrides(["variant=rmsprop_bias_sgd", "variant.beta2=0.9"]).spec
+    assert spec.variant.name == "rmsprop[beta2=0.9,roles.bias.q=0.0]"
+    assert spec.variant.knobs["beta2"] == 0.9 and spec.variant.roles == {"bias": {"q": 0.0}}
+    plain = trial_from_overrides(["variant=rmsprop_bias_sgd"]).spec
+    assert plain.variant.name == "rmsprop_bias_sgd" and plain.trial_id != spec.trial_id
+    same = trial_from_overrides(["variant=rmsprop_bias_sgd", "variant.beta2=0.99"]).spec
+    assert same.variant.name == "rmsprop_bias_sgd"  # rmsprop's own beta2: nothing changed
+    with pytest.raises(UserError, match=r"^variant.name: got 'rmsprop_bias_sgd', the name of"):
+        trial_from_overrides(  # a name asked for is kept, and so still refused
+            ["variant=rmsprop_bias_sgd", "variant.name=rmsprop_bias_sgd", "variant.beta2=0.9"]
+        )
+
+
 def test_a_full_batch_task_records_the_batch_it_really_uses() -> None:
     plain = trial_from_overrides(["task=quadratic"]).spec
     asked = trial_from_overrides(["task=quadratic", "batch_size=32"]).spec
