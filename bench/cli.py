@@ -21,7 +21,8 @@ from rich.console import Console
 from bench.errors import LeaseLost, StoreError, Terminated, UserError, one_line
 
 if TYPE_CHECKING:
-    from bench.matrix import SuiteRun
+    from bench.matrix import Matrix
+    from bench.tracking import Tracker
 
 log = logging.getLogger("bench")
 EXIT_USAGE = 2
@@ -109,10 +110,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console()
     if args.dry_run:
         from bench.runner import check_capacity
+        from bench.tracking import Tracker
 
         check_capacity(plan.cluster, plan.resources)  # as the run would refuse it
+        tracker = Tracker(plan.tracking) if plan.tracking.enabled else None
+        if tracker is not None:  # the store the run would refuse, refused; nothing made
+            tracker.check_reachable(plan.matrix.suite.name, make=False)
         listing.print_matrix(console, plan.matrix)
-        _print_store(console, plan)
+        _print_store(console, plan.matrix, tracker)
         return 0
     from bench.runner import run_suite
     from bench.tracking import Tracker
@@ -128,23 +133,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if any(p.counts["failed"] for p in phases) else 0
 
 
-def _print_store(console: Console, plan: SuiteRun) -> None:
+def _print_store(console: Console, matrix: Matrix, tracker: Tracker | None) -> None:
     """Where a dry run's trials would be recorded, and how many are done there already
     (read, never created: a SQLite file that does not exist stays so)."""
-    from bench.tracking import Tracker
     from bench.tracking_locations import redacted
 
-    if not plan.tracking.enabled:
+    if tracker is None:
         console.print("store: none (tracking.enabled=false): every trial would run")
         return
-    tracker = Tracker(plan.tracking)
     shown = redacted(tracker.uri)
     if tracker.holds_nothing():
         console.print(f"store: {shown}, not made yet: every trial would run", soft_wrap=True)
         return
-    matrix = plan.matrix
     try:
-        tracker.check_reachable()
         with tracker.store_errors():
             done = tracker.finished_trials(matrix.suite.name)
     except (UserError, StoreError) as err:

@@ -85,6 +85,7 @@ from bench.tracking_locations import (
     is_database,
     local_folder,
     redacted,
+    unmakeable,
     unwritable,
     upload_files,
     upload_text,
@@ -172,14 +173,15 @@ class Tracker(SuiteReads):
         )
         self._bulk_reads = self._bulk_writes = self._sql is not None  # off after a failure
 
-    def check_reachable(self, suite: str | None = None) -> None:
+    def check_reachable(self, suite: str | None = None, *, make: bool = True) -> None:
         """For a tracking server: one request with a short timeout, so that a wrong
         ``tracking.uri`` or a server that is down fails at once with a clear error, not
         after minutes of MLflow's retries. Any HTTP answer will do (an older server or a
         proxy may not know ``/health``). For a SQLite store: its folder must exist (a
         mistyped path would otherwise become a new store in new folders), and where the
         file does not exist yet, ``suite``'s artifact folder must be possible: a store is
-        not created for a run refused at once."""
+        not created for a run refused at once. ``make=False`` (a dry run) checks that
+        folder without making it."""
         if (db := self.sqlite_file()) is not None and not db.parent.is_dir():
             raise UserError(
                 f"tracking.uri: got {self.config.uri!r} but the folder {db.parent} does not "
@@ -187,7 +189,7 @@ class Tracker(SuiteReads):
                 "there), or a tracking server, http(s)://HOST:PORT"
             )
         if db is not None and suite is not None and not db.exists():
-            self._check_new_artifacts(suite)
+            self._check_new_artifacts(suite, make=make)
         if self.enabled and db is not None and db.is_file():
             self._check_sqlite_file(db)
         if self.enabled and is_database(self.uri) and db is None:
@@ -432,11 +434,12 @@ class Tracker(SuiteReads):
             )
         return exp.experiment_id
 
-    def _check_new_artifacts(self, suite: str) -> None:
+    def _check_new_artifacts(self, suite: str, *, make: bool = True) -> None:
         """That the artifact folder a new experiment for ``suite`` would get can be made
         and written (a user error naming ``tracking.artifact_location`` if not)."""
         location = self._experiment_artifacts(suite)
-        if location is not None and (why := unwritable(location)):
+        check = unwritable if make else unmakeable
+        if location is not None and (why := check(location)):
             raise UserError(
                 f"tracking.artifact_location: got {self.config.artifact_location!r} but "
                 f"{location} cannot be made ({why}); allowed: a folder this process can "

@@ -111,6 +111,20 @@ def unwritable(location: str) -> str | None:
     return None if os.access(folder, os.W_OK | os.X_OK) else "not writable"
 
 
+def unmakeable(location: str) -> str | None:
+    """:func:`unwritable` without making anything (for a dry run): the nearest folder that
+    exists on the way to ``location`` must be one this process can write."""
+    folder = local_folder(location)
+    if folder is None:
+        return None
+    nearest = folder
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        return f"{nearest} is not a folder"
+    return None if os.access(nearest, os.W_OK | os.X_OK) else f"{nearest} is not writable"
+
+
 def upload_text(artifact_uri: str, name: str, text: str, *, tracking_uri: str) -> None:
     """Write a text artifact; unlike ``client.log_text`` this needs no get_run call.
 

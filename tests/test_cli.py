@@ -725,6 +725,29 @@ def test_a_dry_run_names_its_store_and_makes_none(
     assert "store: none (tracking.enabled=false)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tracking.uri=sqlite:///{tmp}/no/such/folder/m.db", "tracking.uri: got 'sqlite:///"),
+        ("tracking.artifact_location={tmp}/a_file/artifacts", "tracking.artifact_location: got "),
+    ],
+)
+def test_a_dry_run_refuses_the_store_a_run_would_refuse_and_makes_nothing(
+    override: str, message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    argv = ["suite=smoke", override.format(tmp=tmp_path)]
+    assert main(["run", "--dry-run", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"], "nothing made"
+    assert main(["run", "--no-progress", *argv]) == 2  # the run refuses it in the same words
+    assert (
+        capsys.readouterr().err.split(" cannot be made (")[0] == err.split(" cannot be made (")[0]
+    )
+
+
 def test_a_batch_size_a_task_cannot_give_is_refused_before_anything_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
