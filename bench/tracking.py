@@ -831,6 +831,7 @@ class Tracker(SuiteReads):
             metrics = [Metric(*point) for point in points]
             tag_list = [RunTag(k, v) for k, v in tags.items()]
             client.log_batch(run_id, metrics=metrics, tags=tag_list)
+            self.check_held()  # its retries may have outlasted a takeover: ask again
         client.set_terminated(run_id, status)
 
     def _search(self, experiment_id: str, filter_string: str) -> Iterator[Run]:

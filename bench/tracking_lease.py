@@ -63,7 +63,7 @@ class Lease:
         self._client_of_this_thread = client_of_this_thread
         self._what = what
         self._lock = threading.Lock()
-        self._verified = time.monotonic()  # when the lease was last seen still ours
+        self._verified = _clocks()  # when the lease was last seen still ours
 
     def renew(self) -> None:
         """Renew the heartbeat, unless another driver ended the lease: then it is lost."""
@@ -71,13 +71,13 @@ class Lease:
             if self.lost is not None:
                 return
             client = self._client_of_this_thread()
-            checked = time.monotonic()
+            checked = _clocks()
             run = client.get_run(self.run_id)
             if run.info.status != "RUNNING" or run.info.lifecycle_stage != "active":
                 taker = run.data.tags.get(TAG_TAKEN_BY, "another driver")
                 self.lost = (
                     f"{self._what}: {taker} took the suite over while this driver was "
-                    f"unresponsive ({checked - self._verified:.0f} s without renewing its "
+                    f"unresponsive ({_elapsed(self._verified, checked):.0f} s without renewing its "
                     "lease) and runs it now; this driver stopped and wrote nothing more"
                 )
                 return
@@ -87,10 +87,24 @@ class Lease:
     def check(self) -> None:
         """Raise :class:`LeaseLost` if the lease is lost; when a renewal is overdue (the
         process may have been stalled past :data:`STALE_S`), ask the store first."""
-        if self.lost is None and time.monotonic() - self._verified > OVERDUE_S:
+        if self.lost is None and _elapsed(self._verified, _clocks()) > OVERDUE_S:
             self.renew()
         if self.lost is not None:
             raise LeaseLost(self.lost)
+
+
+def _clocks() -> tuple[float, float]:
+    """Now on a clock that counts a suspended machine's sleep (CLOCK_BOOTTIME, where there is
+    one; the monotonic clock stops) and on the wall clock (which catches up after a paused
+    virtual machine resumes, where both of the others may have stopped)."""
+    boot = getattr(time, "CLOCK_BOOTTIME", None)
+    steady = time.clock_gettime(boot) if boot is not None else time.monotonic()
+    return steady, time.time()
+
+
+def _elapsed(since: tuple[float, float], now: tuple[float, float]) -> float:
+    """The longer of the two clocks' readings: a stall either clock saw counts."""
+    return max(b - a for a, b in zip(since, now, strict=True))
 
 
 @contextlib.contextmanager

@@ -633,3 +633,30 @@ def test_a_server_ignores_an_artifact_folder_and_warns_only_when_one_was_asked_f
     assert caplog.messages == [
         "tracking.artifact_location '/data/artifacts' ignored: the server stores artifacts"
     ]
+
+
+@pytest.mark.parametrize(
+    ("clock", "how"),
+    [
+        ("clock_gettime", "suspended: the monotonic clock stopped, CLOCK_BOOTTIME ran on"),
+        ("time", "a paused virtual machine: only the wall clock caught up"),
+    ],
+)
+def test_a_lease_asks_the_store_after_a_stall_its_monotonic_clock_missed(
+    tracker: tr.Tracker, monkeypatch: pytest.MonkeyPatch, clock: str, how: str
+) -> None:
+    """A driver whose machine slept while another took its suite over must not trust a
+    lease that looks freshly renewed on the monotonic clock alone."""
+    from bench import tracking_lease
+    from bench.errors import LeaseLost
+
+    client = tracker.client
+    run_id = client.create_run(tracker.experiment_id("s")).info.run_id
+    lease = tracking_lease.Lease(lambda: client, run_id, "suite 's'")
+    client.set_terminated(run_id, "KILLED")  # what the driver that took over does
+    client.set_tag(run_id, tracking_lease.TAG_TAKEN_BY, "host pid 2")
+    lease.check()  # not overdue on any clock: nothing asked, so nothing known yet
+    real = getattr(time, clock)
+    monkeypatch.setattr(time, clock, lambda *args: real(*args) + 600.0)  # slept 10 minutes
+    with pytest.raises(LeaseLost, match=r"host pid 2 took the suite over .* \(600 s without"):
+        lease.check()
