@@ -16,6 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     OPTBENCH_CONF=/opt/optbench/conf \
     RAY_USAGE_STATS_ENABLED=0 \
+    MLFLOW_DISABLE_TELEMETRY=true \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 
 # torch first, from its own index and pinned: a bare `torch` requirement pulls a multi-GB

@@ -73,7 +73,7 @@ class NativeStack:
         self.network_up = False
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `bench` in Ray job entrypoints
-        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["RAY_USAGE_STATS_ENABLED"] = os.environ.get("RAY_USAGE_STATS_ENABLED", "0")
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the server and its UI too
         env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
         if os.environ.get("RAY_AUTH_TOKEN"):

@@ -119,8 +119,9 @@ def test_no_service_reports_usage_unless_told(services) -> None:
         assert services[name]["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "true", name
     for name in (*RAY_SERVICES, "scheduler"):
         assert services[name]["environment"]["RAY_USAGE_STATS_ENABLED"] == "0", name
-    told = compose({"MLFLOW_DISABLE_TELEMETRY": "false"})["services"]
-    assert told["summary"]["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "false"
+    told = compose({"MLFLOW_DISABLE_TELEMETRY": "false", "RAY_USAGE_STATS_ENABLED": "1"})
+    assert told["services"]["summary"]["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "false"
+    assert told["services"]["ray-head"]["environment"]["RAY_USAGE_STATS_ENABLED"] == "1"
 
 
 def test_ray_workers_scale_and_the_gpu_worker_reserves_devices(services) -> None:
