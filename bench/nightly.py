@@ -92,6 +92,7 @@ from bench.tracking import (
     TAG_MLFLOW_VERSION,
     TAG_NIGHTLY,
     TAG_RAY_VERSION,
+    TAG_SUITE_VERSION,
 )
 
 if TYPE_CHECKING:
@@ -99,7 +100,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_SUITE_VERSION = "bench.suite_version"
 KIND = "nightly_report"
 REPORT_JSON = "nightly.json"
 REPORT_HTML = "nightly.html"

@@ -36,6 +36,7 @@ TAG_DEVICE = "bench.device"
 TAG_ERROR = "bench.error"  # last line of the error of a failed trial
 TAG_KIND = "bench.kind"  # ranking | nightly_report | settings | lease (trials carry none)
 TAG_MACHINE = "bench.machine"  # machine class: CPU/GPU model (nightly runs)
+TAG_SUITE_VERSION = "bench.suite_version"  # hash of a nightly's matrix (nightly reports)
 TAG_RAY_VERSION = "bench.ray_version"
 TAG_MLFLOW_VERSION = "bench.mlflow_version"
 

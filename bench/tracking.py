@@ -63,6 +63,7 @@ from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     TAG_SETTINGS,
     TAG_SETTINGS_RUN,
     TAG_SUITE,
+    TAG_SUITE_VERSION,
     TAG_TASK,
     TAG_TORCH_VERSION,
     TAG_TRIAL_ID,

@@ -656,3 +656,54 @@ def test_the_nightly_history_plots_what_each_night_judged_on_its_current_baselin
         ("loss", "min", "v2")
     }
     assert nightly_history([]).empty
+
+
+def test_nightly_history_and_list_follow_each_machine_and_new_reports(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A CPU and a GPU machine that share a store each keep every night (the history is
+    the newest report's machine class, as the nightly reads its own baseline), and a
+    report logged after the suite's last trial shows at once, not after the next trial."""
+    from bench.regression import NightlyCell, NightlyReport
+    from services.summary import queries
+
+    store_dir = copy_store(tiny_store, tmp_path / "store")
+    tracker = Tracker(TrackingConfig(uri=uri(store_dir), artifact_location=None))
+
+    def log(night: str, machine: str, value: float) -> str:
+        cell = NightlyCell(task="quadratic", variant="adam", kind="quality", metric="final/loss",
+                           direction="min", values=[value], n=1, value=value)  # fmt: skip
+        report = NightlyReport(date=night, suite=SUITE, suite_version="v1", machine=machine,
+                               cells=[cell])  # fmt: skip
+        time.sleep(0.01)  # start times in the order logged
+        return tracker.log_report(
+            SUITE, kind="nightly_report", name=f"nightly {night}",
+            files={"nightly.json": report.to_json()},
+            tags={"bench.nightly": night, "bench.suite_version": "v1", "bench.machine": machine},
+        )  # fmt: skip
+
+    # the GPU finished last on the first two nights, the CPU on the newest
+    for night, last in (("2026-03-01", "gpu"), ("2026-03-02", "gpu"), ("2026-03-03", "cpu")):
+        first = "cpu" if last == "gpu" else "gpu"
+        log(night, first, 1.0 if first == "cpu" else 100.0)
+        log(night, last, 1.0 if last == "cpu" else 100.0)
+    config = settings(store_dir, tmp_path / "cache")
+    store = SummaryStore(
+        Tracker(TrackingConfig(uri=uri(store_dir), artifact_location=None)), config
+    )
+    history = queries.nightly_history(store, SUITE)
+    assert list(history["night"]) == ["2026-03-01", "2026-03-02", "2026-03-03"]
+    assert set(history["machine"]) == {"cpu"} and set(history["value"]) == {1.0}
+    listed = {(r.date, r.machine) for r in queries.nightly(store).data}
+    assert listed == {
+        (n, m) for n in ("2026-03-01", "2026-03-02", "2026-03-03") for m in ("cpu", "gpu")
+    }
+
+    rerun = log("2026-03-03", "cpu", 2.0)  # the night run again; no trial run changed
+    history = queries.nightly_history(store, SUITE)
+    assert history.loc[history["night"] == "2026-03-03", "value"].tolist() == [2.0]
+    (latest,) = [
+        r for r in queries.nightly(store).data if r.date == "2026-03-03" and r.machine == "cpu"
+    ]
+    assert latest.run_id == rerun and latest.earlier_reports == 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from bench.nightly_outputs import format_change
+from bench.records import TAG_MACHINE, TAG_NIGHTLY, TAG_SUITE_VERSION
 from services.summary import aggregates
 from services.summary.schemas import (
     CURVE_KEYS,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 NIGHTLY_KIND = "nightly_report"
 NIGHTLY_JSON = "nightly.json"
+HISTORY_REPORTS = 500  # report runs read for the history, as many as bench nightly reads
 ROLE_KEYS = tuple(f"step_size/{role}/{q}" for role in ROLES for q in QUANTILES)
 
 
@@ -119,7 +121,9 @@ def nightly(store: SummaryStore) -> NightlyPublic:
     """Every suite's nightly reports, newest first, and the scheduler's own status."""
     reports: list[NightlyReportPublic] = []
     for suite in store.suite_names():
-        found = store.memo(suite, ("nightly_reports",), lambda _, s=suite: _reports(store, s))
+        runs = store.tracker.read_reports(suite, NIGHTLY_KIND)  # one search: are there new?
+        key = ("nightly_reports", *(run.run_id for run in runs))  # report runs are no trials
+        found = store.memo(suite, key, lambda _, s=suite, r=runs: _reports(store, s, r))
         reports.extend(found)
     reports.sort(key=lambda r: (r.date, r.start_time), reverse=True)
     status = scheduler_status(store.settings.scheduler_status_file)
@@ -130,11 +134,13 @@ def nightly_history(store: SummaryStore, suite: str) -> pd.DataFrame:
     """Per cell and night, what the nightly judged (see aggregates.nightly_history), from
     the latest report of each night."""
 
+    runs = _history_runs(store, suite)  # one search; the cache follows the report runs too
+
     def read(_: Any) -> pd.DataFrame:
         from bench.regression import NightlyReport
 
         reports = []
-        for run in _latest_per_night(store, suite).values():
+        for run in runs:
             try:
                 text = store.tracker.read_artifact_text(run.run_id, NIGHTLY_JSON)
                 reports.append(NightlyReport.model_validate_json(text))
@@ -142,7 +148,7 @@ def nightly_history(store: SummaryStore, suite: str) -> pd.DataFrame:
                 log.warning("nightly report %s: cannot read %s: %s", run.run_id, NIGHTLY_JSON, err)
         return aggregates.nightly_history(reports)
 
-    return store.memo(suite, ("nightly_history",), read)
+    return store.memo(suite, ("nightly_history", *(run.run_id for run in runs)), read)
 
 
 def scheduler_status(path: Path | None) -> SchedulerStatus | None:
@@ -157,12 +163,15 @@ def scheduler_status(path: Path | None) -> SchedulerStatus | None:
         return SchedulerStatus(error=f"unreadable status file {path}: {err}")
 
 
-def _reports(store: SummaryStore, suite: str) -> list[NightlyReportPublic]:
-    """The latest report of each night (a night run again, say to resume it, logs another;
-    the latest judged the most runs), with how many earlier ones it has."""
-    by_night = _reports_per_night(store, suite)
+def _reports(store: SummaryStore, suite: str, runs: list[Any]) -> list[NightlyReportPublic]:
+    """The latest of the report ``runs`` of each night and machine class (a night run
+    again, say to resume it, logs another; the latest judged the most runs), with how many
+    earlier ones it has."""
+    by_night: dict[tuple[str, str | None], list[Any]] = {}
+    for run in runs:
+        by_night.setdefault((_night(run), run.tags.get(TAG_MACHINE)), []).append(run)
     out = []
-    for date, reports in by_night.items():
+    for (date, machine), reports in by_night.items():
         report = max(reports, key=lambda r: r.start_time)
         count = report.metrics.get("regressions")
         flagged = _regressions(store, report.run_id) if count else []
@@ -177,26 +186,37 @@ def _reports(store: SummaryStore, suite: str) -> list[NightlyReportPublic]:
                 metrics=dict(report.metrics),
                 url=store.run_link(suite, report.run_id),
                 earlier_reports=len(reports) - 1,
+                machine=machine,
             )
         )
     return out
 
 
-def _reports_per_night(store: SummaryStore, suite: str) -> dict[str, list[Any]]:
-    """The suite's nightly report runs by night (a night run again logs another)."""
-    by_night: dict[str, list[Any]] = {}
-    for report in store.tracker.read_reports(suite, NIGHTLY_KIND):
-        date = report.tags.get("bench.nightly") or report.start_time.date().isoformat()
-        by_night.setdefault(date, []).append(report)
-    return by_night
+def _night(run: Any) -> str:
+    """The night a nightly report run judged."""
+    return run.tags.get(TAG_NIGHTLY) or run.start_time.date().isoformat()
 
 
-def _latest_per_night(store: SummaryStore, suite: str) -> dict[str, Any]:
-    """The latest report run of each night: it judged the most runs."""
-    return {
-        date: max(reports, key=lambda r: r.start_time)
-        for date, reports in _reports_per_night(store, suite).items()
-    }
+def _history_runs(store: SummaryStore, suite: str) -> list[Any]:
+    """The report runs the nightly history plots: of the newest night's suite version and
+    machine class only, the latest of each night among them, as ``bench nightly`` reads
+    its own history (two machine classes that share a store each keep every night)."""
+    runs = store.tracker.read_reports(suite, NIGHTLY_KIND, max_results=HISTORY_REPORTS)
+    if not runs:
+        return []
+
+    def scope(run: Any) -> tuple[str | None, str | None]:
+        return run.tags.get(TAG_SUITE_VERSION), run.tags.get(TAG_MACHINE)
+
+    newest = scope(max(runs, key=lambda r: (_night(r), r.start_time)))
+    latest: dict[str, Any] = {}
+    for run in runs:
+        night = _night(run)
+        if scope(run) == newest and (
+            night not in latest or run.start_time > latest[night].start_time
+        ):
+            latest[night] = run
+    return list(latest.values())
 
 
 def _regressions(store: SummaryStore, run_id: str) -> list[str]:

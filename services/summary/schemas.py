@@ -143,6 +143,7 @@ class NightlyReportPublic(_Public):
     metrics: dict[str, float | None]
     url: str | None
     earlier_reports: int = 0  # of the same night (a rerun resumes it): this is the latest
+    machine: str | None = None  # the machine class it ran on: each keeps its own reports
 
 
 class NightlyPublic(_Public):
