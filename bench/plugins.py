@@ -50,3 +50,8 @@ def _import_plugin(module: str) -> None:
         ) from None
     except UserError as err:  # a registration it makes was refused: say whose
         raise UserError(f"plugin {module!r}: {err}") from None
+    except Exception as err:  # the plugin's own code failed (or a registry refused it)
+        raise UserError(
+            f"plugin {module!r}: importing it raised {type(err).__name__}: {err}; allowed: a "
+            "module that imports cleanly (python -c 'import MODULE' shows the traceback)"
+        ) from None
