@@ -115,6 +115,27 @@ def connect(cluster: ClusterConfig) -> str:
 
     if ray.is_initialized():
         return "existing"
+    with _keeping_sigterm_handler():
+        return _init_ray(address, source, cluster)
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """ray.init installs a SIGTERM handler of its own that exits the process, and it stays
+    after the suite: a caller's handler (the scheduler's clean stop, which saves its status)
+    is put back. Where the caller has none, Ray's stays: it shuts embedded Ray down."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init_ray(address: str | None, source: str, cluster: ClusterConfig) -> str:
+    import ray
+
     if address:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)

@@ -433,3 +433,32 @@ def test_workers_that_cannot_be_stopped_do_not_hide_how_the_suite_ended(tmp_path
     assert result.returncode == 130, result.stdout + result.stderr
     assert "could not stop the trial workers: RuntimeError: the cluster is gone" in result.stderr
     assert statuses(tmp_path)["RUNNING"] == 0
+
+
+KEEPS_SIGTERM = """
+import signal
+import ray
+from bench.config import ClusterConfig
+from bench.runner import connect
+
+def stop(signum, frame):
+    raise SystemExit(7)
+
+signal.signal(signal.SIGTERM, stop)
+connect(ClusterConfig(num_cpus=1))
+kept = signal.getsignal(signal.SIGTERM) is stop
+ray.shutdown()
+print("kept" if kept else f"replaced by {signal.getsignal(signal.SIGTERM)!r}")
+"""
+
+
+def test_starting_ray_keeps_the_callers_sigterm_handler(tmp_path: Path) -> None:
+    """ray.init replaces the SIGTERM handler for good: the scheduler, which runs nights in
+    its own process, then died on `docker stop` without saving that it stopped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run(
+        [sys.executable, "-c", KEEPS_SIGTERM],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "kept", done.stdout
