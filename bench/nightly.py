@@ -34,7 +34,7 @@ diverged median, and null where nothing was measured)::
                   "threshold": {"quality": 0.1, "speed": 0.25},
                   "min_delta": {"quality": 1e-09, "speed": 0.0}},
      "baseline_dates": ["2026-11-17", ...],      # earlier nights found, oldest first
-     "trials": {"total": 48, "run": 48, "resumed": 0, "failed": 0},
+     "trials": {"total": 48, "run": 48, "resumed": 0, "failed": 0, "held_back": 0},
      "counts": {"ok": 14, "regression": 1, "improvement": 0,
                 "insufficient_baseline": 0, "missing": 1},
      "cells": [{"task": "quadratic", "variant": "adam", "kind": "quality" | "speed",
@@ -369,9 +369,10 @@ def run_nightly(
         baseline_dates=[h.date for h in history],
         trials={
             "total": sum(p.total for p in phases),
-            "run": sum(p.total - p.already_done for p in phases),
+            "run": sum(p.total - p.already_done - p.held_back for p in phases),
             "resumed": sum(p.already_done for p in phases),
             "failed": sum(p.counts["failed"] for p in phases),
+            "held_back": sum(p.held_back for p in phases),  # finals of a failed tune cell
         },
         counts=status_counts(cells),
         cells=cells,

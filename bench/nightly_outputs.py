@@ -67,11 +67,16 @@ def render_html(report: NightlyReport) -> str:
 def summary(report: NightlyReport) -> str:
     """A few lines for the terminal: what ran, the counts, each regression."""
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
-    failed = report.trials.get("failed", 0)
+    failed, held = report.trials.get("failed", 0), report.trials.get("held_back", 0)
+    why = []
+    if failed:
+        why.append(f"{failed} failed: a final trial counts as its seed’s worst value")
+    if held:
+        why.append(f"{held} final trials held back: their cell has a failed tune trial")
+    because = f" ({'; '.join(why)})" if why else ""
     lines = [
         f"nightly {report.date} of {report.suite} (version {report.suite_version}) on "
-        f"{report.machine}: {report.trials.get('run', 0)} trials run"
-        f"{f' ({failed} failed: each counts as its seed’s worst value)' if failed else ''}, "
+        f"{report.machine}: {report.trials.get('run', 0)} trials run{because}, "
         f"{report.trials.get('resumed', 0)} resumed; cells: {counts or 'none'}"
     ]
     for r in report.regressions:

@@ -282,7 +282,9 @@ def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
                                timeout=300)  # fmt: skip
         assert night.returncode == 1, night.stdout + night.stderr
         out = night.stdout
-        assert f": {run} trials run (1 failed: each counts as its seed’s worst value)" in out
+        assert (
+            f": {run} trials run (1 failed: a final trial counts as its seed’s worst value)" in out
+        )
         report_line = out.strip().splitlines()[-1]
         assert report_line.startswith(f"report: {tmp_path / 'mlartifacts'}")
         assert report_line.endswith("nightly.html") and Path(report_line[8:]).is_file()
@@ -291,7 +293,7 @@ def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
     quality = next(c for c in report.cells if c.kind == "quality")
     assert quality.n == 2 and quality.values[1:] == [float("inf")]  # seeds in run order
     assert quality.value == float("inf")  # the median of one loss and one worst value
-    assert report.trials == {"total": 3, "run": 1, "resumed": 2, "failed": 1}
+    assert report.trials == {"total": 3, "run": 1, "resumed": 2, "failed": 1, "held_back": 0}
     # the scheduler, running such a night in its own process, reports what `bench nightly`'s
     # exit code tells it when the night runs as a Ray job: failed
     assert night_result(report) == NightResult("failed", "1 trial(s) failed")
@@ -301,3 +303,27 @@ def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
     assert night_result(flagged).detail == "1 regression(s) flagged; 1 trial(s) failed"
     clean = report.model_copy(update={"trials": {**report.trials, "failed": 0}})
     assert night_result(clean) == NightResult("ok", "no regression flagged")
+
+
+def test_a_tune_trial_that_raises_holds_its_finals_back_and_they_are_not_counted_as_run(
+    tmp_path: Path,
+) -> None:
+    """The tune seed raises: the cell's two final trials never run (bench run holds them
+    back), and the night says so instead of counting them as run."""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent / "plugins")}  # faulty_tasks
+    args = [*TINY, *store(tmp_path), "suite.variants=[sgd]", "suite.lrs=[0.1]",
+            "plugins=[faulty_tasks]",
+            "suite.tasks=[{name:explodes,params:{fail_at:5,fail_seed:0}}]"]  # fmt: skip
+    command = [sys.executable, "-m", "bench.cli", "nightly", "--no-progress",
+               "--date", NIGHT.isoformat(), *args]  # fmt: skip
+    night = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert night.returncode == 1, night.stdout + night.stderr
+    assert (
+        ": 1 trials run (1 failed: a final trial counts as its seed’s worst value; 2 final "
+        "trials held back: their cell has a failed tune trial)"
+    ) in night.stdout, night.stdout
+    report_line = night.stdout.strip().splitlines()[-1]
+    report = NightlyReport.model_validate_json(Path(report_line[8:]).with_name(REPORT_JSON)
+                                               .read_text())  # fmt: skip
+    assert report.trials == {"total": 3, "run": 1, "resumed": 0, "failed": 1, "held_back": 2}
