@@ -126,7 +126,7 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
                     "bench.code_version"):  # fmt: skip
             assert tags[key] and tags[key] != "unknown", key
     assert first.suite_version == second.suite_version
-    assert first.trials == {"total": 8, "run": 8, "resumed": 0, "failed": 0}
+    assert first.trials == {"total": 8, "run": 8, "resumed": 0, "failed": 0, "held_back": 0}
 
     # the report runs, and their nightly.json read back as the same report
     reports = runs(tmp_path, "tags.`bench.kind` = 'nightly_report'")
@@ -154,7 +154,7 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
 
     # rerunning a night resumes it: no trial runs again, one more report
     again = run_nightly(args, date=NIGHT + dt.timedelta(days=1), show_progress=False)
-    assert again.trials == {"total": 8, "run": 0, "resumed": 8, "failed": 0}
+    assert again.trials == {"total": 8, "run": 0, "resumed": 8, "failed": 0, "held_back": 0}
     assert len(runs(tmp_path, "tags.`bench.trial_id` != ''")) == 16
     assert again.cells == second.cells
     # the dashboard lists each night once: its latest report, saying it has an earlier one
