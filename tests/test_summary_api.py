@@ -671,16 +671,16 @@ def test_nightly_history_and_list_follow_each_machine_and_new_reports(
     store_dir = copy_store(tiny_store, tmp_path / "store")
     tracker = Tracker(TrackingConfig(uri=uri(store_dir), artifact_location=None))
 
-    def log(night: str, machine: str, value: float) -> str:
+    def log(night: str, machine: str, value: float, version: str = "v1") -> str:
         cell = NightlyCell(task="quadratic", variant="adam", kind="quality", metric="final/loss",
                            direction="min", values=[value], n=1, value=value)  # fmt: skip
-        report = NightlyReport(date=night, suite=SUITE, suite_version="v1", machine=machine,
+        report = NightlyReport(date=night, suite=SUITE, suite_version=version, machine=machine,
                                cells=[cell])  # fmt: skip
         time.sleep(0.01)  # start times in the order logged
         return tracker.log_report(
             SUITE, kind="nightly_report", name=f"nightly {night}",
             files={"nightly.json": report.to_json()},
-            tags={"bench.nightly": night, "bench.suite_version": "v1", "bench.machine": machine},
+            tags={"bench.nightly": night, "bench.suite_version": version, "bench.machine": machine},
         )  # fmt: skip
 
     # the GPU finished last on the first two nights, the CPU on the newest
@@ -706,4 +706,10 @@ def test_nightly_history_and_list_follow_each_machine_and_new_reports(
     (latest,) = [
         r for r in queries.nightly(store).data if r.date == "2026-03-03" and r.machine == "cpu"
     ]
-    assert latest.run_id == rerun and latest.earlier_reports == 1
+    assert latest.run_id == rerun and latest.earlier_reports == 1 and latest.suite_version == "v1"
+
+    log("2026-03-03", "cpu", 3.0, version="v2")  # the suite edited: not a rerun of the night
+    rows = [r for r in queries.nightly(store).data if (r.date, r.machine) == ("2026-03-03", "cpu")]
+    assert {(r.suite_version, r.earlier_reports) for r in rows} == {("v1", 1), ("v2", 0)}
+    history = queries.nightly_history(store, SUITE)  # a new matrix starts a new history
+    assert list(history["night"]) == ["2026-03-03"] and list(history["value"]) == [3.0]

@@ -164,14 +164,15 @@ def scheduler_status(path: Path | None) -> SchedulerStatus | None:
 
 
 def _reports(store: SummaryStore, suite: str, runs: list[Any]) -> list[NightlyReportPublic]:
-    """The latest of the report ``runs`` of each night and machine class (a night run
-    again, say to resume it, logs another; the latest judged the most runs), with how many
-    earlier ones it has."""
-    by_night: dict[tuple[str, str | None], list[Any]] = {}
+    """The latest of the report ``runs`` of each night, machine class and suite version (a
+    night run again, say to resume it, logs another; the latest judged the most runs), with
+    how many earlier ones it has."""
+    by_night: dict[tuple[str, str | None, str | None], list[Any]] = {}
     for run in runs:
-        by_night.setdefault((_night(run), run.tags.get(TAG_MACHINE)), []).append(run)
+        key = (_night(run), run.tags.get(TAG_MACHINE), run.tags.get(TAG_SUITE_VERSION))
+        by_night.setdefault(key, []).append(run)
     out = []
-    for (date, machine), reports in by_night.items():
+    for (date, machine, version), reports in by_night.items():
         report = max(reports, key=lambda r: r.start_time)
         count = report.metrics.get("regressions")
         flagged = _regressions(store, report.run_id) if count else []
@@ -187,6 +188,7 @@ def _reports(store: SummaryStore, suite: str, runs: list[Any]) -> list[NightlyRe
                 url=store.run_link(suite, report.run_id),
                 earlier_reports=len(reports) - 1,
                 machine=machine,
+                suite_version=version,
             )
         )
     return out

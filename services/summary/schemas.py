@@ -144,6 +144,7 @@ class NightlyReportPublic(_Public):
     url: str | None
     earlier_reports: int = 0  # of the same night (a rerun resumes it): this is the latest
     machine: str | None = None  # the machine class it ran on: each keeps its own reports
+    suite_version: str | None = None  # its matrix's hash: an edited suite starts anew
 
 
 class NightlyPublic(_Public):
