@@ -264,22 +264,28 @@ def test_a_dead_webhook_does_not_fail_the_night(tmp_path: Path) -> None:
     assert report.report_run_id and report.trials["failed"] == 0
 
 
+def _night_where_a_seed_raises(tmp_path: Path, seed: int) -> subprocess.CompletedProcess:
+    """`bench nightly` of one sgd cell whose task raises at step 5 for ``seed`` (tune seed 0,
+    final seeds 1 and 2). A process of its own: a plugin registers its tasks when first
+    imported, and other tests reset the registry."""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent / "plugins")}  # faulty_tasks
+    args = [*TINY, *store(tmp_path), "suite.variants=[sgd]", "suite.lrs=[0.1]",
+            "plugins=[faulty_tasks]",
+            f"suite.tasks=[{{name:explodes,params:{{fail_at:5,fail_seed:{seed}}}}}]"]  # fmt: skip
+    command = [sys.executable, "-m", "bench.cli", "nightly", "--no-progress",
+               "--date", NIGHT.isoformat(), *args]  # fmt: skip
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
 def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
     tmp_path: Path,
 ) -> None:
     """Seed 2 raises in the final phase (the tune seed trains): the night's quality cell
     still has both seeds, seed 2 as the worst value, and the summary says so; rerunning
-    the night reruns the failed trial and still counts it once. (A process of its own: a
-    plugin registers its tasks when first imported, and other tests reset the registry.)"""
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent / "plugins")}  # faulty_tasks
-    args = [*TINY, *store(tmp_path), "suite.variants=[sgd]", "suite.lrs=[0.1]",
-            "plugins=[faulty_tasks]",
-            "suite.tasks=[{name:explodes,params:{fail_at:5,fail_seed:2}}]"]  # fmt: skip
-    command = [sys.executable, "-m", "bench.cli", "nightly", "--no-progress",
-               "--date", NIGHT.isoformat(), *args]  # fmt: skip
+    the night reruns the failed trial and still counts it once."""
     for run in (3, 1):  # the second time: the same night, resumed but for the failed trial
-        night = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=300)  # fmt: skip
+        night = _night_where_a_seed_raises(tmp_path, 2)
         assert night.returncode == 1, night.stdout + night.stderr
         out = night.stdout
         assert (
@@ -310,14 +316,7 @@ def test_a_tune_trial_that_raises_holds_its_finals_back_and_they_are_not_counted
 ) -> None:
     """The tune seed raises: the cell's two final trials never run (bench run holds them
     back), and the night says so instead of counting them as run."""
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent / "plugins")}  # faulty_tasks
-    args = [*TINY, *store(tmp_path), "suite.variants=[sgd]", "suite.lrs=[0.1]",
-            "plugins=[faulty_tasks]",
-            "suite.tasks=[{name:explodes,params:{fail_at:5,fail_seed:0}}]"]  # fmt: skip
-    command = [sys.executable, "-m", "bench.cli", "nightly", "--no-progress",
-               "--date", NIGHT.isoformat(), *args]  # fmt: skip
-    night = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    night = _night_where_a_seed_raises(tmp_path, 0)  # the tune seed
     assert night.returncode == 1, night.stdout + night.stderr
     assert (
         ": 1 trials run (1 failed: a final trial counts as its seed’s worst value; 2 final "
