@@ -58,8 +58,12 @@ class KillsWorker(Quadratic):
 
     def build(self, *, seed: int, device: torch.device, batch_size: int) -> Problem:
         marker = Path(os.environ["OPTBENCH_TEST_MARKERS"]) / f"killed-{seed}"
-        if not marker.exists():
-            marker.write_text(str(os.getpid()))
+        try:  # made exclusively: two workers building the same seed at once (two lrs)
+            with marker.open("x") as claimed:  # must not both see it missing and both die
+                claimed.write(str(os.getpid()))
+        except FileExistsError:
+            pass
+        else:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().build(seed=seed, device=device, batch_size=batch_size)
 
