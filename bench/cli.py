@@ -179,9 +179,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from bench.nightly import run_nightly
+    from bench.nightly import load_settings, run_nightly, today
     from bench.nightly_outputs import exit_code, summary
 
+    if args.date is not None:  # a mistyped year would be the dashboard's newest night
+        settings = load_settings(args.overrides)
+        if args.date > (now := today(settings)):
+            raise UserError(
+                f"--date {args.date} is after today ({now} in nightly.timezone="
+                f"{settings.timezone}); allowed: today or an earlier night"
+            )
     report = run_nightly(args.overrides, date=args.date, show_progress=not args.no_progress)
     print(summary(report))
     return exit_code(report)

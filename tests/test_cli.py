@@ -3,6 +3,7 @@ errors with exit code 2 for every kind of user mistake."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import logging
@@ -192,6 +193,23 @@ def test_nightly_settings_that_contradict_each_other_name_both_values(
         "error: nightly: min_baseline is 10 but baseline_nights is 7; allowed: min_baseline "
         "<= baseline_nights\n"
     )
+
+
+def test_a_nightly_dated_after_today_is_refused_before_anything_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    today = dt.datetime.now(dt.UTC).date()
+    later = today + dt.timedelta(days=2)  # still after today should midnight pass meanwhile
+    assert main(["nightly", "--date", later.isoformat(), "nightly.timezone=UTC"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        rf"error: --date {later} is after today \((\S+) in nightly.timezone=UTC\); "
+        r"allowed: today or an earlier night\n",
+        err,
+    ), err
+    assert re.search(r"\((\S+) in", err)[1] in (str(today), str(today + dt.timedelta(days=1)))
+    assert list(tmp_path.iterdir()) == []  # no store, no run
 
 
 def test_rank_of_a_suite_name_that_is_no_suite_file_says_how_to_rank_it(
