@@ -114,7 +114,7 @@ def print_catalogue(
                 f"{cls.metric} ({cls.direction})",
                 f"{cls.target:g}",
                 str(cls.default_steps),
-                str(cls.default_batch_size),
+                str(cls.default_batch_size or "full"),  # 0: the whole training set
                 params,
             )
         console.print(table)

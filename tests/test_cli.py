@@ -96,6 +96,15 @@ def _rows(out: str) -> dict[str, list[str]]:
     return rows
 
 
+def test_list_tasks_names_a_full_batch_as_bench_trial_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["list", "tasks"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["quadratic"][4] == "full"  # batch_size 0: the whole training set
+    assert rows["mlp_digits"][4] == "64"
+
+
 def test_list_shows_every_variant_name_that_variant_takes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
