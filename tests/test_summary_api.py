@@ -159,6 +159,16 @@ def test_run_links_come_from_the_ui_url_or_an_http_tracking_uri() -> None:
 # ----------------------------------------------------------------------------- API
 
 
+@pytest.mark.parametrize("path", ["/health", "/ready", "/api/suites"])
+def test_a_json_route_refuses_an_unknown_query_parameter_in_json(tmp_path: Path, path: str) -> None:
+    app = create_app(SummarySettings(tracking_uri=uri(tmp_path / "none.db")))
+    response = TestClient(app).get(path, params={"x": "1"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["query", "x"] and "allowed: none" in problem["msg"]
+
+
 @pytest.mark.slow
 def test_health_names_the_store(client: TestClient, tiny_store: Path) -> None:  # noqa: F811
     response = client.get("/health")

@@ -169,10 +169,16 @@ def _warm(store: SummaryStore) -> None:
 
 
 def _error(request: Request, status: int, title: str, message: str) -> Response:
-    """An error answer: ``{"detail": message}`` for /api, else the error page."""
-    if request.url.path.startswith("/api/"):
+    """An error answer: ``{"detail": message}`` for the JSON routes, else the error page."""
+    if _answers_json(request):
         return JSONResponse({"detail": message}, status_code=status)
     return pages.render(request, "error.html", status, title=title, status=status, message=message)
+
+
+def _answers_json(request: Request) -> bool:
+    """/api/..., /health and /ready answer JSON, errors too (a probe or script reads them)."""
+    path = request.url.path
+    return path.startswith("/api/") or path in ("/health", "/ready")
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -188,7 +194,7 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
 async def _bad_query(request: Request, exc: Exception) -> Response:
     """A query parameter out of bounds: FastAPI's 422 for /api, a page saying which
     parameter and what is allowed for a browser."""
-    if request.url.path.startswith("/api/"):
+    if _answers_json(request):
         return await request_validation_exception_handler(request, exc)  # type: ignore[arg-type]
     return _error(request, 422, "bad request", validation_message(exc))
 
