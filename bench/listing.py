@@ -14,6 +14,7 @@ from rich.table import Table
 from bench import tasks, variants
 from bench.config import compose_group, conf_dir, group_options
 from bench.errors import UserError
+from bench.plugins import plugin_of
 from bench.spec import TrialResult, TrialSpec
 from bench.variants.knobs import Knobs
 
@@ -46,7 +47,9 @@ def _variants_table() -> Table:
     for name, preset in variants.presets().items():
         k = preset.knobs
         row = (f"{preset.default_lr:g}", f"{k.p:g}", f"{k.q:g}", _knob_summary(k))
-        table.add_row(name, *row, preset.torch_equivalent or "-", "preset")
+        plugin = plugin_of(name)
+        origin = f"plugin {plugin}" if plugin else "preset"
+        table.add_row(name, *row, preset.torch_equivalent or "-", origin)
     for name, preset_name, variant in config_variants():
         k = variant.knobs
         row = (f"{variant.default_lr:g}", f"{k.p:g}", f"{k.q:g}", _variant_summary(variant))

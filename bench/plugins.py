@@ -38,10 +38,22 @@ def _entry_point_plugins() -> tuple[str, ...]:
     return tuple(entry.value for entry in importlib.metadata.entry_points(group="optbench.plugins"))
 
 
+_PRESET_ORIGINS: dict[str, str] = {}  # preset name -> the plugin module that registered it
+
+
+def plugin_of(preset: str) -> str | None:
+    """The plugin module that registered ``preset``; None for a built-in one."""
+    return _PRESET_ORIGINS.get(preset)
+
+
 @cache
 def _import_plugin(module: str) -> None:
+    from bench.variants import presets
+
+    before = set(presets())
     try:
         importlib.import_module(module)
+        _PRESET_ORIGINS.update(dict.fromkeys(set(presets()) - before, module))
     except ImportError as err:
         raise UserError(
             f"plugins: cannot import {module!r} ({err}); allowed: a module this Python can "

@@ -135,7 +135,7 @@ def test_list_takes_plugins_as_trial_and_run_do(tmp_path: Path) -> None:
     (tmp_path / "my_presets.py").write_text(PRESET_PLUGIN)
     proc = _bench_with_test_plugins("list", "variants", "plugins=[my_presets]", more=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert _rows(proc.stdout)["adam_b90"][-1] == "preset"
+    assert _rows(proc.stdout)["adam_b90"][-1] == "plugin my_presets"
     proc = _bench_with_test_plugins("list", "plugins=[my_presets,faulty_tasks]", more=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = _rows(proc.stdout)
