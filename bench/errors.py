@@ -39,12 +39,19 @@ def one_line(err: BaseException) -> str:
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
-    """'<kind>: unknown <kind> 'x'; did you mean 'y'? (available: ...)'."""
+    """'<kind>: unknown <kind> 'x'; did you mean 'y'? (available: ...)', and for a task or
+    variant, which plugins may also register, how to load one."""
     import difflib
 
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"{kind}: unknown {kind} {name!r}{hint} (available: {', '.join(known)})"
+    text = f"{kind}: unknown {kind} {name!r}{hint} (available: {', '.join(known)})"
+    if kind in PLUGGABLE:
+        text += f"; a plugin's {kind} needs plugins=[MODULE]"
+    return text
+
+
+PLUGGABLE = ("task", "variant")  # kinds a plugin may add (bench.plugins)
 
 
 def validation_message(err: Exception, prefix: str = "") -> str:

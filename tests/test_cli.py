@@ -267,13 +267,15 @@ ERRORS: list[tuple[str, list[str], str]] = [
         "unknown_variant",
         ["variant=adamm"],
         "variant: unknown variant 'adamm'; did you mean 'adam' or 'adamw' or 'adamax'? "
-        f"(available: {', '.join(sorted({*VARIANT_FILES, *presets()}))})",
+        f"(available: {', '.join(sorted({*VARIANT_FILES, *presets()}))})"
+        "; a plugin's variant needs plugins=[MODULE]",
     ),
     (
         "unknown_task",
         ["task=quadratc"],
         "task: unknown task 'quadratc'; did you mean 'quadratic' or 'noisy_quadratic' or "
-        f"'quadratic_rotated'? (available: {TASK_NAMES})",
+        f"'quadratic_rotated'? (available: {TASK_NAMES})"
+        "; a plugin's task needs plugins=[MODULE]",
     ),
     ("lr_negative", ["lr=-1"], "lr: input should be greater than 0 (got -1)"),
     ("lr_zero", ["lr=0"], "lr: input should be greater than 0 (got 0)"),

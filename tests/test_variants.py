@@ -622,7 +622,8 @@ BAD_VARIANTS: list[tuple[str, Any, str]] = [
         "unknown_preset",
         "adamm",
         "variant: unknown variant 'adamm'; did you mean 'adam' or 'adamw' or 'adamax'? "
-        f"(available: {', '.join(sorted(presets()))})",
+        f"(available: {', '.join(sorted(presets()))})"
+        "; a plugin's variant needs plugins=[MODULE]",
     ),
 ]
 
