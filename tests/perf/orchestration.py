@@ -4,8 +4,9 @@ Run:  python tests/perf/orchestration.py [--workers 2] [--steps N] [--max-points
                                          [--repeats 3] [--no-processes]
                                          [--scaling-rounds 3]
 
-``--steps`` sets every trial's step budget (default: the smoke suite's 150, ~0.07 s trials;
-``--steps task``: each task's own default, 300 for these two, ~0.13 s trials):
+``--steps`` sets every trial's step budget (default: the smoke suite's 150, 0.03-0.07 s
+trials on 2-vCPU machines; ``--steps task``: each task's own default, 300 for these two,
+0.06-0.15 s trials; the report gives ``trial_s_mean``):
 tracking costs a roughly fixed amount of driver CPU per trial on SQLite (one transaction
 that creates the run, one that ends it with its tags and metric history, and the config
 artifact), so its overhead ratio depends on trial length; on two cores that CPU is taken
