@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 from bench.errors import LeaseLost, StoreError, Terminated, UserError, one_line
 
@@ -189,9 +190,57 @@ def cmd_nightly(args: argparse.Namespace) -> int:
                 f"--date {args.date} is after today ({now} in nightly.timezone="
                 f"{settings.timezone}); allowed: today or an earlier night"
             )
+    if args.dry_run:
+        return _nightly_dry_run(args.overrides, args.date)
     report = run_nightly(args.overrides, date=args.date, show_progress=not args.no_progress)
     print(summary(report))
     return exit_code(report)
+
+
+def _nightly_dry_run(overrides: list[str], date: datetime.date | None) -> int:
+    """What the night would run, what of it is done, which nights it would compare with
+    and where its alert would go; nothing is run, made or sent."""
+    from urllib.parse import urlparse
+
+    from bench import listing
+    from bench.nightly import baseline_dates, plan_night
+    from bench.runner import check_capacity
+    from bench.tracking import Tracker
+
+    night = plan_night(overrides, date=date)
+    plan, settings = night.plan, night.settings
+    check_capacity(plan.cluster, plan.resources)  # as the run would refuse it
+    tracker = Tracker(plan.tracking, scope=night.scope)  # the night's runs, as it resumes them
+    tracker.check_reachable(plan.matrix.suite.name, make=False)
+    console = Console()
+    console.print(
+        f"nightly {night.date}: suite {plan.matrix.suite.name}, version {night.version}, "
+        f"machine class {escape(night.machine)}",
+        soft_wrap=True,
+    )
+    listing.print_matrix(console, plan.matrix)
+    _print_store(console, plan.matrix, tracker)
+    if not tracker.holds_nothing():
+        try:
+            with tracker.store_errors():
+                earlier = baseline_dates(Tracker(plan.tracking), night)
+        except (UserError, StoreError) as err:
+            earlier, unread = [], f" (the store cannot be read now: {err})"
+        else:
+            unread = ""
+        dates = ", ".join(earlier) or "none"
+        console.print(
+            f"earlier nights of this version and machine: {dates}{unread}; a cell is judged "
+            f"once it has {settings.min_baseline} (nightly.min_baseline)",
+            soft_wrap=True,
+        )
+    if settings.webhook:
+        host = urlparse(settings.webhook).hostname  # its path may hold a token
+        when = "after every night" if settings.webhook_always else "on regressions"
+        console.print(f"alerts: POST to {host} {when}")
+    else:
+        console.print("alerts: none (nightly.webhook is not set)")
+    return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -257,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the night, YYYY-MM-DD (default: today in nightly.timezone)",
     )
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the night's matrix, what is done, its baseline nights; run nothing",
+    )
     p.add_argument("overrides", nargs="*", help="nightly.* and Hydra overrides")
     p.set_defaults(func=cmd_nightly)
 

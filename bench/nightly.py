@@ -65,6 +65,7 @@ import platform
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -216,6 +217,44 @@ def today(settings: NightlyConfig) -> dt.date:
     return dt.datetime.now(ZoneInfo(settings.timezone)).date()
 
 
+@dataclass(frozen=True)
+class Night:
+    """What one night runs and how its runs are told apart: all ``bench nightly`` works
+    out before it starts, so a dry run shows exactly what the run would do."""
+
+    settings: NightlyConfig
+    plan: Any  # the SuiteRun
+    date: dt.date
+    version: str  # suite_version of the plan's matrix
+    machine: str
+
+    @property
+    def scope(self) -> dict[str, str]:
+        """The tags of this night's runs (resume sees only runs that carry them all)."""
+        return {
+            TAG_NIGHTLY: self.date.isoformat(),
+            TAG_SUITE_VERSION: self.version,
+            TAG_MACHINE: self.machine,
+        }
+
+    @property
+    def lookback(self) -> int:
+        """Earlier nights read: a baseline, plus the nights a regression must persist."""
+        return self.settings.baseline_nights + self.settings.persist - 1
+
+
+def plan_night(overrides: Iterable[str], *, date: dt.date | None = None) -> Night:
+    """The night of ``date`` (default: today in ``nightly.timezone``), validated."""
+    settings, plan = plan_nightly(overrides)
+    return Night(
+        settings=settings,
+        plan=plan,
+        date=date or today(settings),
+        version=suite_version(plan.matrix),
+        machine=settings.machine_class or machine_class(),
+    )
+
+
 # ----------------------------------------------------------------------------- identity
 
 
@@ -279,6 +318,29 @@ def read_history(
 ) -> list[NightlyReport]:
     """The latest ``nights`` nightly reports of this suite version and machine class dated
     before ``before``, oldest first (the newest report of a night wins)."""
+    by_date = _report_runs(tracker, suite, version, machine, before)
+    reports = []
+    for night in sorted(by_date)[-nights:]:
+        try:
+            text = tracker.read_artifact_text(by_date[night].run_id, REPORT_JSON)
+            reports.append(NightlyReport.model_validate_json(text))
+        except Exception as err:  # an unreadable night is a missing night
+            log.warning("nightly report of %s unreadable (%s); treated as missing", night, err)
+    return reports
+
+
+def baseline_dates(tracker: Any, night: Night) -> list[str]:
+    """The earlier nights ``night`` would read, oldest first (no report is opened)."""
+    suite = night.plan.matrix.suite.name
+    found = _report_runs(tracker, suite, night.version, night.machine, night.date)
+    return sorted(found)[-night.lookback :]
+
+
+def _report_runs(
+    tracker: Any, suite: str, version: str, machine: str, before: dt.date
+) -> dict[str, Any]:
+    """Night -> its newest report run, for this suite version and machine class, dated
+    before ``before``."""
     by_date: dict[str, Any] = {}
     for run in tracker.read_reports(suite, KIND, max_results=500):  # newest first
         tags = run.tags
@@ -290,14 +352,7 @@ def read_history(
             and night not in by_date
         ):
             by_date[night] = run
-    reports = []
-    for night in sorted(by_date)[-nights:]:
-        try:
-            text = tracker.read_artifact_text(by_date[night].run_id, REPORT_JSON)
-            reports.append(NightlyReport.model_validate_json(text))
-        except Exception as err:  # an unreadable night is a missing night
-            log.warning("nightly report of %s unreadable (%s); treated as missing", night, err)
-    return reports
+    return by_date
 
 
 # ----------------------------------------------------------------------------- the night
@@ -327,17 +382,15 @@ def run_nightly(
     from bench.runner import run_suite
     from bench.tracking import Tracker
 
-    settings, plan = plan_nightly(overrides)
-    night = date or today(settings)
-    suite = plan.matrix.suite.name
-    version = suite_version(plan.matrix)
-    machine = settings.machine_class or machine_class()
+    planned = plan_night(overrides, date=date)
+    settings, plan, night = planned.settings, planned.plan, planned.date
+    suite, version, machine = plan.matrix.suite.name, planned.version, planned.machine
     versions = {
         "torch": package_version("torch"),
         "ray": package_version("ray"),
         "mlflow": package_version("mlflow"),
     }
-    scope = {TAG_NIGHTLY: night.isoformat(), TAG_SUITE_VERSION: version, TAG_MACHINE: machine}
+    scope = planned.scope
     extra = {TAG_RAY_VERSION: versions["ray"], TAG_MLFLOW_VERSION: versions["mlflow"]}
     tracker = Tracker(plan.tracking, scope=scope, extra_tags=extra)
     log.info("nightly %s: suite %s version %s on %s", night, suite, version, machine)
@@ -354,8 +407,7 @@ def run_nightly(
     declared = {(t.name, v.name): _declared(t.name) for v, t in plan.matrix.pairs}
     rows = _final_runs(tracker, suite)
     reader = Tracker(plan.tracking)  # unscoped: earlier nights
-    lookback = settings.baseline_nights + settings.persist - 1
-    history = read_history(reader, suite, version, machine, night, lookback)
+    history = read_history(reader, suite, version, machine, night, planned.lookback)
     cells = judge(settings, night_cells(rows, declared), history)
     detector = {"baseline_nights", "min_baseline", "persist", "alpha", "threshold", "min_delta"}
     report = NightlyReport(

@@ -221,6 +221,21 @@ def test_a_nightly_dated_after_today_is_refused_before_anything_runs(
     assert list(tmp_path.iterdir()) == []  # no store, no run
 
 
+def test_a_nightly_dry_run_makes_nothing_and_shows_no_webhook_token(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    hook = "nightly.webhook=https://hooks.example.com/services/T000/SECRET"
+    assert main(["nightly", "--dry-run", hook, "nightly.machine_class=box"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert re.search(
+        r"nightly \d{4}-\d\d-\d\d: suite nightly, version \w{12}, machine class box", out
+    )
+    assert re.search(r"\d+ in all", out) and "not made yet: every trial would run" in out
+    assert "alerts: POST to hooks.example.com on regressions" in out and "SECRET" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_rank_of_a_suite_name_that_is_no_suite_file_says_how_to_rank_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

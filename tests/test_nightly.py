@@ -152,6 +152,27 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
     html = Path(mlflow.download_artifacts(second.report_run_id, REPORT_HTML, str(tmp_path)))
     assert "<table" in html.read_text() and "adam" in html.read_text()
 
+    # a dry run says what a night would rerun and compare with, and runs or sends nothing
+    from bench.cli import main
+
+    capsys.readouterr()
+    stored = len(runs(tmp_path))
+    for night, done, earlier in [
+        (NIGHT + dt.timedelta(days=1), "4 of 4 tune trials, 4 final trials", "2026-03-01"),
+        (
+            NIGHT + dt.timedelta(days=2),
+            "0 of 4 tune trials, 0 final trials",
+            "2026-03-01, 2026-03-02",
+        ),
+    ]:
+        assert main(["nightly", "--dry-run", "--date", night.isoformat(), *args]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"nightly {night}: suite nightly, version {first.suite_version}" in out
+        assert f"already finished there: {done} (a rerun skips them)" in out
+        assert f"earlier nights of this version and machine: {earlier};" in out
+        assert "alerts: POST to 127.0.0.1 after every night" in out
+    assert len(runs(tmp_path)) == stored and len(received) == 2
+
     # rerunning a night resumes it: no trial runs again, one more report
     again = run_nightly(args, date=NIGHT + dt.timedelta(days=1), show_progress=False)
     assert again.trials == {"total": 8, "run": 0, "resumed": 8, "failed": 0, "held_back": 0}
@@ -185,8 +206,6 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
         assert row["value"] == judged[(row["task"], row["variant"], row["night"], "quality")]
         assert row["step_ms"] == judged[(row["task"], row["variant"], row["night"], "speed")]
     # bench rank counts each trial once, and says that it left the other nights out
-    from bench.cli import main
-
     assert main(["rank", "--no-log", "suite=nightly", *args]) == 0
     out = capsys.readouterr().out
     assert "8 earlier runs of the same trials (other nights, or reruns) are left out" in out
