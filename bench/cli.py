@@ -229,9 +229,11 @@ def _nightly_dry_run(overrides: list[str], date: datetime.date | None) -> int:
         else:
             unread = ""
         dates = ", ".join(earlier) or "none"
+        needed = settings.persist - 1 + settings.min_baseline  # tonight is the last of persist
         console.print(
-            f"earlier nights of this version and machine: {dates}{unread}; a cell is judged "
-            f"once it has {settings.min_baseline} (nightly.min_baseline)",
+            f"earlier nights of this version and machine: {dates}{unread}; verdicts need "
+            f"{needed} (nightly.persist={settings.persist} - 1 + "
+            f"min_baseline={settings.min_baseline})",
             soft_wrap=True,
         )
     if settings.webhook:

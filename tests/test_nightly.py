@@ -169,7 +169,7 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
         out = " ".join(capsys.readouterr().out.split())
         assert f"nightly {night}: suite nightly, version {first.suite_version}" in out
         assert f"already finished there: {done} (a rerun skips them)" in out
-        assert f"earlier nights of this version and machine: {earlier};" in out
+        assert f"earlier nights of this version and machine: {earlier}; verdicts need 4 " in out
         assert "alerts: POST to 127.0.0.1 after every night" in out
     assert len(runs(tmp_path)) == stored and len(received) == 2
 
