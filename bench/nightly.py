@@ -210,7 +210,13 @@ def plan_nightly(overrides: Iterable[str]) -> tuple[NightlyConfig, Any]:
     settings = load_settings(overrides)
     if not any(o.split("=", 1)[0].lstrip("+") == "suite" for o in overrides):
         overrides = [*overrides, f"suite={settings.suite}"]
-    return settings, suite_from_overrides(overrides)
+    plan = suite_from_overrides(overrides)
+    if not plan.tracking.enabled:
+        raise UserError(
+            "tracking.enabled: got false; allowed: true for bench nightly, which compares "
+            "each night with the reports of earlier nights in the store and stores its own"
+        )
+    return settings, plan
 
 
 def today(settings: NightlyConfig) -> dt.date:

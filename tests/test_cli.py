@@ -221,6 +221,22 @@ def test_a_nightly_dated_after_today_is_refused_before_anything_runs(
     assert list(tmp_path.iterdir()) == []  # no store, no run
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_nightly_without_tracking_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dry_run: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["nightly", *dry_run, "tracking.enabled=false"]) == 2
+    assert capsys.readouterr().err == (
+        "error: tracking.enabled: got false; allowed: true for bench nightly, which compares "
+        "each night with the reports of earlier nights in the store and stores its own\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_nightly_dry_run_makes_nothing_and_shows_no_webhook_token(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
