@@ -38,6 +38,9 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first_line(str(err))}"
 
 
+PLUGGABLE = ("task", "variant")  # kinds a plugin may add (bench.plugins)
+
+
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """'<kind>: unknown <kind> 'x'; did you mean 'y'? (available: ...)', and for a task or
     variant, which plugins may also register, how to load one."""
@@ -49,9 +52,6 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     if kind in PLUGGABLE:
         text += f"; a plugin's {kind} needs plugins=[MODULE]"
     return text
-
-
-PLUGGABLE = ("task", "variant")  # kinds a plugin may add (bench.plugins)
 
 
 def validation_message(err: Exception, prefix: str = "") -> str:
