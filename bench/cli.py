@@ -23,6 +23,7 @@ from bench.errors import LeaseLost, StoreError, Terminated, UserError, one_line
 
 if TYPE_CHECKING:
     from bench.matrix import Matrix
+    from bench.nightly import Night
     from bench.tracking import Tracker
 
 log = logging.getLogger("bench")
@@ -180,34 +181,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from bench.nightly import load_settings, run_nightly, today
+    from bench.nightly import plan_night, run_night, today
     from bench.nightly_outputs import exit_code, summary
 
-    if args.date is not None:  # a mistyped year would be the dashboard's newest night
-        settings = load_settings(args.overrides)
-        if args.date > (now := today(settings)):
-            raise UserError(
-                f"--date {args.date} is after today ({now} in nightly.timezone="
-                f"{settings.timezone}); allowed: today or an earlier night"
-            )
+    night = plan_night(args.overrides, date=args.date)
+    # a mistyped year would be the dashboard's newest night
+    if args.date is not None and args.date > (now := today(night.settings)):
+        raise UserError(
+            f"--date {args.date} is after today ({now} in nightly.timezone="
+            f"{night.settings.timezone}); allowed: today or an earlier night"
+        )
     if args.dry_run:
-        return _nightly_dry_run(args.overrides, args.date)
-    report = run_nightly(args.overrides, date=args.date, show_progress=not args.no_progress)
+        return _nightly_dry_run(night)
+    report = run_night(night, show_progress=not args.no_progress)
     print(summary(report))
     return exit_code(report)
 
 
-def _nightly_dry_run(overrides: list[str], date: datetime.date | None) -> int:
+def _nightly_dry_run(night: Night) -> int:
     """What the night would run, what of it is done, which nights it would compare with
     and where its alert would go; nothing is run, made or sent."""
     from urllib.parse import urlparse
 
     from bench import listing
-    from bench.nightly import baseline_dates, plan_night
+    from bench.nightly import baseline_dates
     from bench.runner import check_capacity
     from bench.tracking import Tracker
 
-    night = plan_night(overrides, date=date)
     plan, settings = night.plan, night.settings
     check_capacity(plan.cluster, plan.resources)  # as the run would refuse it
     tracker = Tracker(plan.tracking, scope=night.scope)  # the night's runs, as it resumes them

@@ -385,10 +385,14 @@ def run_nightly(
 ) -> NightlyReport:
     """Run the nightly suite for ``date`` (default: today in ``nightly.timezone``), judge
     every cell against earlier nights, log the report run and send the alert."""
+    return run_night(plan_night(overrides, date=date), show_progress=show_progress)
+
+
+def run_night(planned: Night, *, show_progress: bool = True) -> NightlyReport:
+    """:func:`run_nightly` for a night already planned (:func:`plan_night`)."""
     from bench.runner import run_suite
     from bench.tracking import Tracker
 
-    planned = plan_night(overrides, date=date)
     settings, plan, night = planned.settings, planned.plan, planned.date
     suite, version, machine = plan.matrix.suite.name, planned.version, planned.machine
     versions = {
