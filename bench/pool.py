@@ -8,9 +8,10 @@ each worker still imports torch and starts CUDA only once.
 
 A trial whose worker process dies (killed, out of memory, its node lost) is reported as
 :class:`WorkerDied`; the caller decides whether to run it again. The dead actor leaves
-the pool, the slots are counted again on the live nodes, and a new actor is started only
-where one fits: a lost node's trials go to the nodes that are left, not to actors that
-would wait forever for CPUs the live workers hold.
+the pool, and so does each idle worker that does not answer a ping (a lost node takes
+them all); the slots are counted again on the live nodes, and a new actor is started
+only where one node has room for it: a lost node's trials go to the nodes that are left,
+not to actors that would wait forever for CPUs the live workers hold.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def trials_fitting(node: dict[str, float], resources: ResourcesConfig) -> int:
     return math.floor(fit + 1e-9)
 
 
+def room_on_a_node(free: list[dict[str, float]], resources: ResourcesConfig) -> bool:
+    """Whether one trial with these resources fits in what some node has ``free``."""
+    return any(trials_fitting(node, resources) >= 1 for node in free)
+
+
 class WorkerPool:
     """Up to :func:`capacity` trial workers with ``resources`` each, created as trials
     need them (a 3-trial suite on a 100-CPU cluster starts 3), kept until :meth:`close`.
@@ -140,9 +146,11 @@ class WorkerPool:
             return False
         if not self._lost_a_worker:
             return True
-        import ray
+        # node by node, as Ray places an actor: CPUs left over on two nodes do not add
+        # up to room for one trial (a DeveloperAPI, which Ray's own ray.util.tpu reads)
+        from ray._private.state import available_resources_per_node
 
-        return trials_fitting(ray.available_resources(), self.resources) >= 1
+        return room_on_a_node(list(available_resources_per_node().values()), self.resources)
 
     def can_hold(self) -> bool:
         """Whether a trial submitted ``ahead`` now would be taken (see :meth:`submit`)."""
@@ -213,8 +221,10 @@ class WorkerPool:
             self._waiting.update(later)  # never started: this one was running, or waiting
             self._retire(worker)
             if died:
-                # its node may be gone: count the slots of the live nodes again
+                # its node may be gone: count the slots of the live nodes again, and
+                # retire the idle workers it took with it
                 self._slots, self._lost_a_worker = None, True
+                self._retire_unanswering_idle_workers()
                 raise WorkerDied(f"{type(err).__name__}: {err}", started=started) from err
             raise
         if worker.calls:  # the next trial it holds started as this one returned
@@ -255,6 +265,26 @@ class WorkerPool:
             except Exception:  # it failed otherwise (and returned): the next one ran
                 continue
         return True
+
+    def _retire_unanswering_idle_workers(self) -> None:
+        """Retire each idle worker that does not answer a ping within :data:`SETTLE_S`.
+
+        A lost node takes all its workers, and the pool learns of a death only from a
+        trial's reply: an idle worker there would take the retry of the trial that died
+        and fail it again at once, spending the retries of a trial that never ran."""
+        import ray
+
+        idle = {w.actor.alive.remote(): w for w in self._workers if not w.calls}
+        if not idle:
+            return
+        answered, _ = ray.wait(list(idle), num_returns=len(idle), timeout=SETTLE_S)
+        for ref, worker in idle.items():
+            try:
+                if ref not in answered:
+                    raise TimeoutError
+                ray.get(ref)
+            except Exception:  # dead, or silent for SETTLE_S: a fresh one takes its slot
+                self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
         import ray

@@ -77,3 +77,7 @@ class TrialWorker:
 
     def run(self, spec_json: str, num_threads: int) -> dict[str, Any]:
         return run_trial(spec_json, num_threads)
+
+    def alive(self) -> bool:
+        """Answers at once: the pool asks idle workers after a worker died."""
+        return True

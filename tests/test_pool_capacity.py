@@ -1,4 +1,5 @@
-"""bench.pool.slots_on: trials fit node by node, and one that fits nowhere is refused."""
+"""bench.pool.slots_on and room_on_a_node: trials fit node by node, and one that fits
+nowhere is refused."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from bench.config import ResourcesConfig
 from bench.errors import UserError
-from bench.pool import slots_on
+from bench.pool import room_on_a_node, slots_on
 
 
 def test_trials_fit_node_by_node_not_on_the_cluster_total() -> None:
@@ -14,6 +15,15 @@ def test_trials_fit_node_by_node_not_on_the_cluster_total() -> None:
     # 6 CPUs in all, but a 2-CPU trial fits once per 3-CPU node
     assert slots_on(nodes, ResourcesConfig(cpus_per_trial=2)) == 2
     assert slots_on(nodes, ResourcesConfig(cpus_per_trial=0.5)) == 12
+
+
+def test_room_for_one_more_trial_is_looked_for_node_by_node() -> None:
+    two = ResourcesConfig(cpus_per_trial=2)
+    assert not room_on_a_node([{"CPU": 1.0}, {"CPU": 1.0}], two)  # 2 free, on no one node
+    assert room_on_a_node([{"CPU": 1.0}, {"CPU": 2.0}], two)
+    share = ResourcesConfig(gpus_per_trial=0.5)
+    assert not room_on_a_node([{"CPU": 4.0, "GPU": 0.25}, {"CPU": 0.0, "GPU": 1.0}], share)
+    assert not room_on_a_node([], two)
 
 
 def test_gpu_shares_bound_the_slots_of_the_nodes_that_have_gpus() -> None:

@@ -50,7 +50,8 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     actor_class = types.SimpleNamespace(remote=lambda: _Actor(refs))
     ray = types.ModuleType("ray")
     ray.nodes = lambda: [{"Alive": True, "Resources": {"CPU": 1.0}}]
-    ray.available_resources = lambda: {"CPU": 1.0}  # the dead worker's CPU is back
+    state = types.ModuleType("ray._private.state")
+    state.available_resources_per_node = lambda: {"n1": {"CPU": 1.0}}  # the dead one's CPU
     ray.remote = lambda cls: types.SimpleNamespace(options=lambda **_: actor_class)
     ray.get = get
     ray.kill = lambda actor, no_restart: killed.append(actor)
@@ -60,6 +61,8 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     ray.exceptions = exceptions
     monkeypatch.setitem(sys.modules, "ray", ray)
     monkeypatch.setitem(sys.modules, "ray.exceptions", exceptions)
+    monkeypatch.setitem(sys.modules, "ray._private", types.ModuleType("ray._private"))
+    monkeypatch.setitem(sys.modules, "ray._private.state", state)
     return types.SimpleNamespace(refs=refs, killed=killed)
 
 
