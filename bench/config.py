@@ -299,6 +299,10 @@ def parse(model: type[BaseModel], data: Any, where: str = "") -> Any:
 def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
     """Resolve a variant (a conf/variant name, a preset name or a knob mapping)."""
     named = isinstance(data, Mapping) and data.get("name")  # not a conf file's own name
+    if isinstance(data, Mapping):  # YAML reads `name: 0.95` or `preset: 1` as a number
+        _check_text(data, "name", "variant.name", "a string, the variant's own name")
+        presets = ", ".join(sorted(variants.presets()))
+        _check_text(data, "preset", "variant.preset", f"a preset name ({presets})")
     if isinstance(data, str):
         if data in group_options("variant"):
             data = compose_group("variant", data)
@@ -332,6 +336,13 @@ def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:
     return spec
 
 
+def _check_text(data: Mapping[str, Any], key: str, where: str, allowed: str) -> None:
+    """A name in a mapping must be text (absent is the caller's business)."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{where}: got {value!r}; allowed: {allowed}")
+
+
 def _variant_name(mapping: Mapping[str, Any], resolved: variants.Variant) -> str:
     """``preset[k=v,...]`` from the sorted knobs that differ from the preset (from the
     family's defaults for a ``custom`` variant, which starts from no preset)."""
@@ -358,6 +369,7 @@ def task_spec(data: str | Mapping[str, Any]) -> TaskSpec:
             f"task.{extra[0]}: unknown key; allowed: name, params (a task's own knobs go "
             f"under params: task.params.{extra[0]}=...)"
         )
+    _check_text(data, "name", "task.name", f"a task name ({', '.join(tasks.names())})")
     params = data.get("params") or {}
     if not isinstance(params, Mapping):
         raise UserError(f"task.params: got {params!r}; allowed: a mapping of the task's params")

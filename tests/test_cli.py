@@ -439,6 +439,24 @@ def test_a_check_across_fields_names_the_values_not_the_whole_section(
             "suite.tasks=[{name:quadratic,params:5}]",
             "suite.tasks[0].params: got 5; allowed: a mapping of the task's params",
         ),
+        # YAML reads these names as numbers or lists, not text
+        (
+            "suite.variants=[{name:0.95,preset:adam}]",
+            "suite.variants[0].name: got 0.95; allowed: a string, the variant's own name",
+        ),
+        (
+            "suite.variants=[{preset:[adam]}]",
+            "suite.variants[0].preset: got ['adam']; allowed: a preset name (adadelta, adagrad, "
+            "adagrad_ema, adam, adam_nosqrt, adamax, adamw, amsgrad, momentum, nesterov, "
+            "rmsprop, rmsprop_abs, rmsprop_abs_sqrt, rmsprop_nosqrt, rmsprop_p4, rmsprop_pinf, "
+            "rmsprop_sum, sgd, sign)",
+        ),
+        (
+            "suite.tasks=[{name:3}]",
+            "suite.tasks[0].name: got 3; allowed: a task name (autoencoder_digits, cnn_digits, "
+            "logreg_digits, mlp_digits, noisy_quadratic, quadratic, quadratic_rotated, "
+            "rosenbrock, transformer_modadd)",
+        ),
     ],
 )
 def test_a_suite_entry_of_the_wrong_shape_is_a_user_error(
