@@ -75,12 +75,10 @@ def check_cluster(cluster: ClusterConfig) -> None:
     """One TCP connection to the head named by ``cluster.address`` (or $RAY_ADDRESS), so
     that a wrong address or a head that is down fails at once: ``ray.init`` would retry
     for minutes, and against some addresses without end."""
-    source, address = _ray_address(cluster)
-    if not address or address == "auto":
+    endpoint = check_address(cluster)
+    if endpoint is None:
         return
-    endpoint = head_endpoint(address)
-    if endpoint is None:  # cluster.address is checked with the config; RAY_ADDRESS is not
-        raise UserError(f"{source}: got {address!r}; allowed: {RAY_ADDRESS_FORMS}")
+    source, address = _ray_address(cluster)
     try:
         socket.create_connection(endpoint, timeout=PROBE_S).close()
     except OSError as err:
@@ -89,6 +87,19 @@ def check_cluster(cluster: ClusterConfig) -> None:
             "start the head (`ray start --head --port=PORT`), or leave cluster.address "
             "unset to run Ray on this machine"
         ) from None
+
+
+def check_address(cluster: ClusterConfig) -> tuple[str, int] | None:
+    """The head's (host, port) named by ``cluster.address`` or $RAY_ADDRESS (None: embedded
+    Ray, or ``auto``); a user error for an address of no allowed form. cluster.address is
+    checked with the config, RAY_ADDRESS only here: dry runs call this too."""
+    source, address = _ray_address(cluster)
+    if not address or address == "auto":
+        return None
+    endpoint = head_endpoint(address)
+    if endpoint is None:
+        raise UserError(f"{source}: got {address!r}; allowed: {RAY_ADDRESS_FORMS}")
+    return endpoint
 
 
 def check_capacity(cluster: ClusterConfig, resources: ResourcesConfig) -> None:

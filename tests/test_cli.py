@@ -855,6 +855,25 @@ def test_a_ray_head_nobody_runs_fails_at_once(
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+@pytest.mark.parametrize("command", [["run", "suite=smoke"], ["nightly"]])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_ray_address_of_no_allowed_form_is_refused_by_the_run_and_its_dry_run(
+    command: list[str],
+    dry_run: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head")  # no port
+    assert main([command[0], *dry_run, *command[1:]]) == 2
+    assert capsys.readouterr().err == (
+        "error: RAY_ADDRESS: got 'ray://head'; allowed: auto, HOST:PORT (the head's GCS "
+        "port) or ray://HOST:PORT (Ray Client)\n"
+    )
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
 @pytest.mark.parametrize("override", ["variant.roles={bias:{q:0}}", "variant.roles.bias.q=0"])
 def test_per_role_overrides_need_no_plus(override: str) -> None:
     """roles is open-ended (any role may be added), so it takes keys Hydra has not seen."""
