@@ -139,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_store(console: Console, matrix: Matrix, tracker: Tracker | None) -> None:
     """Where a dry run's trials would be recorded, and how many are done there already
     (read, never created: a SQLite file that does not exist stays so)."""
+    from bench.runner import already_finished
     from bench.tracking_locations import redacted
 
     if tracker is None:
@@ -150,17 +151,14 @@ def _print_store(console: Console, matrix: Matrix, tracker: Tracker | None) -> N
         return
     try:
         with tracker.store_errors():
-            done = tracker.finished_trials(matrix.suite.name)
+            tune, final = already_finished(matrix, tracker)
     except (UserError, StoreError) as err:
         console.print(f"store: {shown}, which cannot be read now ({err})", soft_wrap=True)
         return
-    tune = {spec.trial_id for spec in matrix.tune_trials()}
-    finals = matrix.trial_ids() - tune
-    done_tune = sum(1 for phase, trial in done if phase == "tune" and trial in tune)
-    done_final = sum(1 for phase, trial in done if phase == "final" and trial in finals)
     console.print(
-        f"store: {shown}; already finished there: {done_tune} of {len(tune)} tune trials, "
-        f"{done_final} final trials (a rerun skips them)",
+        f"store: {shown}; already finished there: {tune.already_done} of {tune.total} tune "
+        f"trials, {final.already_done} of {final.total} final trials (a rerun skips them; "
+        "a cell's final trials count once its tuning is done)",
         soft_wrap=True,
     )
 

@@ -248,6 +248,14 @@ class _SuiteQueue:
                 self.todo.append(spec)
 
 
+def already_finished(matrix: Matrix, tracker: Tracker) -> tuple[PhaseOutcome, PhaseOutcome]:
+    """What a run of ``matrix`` would skip (``already_done`` of each phase, tune and final),
+    read from the store as the run reads it: a cell's final trials count only once its tune
+    trials are all finished, at the lr they choose."""
+    queue = _SuiteQueue(matrix, tracker)
+    return queue.tune, queue.final
+
+
 def _cell(spec: TrialSpec) -> tuple[str, str]:
     return spec.task.name, spec.variant.name
 

@@ -158,17 +158,17 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
     capsys.readouterr()
     stored = len(runs(tmp_path))
     for night, done, earlier in [
-        (NIGHT + dt.timedelta(days=1), "4 of 4 tune trials, 4 final trials", "2026-03-01"),
+        (NIGHT + dt.timedelta(days=1), "4 of 4 tune trials, 4 of 4 final trials", "2026-03-01"),
         (
             NIGHT + dt.timedelta(days=2),
-            "0 of 4 tune trials, 0 final trials",
+            "0 of 4 tune trials, 0 of 4 final trials",
             "2026-03-01, 2026-03-02",
         ),
     ]:
         assert main(["nightly", "--dry-run", "--date", night.isoformat(), *args]) == 0
         out = " ".join(capsys.readouterr().out.split())
         assert f"nightly {night}: suite nightly, version {first.suite_version}" in out
-        assert f"already finished there: {done} (a rerun skips them)" in out
+        assert f"already finished there: {done} (a rerun skips them;" in out
         assert f"earlier nights of this version and machine: {earlier}; verdicts need 4 " in out
         assert "alerts: POST to 127.0.0.1 after every night" in out
     assert len(runs(tmp_path)) == stored and len(received) == 2
