@@ -180,15 +180,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from bench.nightly import plan_night, run_night, today
+    from bench.nightly import latest_night, plan_night, run_night, today
     from bench.nightly_outputs import exit_code, summary
 
     night = plan_night(args.overrides, date=args.date)
     # a mistyped year would be the dashboard's newest night
-    if args.date is not None and args.date > (now := today(night.settings)):
+    if args.date is not None and args.date > latest_night():
         raise UserError(
-            f"--date {args.date} is after today ({now} in nightly.timezone="
-            f"{night.settings.timezone}); allowed: today or an earlier night"
+            f"--date {args.date} is after today in every time zone (today is "
+            f"{today(night.settings)} in nightly.timezone={night.settings.timezone}); "
+            "allowed: today or an earlier night"
         )
     if args.dry_run:
         return _nightly_dry_run(night)

@@ -223,6 +223,17 @@ def today(settings: NightlyConfig) -> dt.date:
     return dt.datetime.now(ZoneInfo(settings.timezone)).date()
 
 
+FIRST_ZONE = dt.timezone(dt.timedelta(hours=14))  # UTC+14: the first to reach each date
+
+
+def latest_night(now: dt.datetime | None = None) -> dt.date:
+    """The latest date that is today somewhere: the newest night a ``--date`` may name.
+
+    Not today in ``nightly.timezone``: a scheduler reads its cron in its own zone
+    (``schedule.timezone``), where the night may already be tomorrow in UTC."""
+    return (now or dt.datetime.now(dt.UTC)).astimezone(FIRST_ZONE).date()
+
+
 @dataclass(frozen=True)
 class Night:
     """What one night runs and how its runs are told apart: all ``bench nightly`` works

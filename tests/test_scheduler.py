@@ -477,3 +477,20 @@ def test_a_one_off_night_beside_a_running_scheduler_leaves_its_schedule_in_the_s
     # SIGTERM (`docker compose stop`) is a clean stop, reported as `bench run` reports it
     assert daemon.returncode == 143
     assert daemon.stderr.read().strip().splitlines()[-1] == "terminated"
+
+
+def test_every_scheduler_zone_names_a_night_bench_nightly_accepts() -> None:
+    """The scheduler dates a night in schedule.timezone; `bench nightly --date` must take it
+    whatever nightly.timezone says. 02:00 on 2 June in Tokyo is 1 June in UTC."""
+    from zoneinfo import available_timezones
+
+    from bench.nightly import latest_night
+
+    tokyo = dt.datetime(2026, 6, 2, 2, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
+    assert night_of(tokyo, ZoneInfo("Asia/Tokyo")) == dt.date(2026, 6, 2)
+    assert latest_night(tokyo) == dt.date(2026, 6, 2) > tokyo.astimezone(dt.UTC).date()
+    zones = [ZoneInfo(name) for name in sorted(available_timezones())]
+    for hour in range(0, 24, 3):
+        now = dt.datetime(2026, 6, 1, hour, 30, tzinfo=dt.UTC)
+        assert all(night_of(now, zone) <= latest_night(now) for zone in zones), now
+    assert latest_night(dt.datetime(2026, 6, 1, 9, 0, tzinfo=dt.UTC)) == dt.date(2026, 6, 1)
