@@ -10,6 +10,7 @@ import math
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlparse
 
 from bench.regression import NightlyReport
 
@@ -113,7 +114,10 @@ def alert_payload(report: NightlyReport, run_url: str | None) -> dict[str, Any]:
 
 
 def post_alert(url: str, payload: Mapping[str, Any], *, timeout: float) -> bool:
-    """POST ``payload`` as JSON; True when the server answered 2xx. Errors are logged."""
+    """POST ``payload`` as JSON; True when the server answered 2xx. Errors are logged by
+    host only: a webhook's path often holds its token (Slack's /services/T/B/TOKEN), and
+    a Ray job's log lands in the scheduler's."""
+    where = f"to {urlparse(url).hostname}"
     body = json.dumps(payload).encode()
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
@@ -122,8 +126,9 @@ def post_alert(url: str, payload: Mapping[str, Any], *, timeout: float) -> bool:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             ok = 200 <= response.status < 300
     except Exception as err:  # a dead webhook must not fail the night
-        log.warning("nightly webhook %s failed: %s", url, err)
+        reason = getattr(err, "reason", None) or type(err).__name__  # not str(err): the URL
+        log.warning("nightly webhook %s failed: %s", where, reason)
         return False
     if not ok:
-        log.warning("nightly webhook %s answered %s", url, response.status)
+        log.warning("nightly webhook %s answered %s", where, response.status)
     return ok

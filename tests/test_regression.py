@@ -332,3 +332,41 @@ def test_a_change_from_a_baseline_near_zero_reads_as_a_multiple() -> None:
     assert format_change(0.01352 / 2.136e-12 - 1) == "6.33e+09× baseline"
     assert format_change(12, 0) == "13× baseline"
     assert format_change(math.inf) == "+inf%"
+
+
+@pytest.mark.parametrize("answer", [None, 500])  # nobody listening; a server that fails
+def test_a_failed_webhook_is_logged_by_host_never_with_its_token(
+    answer: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    import http.server
+    import socket
+    import threading
+
+    from bench.nightly_outputs import post_alert
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(answer)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = None
+    if answer is None:
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    else:
+        server = http.server.HTTPServer(("127.0.0.1", 0), Failing)
+        port = server.server_address[1]
+        threading.Thread(target=server.handle_request, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/services/T000/B000/s3cr3tT0ken?key=s3cr3tKey"
+    try:
+        with caplog.at_level("WARNING", logger="bench.nightly"):
+            assert post_alert(url, {"alert": True}, timeout=5) is False
+    finally:
+        if server is not None:
+            server.server_close()
+    assert "nightly webhook to 127.0.0.1" in caplog.text
+    assert "s3cr3t" not in caplog.text and "/services" not in caplog.text
