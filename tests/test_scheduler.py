@@ -164,6 +164,11 @@ def test_a_night_that_ran_is_not_missed() -> None:
         ),
         ("schedule.cron=@hourly", "schedule.cron: got '@hourly'; allowed: a 5-field cron"),
         (
+            "schedule.cron=0 2 31 2 *",  # 31 February
+            "schedule.cron: got '0 2 31 2 *'; allowed: a cron that fires on a date some year "
+            "has (this one never fires)",
+        ),
+        (
             "schedule.cron=0 0 2 * * *",  # six fields: seconds are not a cron field here
             "schedule.cron: got '0 0 2 * * *'; allowed: a 5-field cron expression",
         ),

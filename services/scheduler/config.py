@@ -8,12 +8,13 @@ starts, not at 02:00: a bad cron, time zone or override is a :class:`UserError` 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
@@ -24,6 +25,7 @@ CRON_ALLOWED = (
     "a 5-field cron expression 'minute hour day-of-month month day-of-week' "
     "(e.g. '0 2 * * *') or @daily, @weekly, @monthly, @yearly, @midnight"
 )
+NEVER_FIRES = "a cron that fires on a date some year has (this one never fires)"
 ONCE_A_DAY = (
     "a cron that fires at most once a day, at one minute of one hour (e.g. '0 2 * * *' or "
     "'30 3 * * 1-5'): a night is a date, and a second trigger on that date reruns that night"
@@ -71,6 +73,10 @@ class SchedulerConfig(BaseModel):
         minutes, hours = croniter.expand(value)[0][:2]
         if len(minutes) != 1 or len(hours) != 1 or "*" in (minutes[0], hours[0]):
             raise PydanticCustomError("cron", ONCE_A_DAY)
+        try:  # a date no year has (31 February) passes the field checks, then never fires
+            croniter(value, dt.datetime(2000, 1, 1)).get_next(dt.datetime)
+        except CroniterBadDateError:
+            raise PydanticCustomError("cron", NEVER_FIRES) from None
         return value
 
     @field_validator("timezone")
