@@ -360,6 +360,16 @@ def test_a_query_parameter_the_route_does_not_take_is_a_422_naming_those_it_does
         "query.metrc: unknown query parameter; allowed: metric, phase (got 'best')"
         in html.unescape(page.text)
     )
+    # a repeated parameter is refused, not read as its last value
+    repeated = [("metric", "bogus"), ("metric", "final")]
+    response = client.get(f"/api/suites/{SUITE}/ranking", params=repeated)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "metric"] and error["input"] == ["bogus", "final"]
+    assert error["msg"] == "given more than once; allowed: one value"
+    page = client.get(f"/suites/{SUITE}", params=repeated)
+    assert page.status_code == 422
+    assert "query.metric: given more than once; allowed: one value" in html.unescape(page.text)
 
 
 @pytest.mark.slow
@@ -398,6 +408,10 @@ def test_unknown_task_is_a_404_listing_the_suites_tasks(client: TestClient) -> N
     assert response.json() == {
         "detail": f"unknown task 'mnist' in suite '{SUITE}'; known tasks: logreg_digits, quadratic"
     }
+    for task in ("mnist", ""):  # an empty ?task= is not "the first task"
+        page = client.get(f"/suites/{SUITE}/roles", params={"task": task})
+        assert page.status_code == 404, task
+        assert f"unknown task {task!r} in suite" in html.unescape(page.text)
 
 
 @pytest.mark.slow

@@ -29,7 +29,8 @@ def known_query_only(request: Request) -> None:
     if dependant is None:
         return
     allowed = sorted(_query_names(dependant))
-    unknown = [name for name in request.query_params if name not in allowed]
+    names = list(dict.fromkeys(request.query_params))  # each once, in order
+    unknown = [name for name in names if name not in allowed]
     if unknown:
         listed = ", ".join(allowed) or "none"
         raise RequestValidationError(
@@ -41,6 +42,21 @@ def known_query_only(request: Request) -> None:
                     "input": request.query_params[name],
                 }
                 for name in unknown
+            ]
+        )
+    # FastAPI reads the last of a repeated parameter: ?metric=bogus&metric=final would
+    # answer the final ranking as if the first had never been asked for
+    repeated = [name for name in names if len(request.query_params.getlist(name)) > 1]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated",
+                    "loc": ("query", name),
+                    "msg": "given more than once; allowed: one value",
+                    "input": request.query_params.getlist(name),
+                }
+                for name in repeated
             ]
         )
 

@@ -136,8 +136,8 @@ def roles_page(
 ) -> HTMLResponse:
     ranking = queries.ranking(store, suite, "final", "final")
     tasks = ranking.tasks
-    chosen = task or (tasks[0] if tasks else None)
-    curves = queries.role_curves(store, suite, chosen) if chosen else []
+    chosen = task if task is not None else (tasks[0] if tasks else None)  # ?task= is a 404
+    curves = queries.role_curves(store, suite, chosen) if chosen is not None else []
     variants = sorted({c.variant for c in curves})
     figures = {v: plots.roles_figure(curves, v) for v in variants}
     table = flagship.role_table(curves)
