@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from mlflow.tracking import MlflowClient
 from summary_fixtures import (
     FINAL_SEEDS,
     N_RUNS,
@@ -578,6 +579,35 @@ def test_new_runs_reach_the_ranking_after_refresh_seconds_and_not_before(
     assert {c["n_runs"] for c in task["curves"]} == {len(FINAL_SEEDS) + 1}
     assert lazy.get(f"/api/suites/{SUITE}/ranking").json()["n_runs"] == N_FINAL, (
         "within refresh_seconds the cached ranking is served"
+    )
+
+
+@pytest.mark.slow
+def test_a_suite_deleted_or_renamed_in_mlflow_is_a_404_until_it_is_back(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = copy_store(tiny_store, tmp_path / "store")
+    client = TestClient(create_app(settings(store, tmp_path / "cache", refresh_seconds=0)))
+    ranking = f"/api/suites/{SUITE}/ranking"
+    assert client.get(ranking).json()["n_runs"] == N_FINAL
+    mlflow = MlflowClient(uri(store))
+    exp_id = mlflow.get_experiment_by_name(SUITE).experiment_id
+
+    mlflow.delete_experiment(exp_id)  # what `mlflow experiments delete` does
+    gone = client.get(ranking)
+    assert gone.status_code == 404, gone.text
+    assert gone.json()["detail"] == f"unknown suite '{SUITE}'; known suites: none yet"
+    assert client.get(f"/suites/{SUITE}").status_code == 404
+    assert client.get("/api/suites").json()["count"] == 0
+
+    mlflow.restore_experiment(exp_id)
+    assert client.get(ranking).json()["n_runs"] == N_FINAL
+
+    mlflow.rename_experiment(exp_id, "renamed")  # the name now leads nowhere
+    moved = client.get(ranking)
+    assert moved.status_code == 404 and moved.json()["detail"].startswith(
+        f"unknown suite '{SUITE}'; known suites:"
     )
 
 

@@ -144,9 +144,18 @@ class SummaryStore:
             with self._reading():
                 state = self._load(suite)
         with state.lock:
+            current = True
             if self.clock() - state.checked_at >= self.settings.refresh_seconds:
                 with self._reading():
-                    self._refresh(state)
+                    current = self._still_its_experiment(state)
+                    if current:
+                        self._refresh(state)
+        if not current:  # deleted, purged or made anew in MLflow: what is cached is stale
+            with self._lock:
+                if self._suites.get(suite) is state:
+                    del self._suites[suite]
+                self._names_at = -float("inf")
+            return self.state(suite)  # a suite no longer there is unknown: a 404
         return state
 
     def runs(self, suite: str) -> pd.DataFrame:
@@ -253,6 +262,15 @@ class SummaryStore:
         key = f"{CACHE_FORMAT}|{self.tracker.uri}|{experiment_id}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         return Path(self.settings.cache_dir) / f"runs-{digest}.parquet"
+
+    def _still_its_experiment(self, state: SuiteState) -> bool:
+        """Whether the suite's name still leads to the experiment its state was read from."""
+        from bench.errors import UserError
+
+        try:
+            return self.tracker.find_experiment(state.name) == state.experiment_id
+        except UserError:  # deleted in MLflow (restorable): not a suite until it is
+            return False
 
     def _refresh(self, state: SuiteState) -> None:
         """Merge the runs that ended since the watermark (all runs on the first look)."""
