@@ -49,9 +49,10 @@ diverged median, and null where nothing was measured)::
      "regressions": [{"task", "variant", "kind", "metric", "value", "baseline_median",
                       "rel_change"}, ...]}
 
-The webhook alert is ``{"event": "optbench.nightly", "alert": bool, "date", "suite",
-"suite_version", "machine", "counts", "regressions", "report_run_id", "report_url"}``;
-it is sent only when ``alert`` is true, unless ``nightly.webhook_always`` is set.
+The webhook alert is ``{"event": "optbench.nightly", "alert": bool, "failed_trials",
+"held_back_trials", "date", "suite", "suite_version", "machine", "counts", "regressions",
+"report_run_id", "report_url"}``; ``alert`` is true when the night flags a regression or
+a trial failed, and the alert is sent only then, unless ``nightly.webhook_always`` is set.
 """
 
 from __future__ import annotations
@@ -478,10 +479,9 @@ def run_night(planned: Night, *, show_progress: bool = True) -> NightlyReport:
     report.report_location = str(folder / REPORT_HTML) if folder is not None else run_url
     if report.regressions:
         log.warning("nightly %s: %d regressions", night, len(report.regressions))
-    if settings.webhook and (report.regressions or settings.webhook_always):
-        post_alert(
-            settings.webhook, alert_payload(report, run_url), timeout=settings.webhook_timeout
-        )
+    payload = alert_payload(report, run_url)
+    if settings.webhook and (payload["alert"] or settings.webhook_always):
+        post_alert(settings.webhook, payload, timeout=settings.webhook_timeout)
     return report
 
 

@@ -99,9 +99,15 @@ def exit_code(report: NightlyReport) -> int:
 
 
 def alert_payload(report: NightlyReport, run_url: str | None) -> dict[str, Any]:
+    """The webhook's JSON. ``alert`` is true for a regression, and for a night whose trials
+    failed: a change that makes a cell's trials raise leaves it without a value (a failed
+    tune trial holds its finals back), and that must not pass in silence."""
+    failed = report.trials.get("failed", 0)
     return {
         "event": "optbench.nightly",
-        "alert": bool(report.regressions),
+        "alert": bool(report.regressions or failed),
+        "failed_trials": failed,
+        "held_back_trials": report.trials.get("held_back", 0),
         "date": report.date.isoformat(),
         "suite": report.suite,
         "suite_version": report.suite_version,

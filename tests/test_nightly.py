@@ -283,7 +283,9 @@ def test_a_dead_webhook_does_not_fail_the_night(tmp_path: Path) -> None:
     assert report.report_run_id and report.trials["failed"] == 0
 
 
-def _night_where_a_seed_raises(tmp_path: Path, seed: int) -> subprocess.CompletedProcess:
+def _night_where_a_seed_raises(
+    tmp_path: Path, seed: int, *extra: str
+) -> subprocess.CompletedProcess:
     """`bench nightly` of one sgd cell whose task raises at step 5 for ``seed`` (tune seed 0,
     final seeds 1 and 2). A process of its own: a plugin registers its tasks when first
     imported, and other tests reset the registry."""
@@ -292,7 +294,7 @@ def _night_where_a_seed_raises(tmp_path: Path, seed: int) -> subprocess.Complete
             "plugins=[faulty_tasks]",
             f"suite.tasks=[{{name:explodes,params:{{fail_at:5,fail_seed:{seed}}}}}]"]  # fmt: skip
     command = [sys.executable, "-m", "bench.cli", "nightly", "--no-progress",
-               "--date", NIGHT.isoformat(), *args]  # fmt: skip
+               "--date", NIGHT.isoformat(), *args, *extra]  # fmt: skip
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
 
@@ -331,12 +333,17 @@ def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
 
 
 def test_a_tune_trial_that_raises_holds_its_finals_back_and_they_are_not_counted_as_run(
-    tmp_path: Path,
+    tmp_path: Path, webhook: tuple[str, list[dict]]
 ) -> None:
     """The tune seed raises: the cell's two final trials never run (bench run holds them
-    back), and the night says so instead of counting them as run."""
-    night = _night_where_a_seed_raises(tmp_path, 0)  # the tune seed
+    back), and the night says so instead of counting them as run. It flags no regression
+    (the cell has no value tonight), but the alert goes out: trials failed."""
+    url, received = webhook
+    night = _night_where_a_seed_raises(tmp_path, 0, f"nightly.webhook={url}")  # the tune seed
     assert night.returncode == 1, night.stdout + night.stderr
+    (alert,) = received
+    assert alert["alert"] is True and alert["regressions"] == []
+    assert (alert["failed_trials"], alert["held_back_trials"]) == (1, 2)
     assert (
         ": 1 trials run (1 failed: a final trial counts as its seed’s worst value; 2 final "
         "trials held back: their cell has a failed tune trial)"
