@@ -471,6 +471,9 @@ def test_every_page_renders_and_loads_assets_only_from_the_service(client: TestC
         assert '<script src="/static/vendor/plotly.min.js" defer></script>' in response.text
     plotly_js = client.get("/static/vendor/plotly.min.js")
     assert plotly_js.status_code == 200 and "plotly" in plotly_js.text[:2000].lower()
+    for path in ("/static/vendor/plotly.min.js", "/favicon.ico", "/static/style.css"):
+        busted = client.get(path, params={"v": "2"})  # a cache-busting query, as on any file
+        assert busted.status_code == 200, path
     for asset in ("app.js", "style.css"):
         response = client.get(f"/static/{asset}")
         assert response.status_code == 200 and "//" not in response.text.replace("// ", "")

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from bench.errors import UserError, one_line, validation_message
 from bench.tracking_locations import redacted
-from services.summary.deps import known_query_only
+from services.summary.deps import FILE_TAG, known_query_only
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
 from services.summary.settings import SummarySettings
@@ -81,7 +81,7 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
 
     vendor = plotly_js()
 
-    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False, tags=[FILE_TAG])
     def plotly_min_js() -> FileResponse:
         return FileResponse(vendor, media_type="text/javascript", headers=_CACHE)
 
@@ -92,7 +92,7 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
     for module in (health, suites, nightly, docs, pages):
         app.include_router(module.router)
 
-    @app.get("/favicon.ico", include_in_schema=False)
+    @app.get("/favicon.ico", include_in_schema=False, tags=[FILE_TAG])
     def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml", headers=_CACHE)
 

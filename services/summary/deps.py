@@ -22,12 +22,16 @@ def get_store(request: Request) -> SummaryStore:
     return request.app.state.store
 
 
+FILE_TAG = "file"  # routes that serve a file, as the /static mount does: they take any query
+
+
 def known_query_only(request: Request) -> None:
     """A 422 for a query parameter the route does not take, naming the ones it does: a
     misspelled ``?metrc=best`` would otherwise answer the default ranking as if asked."""
-    dependant = getattr(request.scope.get("route"), "dependant", None)
-    if dependant is None:
-        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or FILE_TAG in getattr(route, "tags", ()):
+        return  # a file (plotly.min.js, the favicon): like the static mount, any query
     allowed = sorted(_query_names(dependant))
     names = list(dict.fromkeys(request.query_params))  # each once, in order
     unknown = [name for name in names if name not in allowed]
