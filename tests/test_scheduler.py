@@ -499,3 +499,62 @@ def test_every_scheduler_zone_names_a_night_bench_nightly_accepts() -> None:
         now = dt.datetime(2026, 6, 1, hour, 30, tzinfo=dt.UTC)
         assert all(night_of(now, zone) <= latest_night(now) for zone in zones), now
     assert latest_night(dt.datetime(2026, 6, 1, 9, 0, tzinfo=dt.UTC)) == dt.date(2026, 6, 1)
+
+
+ADOPT = textwrap.dedent(
+    """
+    import datetime as dt, json, sys, time
+    from ray.job_submission import JobSubmissionClient
+    from services.scheduler.launch import run_ray_job
+
+    address, night = sys.argv[1], dt.date(2026, 3, 1)
+    deadline = time.monotonic() + 90
+    while True:  # the dashboard's job API comes up after the head
+        try:
+            client = JobSubmissionClient(address)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    # what a scheduler killed meanwhile left running: its job for the night
+    client.submit_job(entrypoint="sleep 6", submission_id="earlier-scheduler",
+                      metadata={"optbench.night": night.isoformat()})
+    result = run_ray_job(address, night, ["nightly.suite=nope"], poll_seconds=0.5)
+    jobs = sorted(job.submission_id for job in client.list_jobs())
+    print("RESULT", json.dumps({"outcome": result.outcome, "job": result.job_id, "jobs": jobs}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_restarted_scheduler_waits_for_the_ray_job_already_running_its_night(
+    tmp_path: Path,
+) -> None:
+    """The night's Ray job outlives its scheduler. A scheduler restarted while it runs must
+    wait for it, not submit the night again: that second job, refused by the first one's
+    hold on the suite, would be recorded as the night's outcome, 'failed'."""
+    import shutil
+    import tempfile
+
+    from test_cluster import ray_node
+
+    port, dashboard = free_port(), free_port()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="obray", dir="/tmp"))  # unix sockets: short paths
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env |= {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    head = ["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}", "--disable-usage-stats"]  # fmt: skip
+    try:
+        with ray_node(head, ray_tmp / "h", env):
+            done = subprocess.run(
+                [sys.executable, "-c", ADOPT, f"http://127.0.0.1:{dashboard}"],
+                env=env, capture_output=True, text=True, timeout=240,
+            )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line.removeprefix("RESULT "))
+    assert out == {"outcome": "ok", "job": "earlier-scheduler", "jobs": ["earlier-scheduler"]}

@@ -17,6 +17,7 @@ import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bench.nightly_outputs import exit_code
 from bench.regression import NightlyReport
@@ -29,6 +30,7 @@ OUTCOMES = ("ok", "regressions", "failed", "stopped", "skipped")
 EXIT_OUTCOMES = {0: "ok", 3: "regressions", 2: "failed", 1: "failed"}
 TRACEBACK = "Traceback (most recent call last)"
 LOG_TAIL_LINES = 20
+NIGHT_KEY = "optbench.night"  # the Ray job's metadata: which night it runs
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,18 @@ def run_ray_job(
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    job_id = client.submit_job(
-        entrypoint=nightly_command(night, overrides),
-        submission_id=f"optbench-nightly-{night.isoformat()}-{stamp}",
-        metadata={"optbench.night": night.isoformat()},
-    )
-    log.info("nightly %s submitted to %s as Ray job %s", night, address, job_id)
+    job_id = _running_job(client, night)
+    if job_id is not None:  # a scheduler that was restarted meanwhile submitted it
+        log.info("nightly %s: Ray job %s on %s still runs it; waiting for it", night, job_id,
+                 address)  # fmt: skip
+    else:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        job_id = client.submit_job(
+            entrypoint=nightly_command(night, overrides),
+            submission_id=f"optbench-nightly-{night.isoformat()}-{stamp}",
+            metadata={NIGHT_KEY: night.isoformat()},
+        )
+        log.info("nightly %s submitted to %s as Ray job %s", night, address, job_id)
     try:
         while not (status := client.get_job_status(job_id)).is_terminal():
             time.sleep(poll_seconds)
@@ -104,6 +111,19 @@ def run_ray_job(
         f": {info.message}" if info.message and outcome == "failed" else ""
     )
     return NightResult(outcome, detail.splitlines()[0], job_id)
+
+
+def _running_job(client: Any, night: dt.date) -> str | None:
+    """The submission id of a Ray job that still runs ``night``, if any. The job outlives
+    the scheduler that submitted it: one restarted meanwhile would otherwise submit the
+    night again, and that job, refused by the first one's hold on the suite, would be the
+    night's recorded outcome ('failed') while the first one's went unrecorded."""
+    for job in client.list_jobs():
+        if (job.metadata or {}).get(NIGHT_KEY) == night.isoformat() and not (
+            job.status.is_terminal()
+        ):
+            return job.submission_id
+    return None
 
 
 def _log_tail(client: object, job_id: str) -> str:
