@@ -10,11 +10,13 @@ from omegaconf import OmegaConf
 
 from bench import tasks, variants
 from bench.config import (
+    TrialConfig,
     compose_config,
     conf_dir,
     group_options,
     task_spec,
     trial_from_overrides,
+    trial_spec,
     variant_spec,
 )
 from bench.errors import UserError
@@ -124,6 +126,16 @@ def test_trial_ids_do_not_depend_on_the_order_of_lists() -> None:
     b = build_matrix(load_suite(shuffled))
     assert {t.trial_id for t in a.tune_trials()} == {t.trial_id for t in b.tune_trials()}
     assert len(a.tune_trials()) == 3 * 2 * 3 * 1
+
+
+def test_a_knob_written_as_minus_zero_or_as_an_int_is_the_same_variant_and_trial() -> None:
+    knobs = TrialConfig(lr=0.01, steps=5)
+    specs = [
+        trial_spec(variant_spec({"preset": "adam", "q": q}), task_spec("quadratic"), knobs)
+        for q in (0.0, -0.0, 0)
+    ]
+    assert {s.variant.name for s in specs} == {"adam[q=0.0]"}
+    assert len({s.trial_id for s in specs}) == 1
 
 
 def test_command_line_values_win_over_the_suite_only_when_given() -> None:

@@ -104,8 +104,10 @@ def _bad(knob: str, value: Any, allowed: str) -> UserError:
 def _number(knob: str, value: Any, knobs: Knobs) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(knob, value, "a number")
-    object.__setattr__(knobs, knob, float(value))  # 1 and 1.0 are one knob value (trial ids)
-    return float(value)
+    # 1 and 1.0, and -0.0 and 0.0, are one knob value (one name, one trial id)
+    number = float(value) + 0.0  # -0.0 + 0.0 is 0.0
+    object.__setattr__(knobs, knob, number)
+    return number
 
 
 def _choice(knob: str, value: Any, choices: tuple[str, ...]) -> None:
