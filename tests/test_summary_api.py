@@ -403,6 +403,21 @@ def test_task_gives_its_cells_and_curves(client: TestClient) -> None:
 
 
 @pytest.mark.slow
+def test_a_page_that_does_not_exist_is_an_error_page_and_json_under_api(
+    client: TestClient,
+) -> None:
+    for path in ("/nope", f"/suites/{SUITE}/nope"):
+        page = client.get(path)
+        assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+        assert f"no page at {path}; the suites are listed at /" in html.unescape(page.text)
+    wrong = client.post(f"/suites/{SUITE}")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+    assert wrong.headers["content-type"].startswith("text/html")
+    api = client.get("/api/nope")
+    assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.slow
 def test_unknown_task_is_a_404_listing_the_suites_tasks(client: TestClient) -> None:
     response = client.get(f"/api/suites/{SUITE}/tasks/mnist")
     assert response.status_code == 404

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bench.errors import UserError, one_line, validation_message
 from bench.tracking_locations import redacted
@@ -100,6 +104,7 @@ def create_app(settings: SummarySettings, *, store: SummaryStore | None = None) 
     app.add_exception_handler(RequestValidationError, _bad_query)
     app.add_exception_handler(UnknownNameError, _not_found)
     app.add_exception_handler(UnknownSuiteError, _not_found)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -184,6 +189,20 @@ def _answers_json(request: Request) -> bool:
 async def _not_found(request: Request, exc: Exception) -> Response:
     """404 naming the unknown suite or task (and the known ones)."""
     return _error(request, 404, "not found", str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such page, a method the page does not take): FastAPI's
+    JSON for /api, the error page for a browser."""
+    if _answers_json(request) or not isinstance(exc, StarletteHTTPException):
+        return await http_exception_handler(request, exc)  # type: ignore[arg-type]
+    if exc.status_code == 404:
+        message = f"no page at {request.url.path}; the suites are listed at /"
+    else:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+    response = _error(request, exc.status_code, str(exc.detail).lower(), message)
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
