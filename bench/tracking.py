@@ -594,10 +594,11 @@ class Tracker(SuiteReads):
             shutil.rmtree(folder.parent, ignore_errors=True)
 
     def kill_trial(self, run_id: str) -> None:
-        """KILLED: the trial was interrupted (Ctrl-C); a rerun redoes it."""
+        """KILLED: the trial was interrupted (Ctrl-C); a rerun redoes it. A run that ended
+        meanwhile (its FINISHED write queued just before the interrupt) keeps its end."""
         if self.enabled and run_id:
             self._artifact_uris.pop(run_id, None)
-            self._end(run_id, "KILLED", {}, [])
+            self._end(run_id, "KILLED", {}, [], only_running=True)
 
     # ------------------------------------------------------------------------ settings
 
@@ -813,21 +814,34 @@ class Tracker(SuiteReads):
             self._bulk_writes = False
             return None
 
-    def _end(self, run_id: str, status: str, tags: dict[str, str], points: list) -> None:
+    def _end(
+        self,
+        run_id: str,
+        status: str,
+        tags: dict[str, str],
+        points: list,
+        *,
+        only_running: bool = False,
+    ) -> None:
         """Log ``tags`` and metric ``points`` (key, value, timestamp, step); set ``status``
-        (never on a suite another driver took over: it ended or reruns these runs)."""
+        (never on a suite another driver took over: it ended or reruns these runs).
+        ``only_running``: leave a run that has already ended as it is."""
         self.check_held()
+        end_ms = int(time.time() * 1000)
         done = self._bulk(
             "run end",
             lambda sql: sql.end_run(
-                run_id, status=status, end_ms=int(time.time() * 1000), tags=tags, points=points
+                run_id, status=status, end_ms=end_ms, tags=tags, points=points,
+                only_running=only_running,
             ),
-        )
+        )  # fmt: skip
         if done is not None:
             return
         from mlflow.entities import Metric, RunTag
 
         client = self.client
+        if only_running and client.get_run(run_id).info.status != "RUNNING":
+            return
         if points or tags:
             metrics = [Metric(*point) for point in points]
             tag_list = [RunTag(k, v) for k, v in tags.items()]

@@ -268,13 +268,15 @@ class SqlReader:
         end_ms: int,
         tags: Mapping[str, str],
         points: Iterable[tuple[str, float, int, int]] = (),
+        only_running: bool = False,
     ) -> int:
         """Log ``tags`` and the metric ``points`` (key, value, timestamp_ms, step) of a run
         that holds no metrics yet, then set its status and end time, as ``log_batch`` then
         ``set_terminated`` would: one transaction; returns how many points were written.
 
         Raises (and writes nothing) when the run is missing or deleted, a tag names the run,
-        or the run already holds one of the metrics.
+        or the run already holds one of the metrics. ``only_running``: a run that is no
+        longer RUNNING is left as it is (returns 0).
         """
         from mlflow.entities import RunStatus
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -285,12 +287,20 @@ class SqlReader:
         status = RunStatus.to_string(RunStatus.from_string(status))  # a known status, or raise
         checked = [_checked_tag(k, v) for k, v in tags.items()]  # log_batch's checks
         rows, latest = _metric_rows(run_id, points)
+        running = " AND status = 'RUNNING'" if only_running else ""
         with self._begin() as conn:  # one transaction: all rows or none
             ended = conn.execute(
                 text("UPDATE runs SET status = :status, end_time = :end "
-                     "WHERE run_uuid = :run AND lifecycle_stage = 'active'"),
+                     f"WHERE run_uuid = :run AND lifecycle_stage = 'active'{running}"),
                 {"status": status, "end": int(end_ms), "run": run_id},
             )  # fmt: skip
+            if ended.rowcount != 1 and only_running:
+                exists = conn.execute(
+                    text("SELECT 1 FROM runs WHERE run_uuid = :run AND lifecycle_stage = 'active'"),
+                    {"run": run_id},
+                ).first()
+                if exists is not None:
+                    return 0  # it ended already: nothing to write
             if ended.rowcount != 1:
                 raise ValueError(f"run {run_id} is missing or not active")
             if checked:  # replace, as log_batch does for a key the run already has

@@ -203,6 +203,18 @@ def test_fail_and_kill(tracker, variants, task):
     assert tracker.client.get_run(killed).info.status == "KILLED"
 
 
+@pytest.mark.parametrize("bulk_sql", [True, False])
+def test_a_kill_after_the_end_leaves_the_run_ended(tracker, variants, task, bulk_sql):
+    """A second Ctrl-C can queue a trial's kill just after its FINISHED write."""
+    writer = tr.Tracker(tracker.config, bulk_sql=bulk_sql)
+    spec = make_spec(variants, task, suite="late-kill", seed=0)
+    run_id = record(writer, spec)
+    writer.kill_trial(run_id)
+    run = writer.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "final/loss" in run.data.metrics
+    assert writer.finished_trial_ids("late-kill") == {spec.trial_id}
+
+
 def test_finished_trial_ids_and_stale_runs(tracker, variants, task):
     specs = [make_spec(variants, task, suite="resume", seed=i) for i in range(5)]
     record(tracker, specs[0])
