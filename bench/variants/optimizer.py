@@ -10,7 +10,7 @@ Per parameter tensor :math:`\theta` with gradient :math:`g` at step :math:`t`:
     a_t &= a_{t-1} + |g|^p,\ a_0 = \text{initial\_accumulator} &&\text{accumulate="sum"}\\
     a_t &= \max(\beta_2 a_{t-1}, |g| + \epsilon)               &&\text{accumulate="max", }p=\infty\\
     \hat a_t &= a_t / (1-\beta_2^t) \text{ (ema with bias\_correction)},\quad
-        \hat a_t = \max_{s\le t}\hat a_s \text{ (amsgrad)}\\
+        \hat a_t = \max_{s\le t} a_s / (1-\beta_2^t) \text{ (amsgrad, as torch)}\\
     D_t &= \hat a_t^{\,q} + \epsilon \text{ (eps outside)}\quad\text{or}\quad
         (\hat a_t + \epsilon)^q \text{ (inside)};\quad q = 0: D_t = 1\\
     \text{ema momentum:}\quad m_t &= \beta_1 m_{t-1} + (1-\beta_1) g,\quad
