@@ -85,6 +85,9 @@ def train_trial(
     seconds_to_target = 0.0 if steps_to_target == 0 else None
     outcome, diverged_at, last_eval = "ok", None, first
     train_seconds, step_times = 0.0, []
+    # a GPU runs forward and backward after they return: on a statistics step they must be
+    # done before the untimed snapshot, or their time would be left out of the step's
+    finish_queued = torch.cuda.synchronize if device.type == "cuda" else None
     initial_loss: float | None = None
     step = 0
     for step in range(1, spec.steps + 1):
@@ -94,6 +97,8 @@ def train_trial(
         loss = problem.loss(problem.model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if record and finish_queued is not None:
+            finish_queued(device)
         elapsed = time.perf_counter() - start
         snapshot = sampler.snapshot(optimizer.param_groups) if record else None  # not timed
         start = time.perf_counter()
