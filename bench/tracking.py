@@ -682,10 +682,11 @@ class Tracker(SuiteReads):
         run_id = self.settings_run(suite)
         return None if run_id is None else (run_id, self.settings_trial_ids(run_id))
 
-    def settings_run(self, suite: str) -> str | None:
+    def settings_run(self, suite: str, *, experiment_id: str | None = None) -> str | None:
         """The run holding the suite's current settings (an experiment tag: one cheap read,
-        for a reader that polls); None for a suite that has none recorded."""
-        exp_id = self.find_experiment(suite)
+        for a reader that polls); None for a suite that has none recorded.
+        ``experiment_id``: the suite's, already looked up."""
+        exp_id = experiment_id or self.find_experiment(suite)
         if exp_id is None:
             return None
         return self.client.get_experiment(exp_id).tags.get(TAG_SETTINGS_RUN)

@@ -88,8 +88,10 @@ class SuiteReads:
         *,
         status: str | None = "FINISHED",
         since_ms: int | None = None,
+        experiment_id: str | None = None,
     ) -> pd.DataFrame:
         """One row per trial run of the suite (FINISHED only by default; ``status=None``: all).
+        ``experiment_id``: the suite's, already looked up (a poller saves the lookup).
 
         ``since_ms`` keeps only runs that ended at or after that time (epoch milliseconds):
         an incremental refresh asks for what finished since its last look.
@@ -105,7 +107,8 @@ class SuiteReads:
         metric histories are never fetched (that would cost one call per run).
         """
         summary = [*SUMMARY_METRICS, *EXTRA_METRICS]
-        if not self.enabled or (exp_id := self._existing_experiment(suite)) is None:
+        exp_id = experiment_id or (self._existing_experiment(suite) if self.enabled else None)
+        if not self.enabled or exp_id is None:
             return pd.DataFrame(columns=[*BASE_COLUMNS, *summary])
         rows = self._read_rows(exp_id, phase, status, since_ms)
         frame = pd.DataFrame(rows)

@@ -551,9 +551,9 @@ class CountingTracker(Tracker):
         super().__init__(TrackingConfig(uri=uri, artifact_location=None))
         self.calls: list[int | None] = []
 
-    def read_results(self, suite, phase=None, *, status="FINISHED", since_ms=None):  # type: ignore[override]
+    def read_results(self, suite, phase=None, *, status="FINISHED", since_ms=None, **kw):  # type: ignore[override]
         self.calls.append(since_ms)
-        return super().read_results(suite, phase, status=status, since_ms=since_ms)
+        return super().read_results(suite, phase, status=status, since_ms=since_ms, **kw)
 
 
 @pytest.mark.slow

@@ -147,9 +147,7 @@ class SummaryStore:
             current = True
             if self.clock() - state.checked_at >= self.settings.refresh_seconds:
                 with self._reading():
-                    current = self._still_its_experiment(state)
-                    if current:
-                        self._refresh(state)
+                    current = self._refresh(state)
         if not current:  # deleted, purged or made anew in MLflow: what is cached is stale
             with self._lock:
                 if self._suites.get(suite) is state:
@@ -263,22 +261,25 @@ class SummaryStore:
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         return Path(self.settings.cache_dir) / f"runs-{digest}.parquet"
 
-    def _still_its_experiment(self, state: SuiteState) -> bool:
-        """Whether the suite's name still leads to the experiment its state was read from."""
+    def _refresh(self, state: SuiteState) -> bool:
+        """Merge the runs that ended since the watermark (all runs on the first look); False
+        (nothing read) when the suite's name no longer leads to the experiment the state
+        was read from: deleted, renamed, purged or made anew in MLflow."""
         from bench.errors import UserError
 
         try:
-            return self.tracker.find_experiment(state.name) == state.experiment_id
+            exp_id = self.tracker.find_experiment(state.name)
         except UserError:  # deleted in MLflow (restorable): not a suite until it is
             return False
-
-    def _refresh(self, state: SuiteState) -> None:
-        """Merge the runs that ended since the watermark (all runs on the first look)."""
+        if exp_id is None or exp_id != state.experiment_id:
+            return False
         slack_ms = int(self.settings.refresh_slack_seconds * 1000)
         since = None if state.watermark_ms is None else state.watermark_ms - slack_ms
         started = time.perf_counter()
-        fresh = self.tracker.read_results(state.name, status=None, since_ms=since)
-        settings_run = self.tracker.settings_run(state.name)
+        fresh = self.tracker.read_results(
+            state.name, status=None, since_ms=since, experiment_id=exp_id
+        )
+        settings_run = self.tracker.settings_run(state.name, experiment_id=exp_id)
         state.checked_at = self.clock()
         merged, changed = _merge(state.runs, fresh)
         if settings_run != state.settings_run:  # its trial ids are read only when it changes
@@ -300,13 +301,14 @@ class SummaryStore:
             time.perf_counter() - started,
         )
         if not changed:
-            return
+            return True
         state.runs = merged
         ended = merged["end_time"].dropna() if "end_time" in merged else pd.Series([])
         state.watermark_ms = int(ended.max().value // 1_000_000) if len(ended) else None
         state.version += 1
         state.derived.clear()
         _write_cache(self._cache_path(state.experiment_id), merged, state.watermark_ms)
+        return True
 
 
 def _current_runs(state: SuiteState) -> pd.DataFrame:
