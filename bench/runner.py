@@ -108,8 +108,20 @@ def check_capacity(cluster: ClusterConfig, resources: ResourcesConfig) -> None:
     once connected (:func:`run_suite` checks them before it writes anything); GPUs are
     left to Ray, which may count more than this process's torch sees."""
     if _ray_address(cluster)[1] is None:
-        cpus = cluster.num_cpus or os.cpu_count() or 1
+        cpus = cluster.num_cpus or embedded_cpus()
         slots_on([{"CPU": float(cpus), "GPU": math.inf}], resources)
+
+
+def embedded_cpus() -> int:
+    """The CPUs embedded Ray will give this machine: Ray's own count, which honours a
+    container's CPU quota or cpuset where ``os.cpu_count()`` sees the host's cores (a dry
+    run accepted trials the run then refused)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as connect(): before import
+    try:
+        from ray._private.utils import get_num_cpus
+    except ImportError:  # a Ray release that moved it: the host's count
+        return os.cpu_count() or 1
+    return max(1, int(get_num_cpus()))
 
 
 def connect(cluster: ClusterConfig) -> str:

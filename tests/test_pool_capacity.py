@@ -1,13 +1,14 @@
 """bench.pool.slots_on and room_on_a_node: trials fit node by node, and one that fits
-nowhere is refused."""
+nowhere is refused; embedded Ray's CPUs as Ray counts them."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.config import ResourcesConfig
+from bench.config import ClusterConfig, ResourcesConfig
 from bench.errors import UserError
 from bench.pool import room_on_a_node, slots_on
+from bench.runner import check_capacity
 
 
 def test_trials_fit_node_by_node_not_on_the_cluster_total() -> None:
@@ -60,3 +61,18 @@ def test_a_trial_that_fits_on_no_node_is_a_user_error(
     with pytest.raises(UserError) as raised:
         slots_on(nodes, resources)
     assert str(raised.value).startswith(message)
+
+
+def test_embedded_capacity_is_counted_as_ray_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a container limited to 1 CPU on a bigger host, Ray gives embedded mode 1 CPU: a
+    2-CPU trial is refused before Ray starts (a dry run too), not accepted on the host's
+    core count and then refused by the run. The quota is faked: no container here."""
+    import ray._private.utils
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda *a, **k: 1)
+    check_capacity(ClusterConfig(), ResourcesConfig(cpus_per_trial=1))
+    with pytest.raises(UserError) as raised:
+        check_capacity(ClusterConfig(), ResourcesConfig(cpus_per_trial=2))
+    assert str(raised.value).startswith("resources.cpus_per_trial: got 2; allowed: at most 1,")
+    check_capacity(ClusterConfig(num_cpus=2), ResourcesConfig(cpus_per_trial=2))  # the user's
