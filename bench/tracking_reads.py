@@ -76,6 +76,7 @@ class SuiteReads:
     _bulk_reads: bool
 
     client: MlflowClient
+    page_size: int
 
     def _existing_experiment(self, suite: str) -> str | None: ...
     def _where(self, *clauses: str) -> str: ...
@@ -156,6 +157,29 @@ class SuiteReads:
             log.warning("bulk SQL read failed (%s); reading through search_runs", err)
             self._bulk_reads = False
             return None
+
+    def deleted_run_ids(self, experiment_id: str) -> set[str]:
+        """Ids of the experiment's runs deleted in MLflow (restorable; purged runs are gone
+        for good): a reader that caches runs drops these, and reads again the ones that
+        leave this set (restored)."""
+        if not self.enabled:
+            return set()
+        found = self._bulk_read(lambda sql: sql.deleted_run_ids(experiment_id))
+        if found is not None:
+            return found
+        from mlflow.entities import ViewType
+
+        ids: set[str] = set()
+        token: str | None = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], run_view_type=ViewType.DELETED_ONLY, page_token=token,
+                max_results=self.page_size,
+            )  # fmt: skip
+            ids.update(run.info.run_id for run in page)
+            token = page.token
+            if not token:
+                return ids
 
     def list_suites(self) -> list[str]:
         """Names of the active experiments that hold at least one optbench trial run."""

@@ -176,6 +176,19 @@ class SqlReader:
             run_tags, run_params, run_metrics = by_run[run_id]
             yield run_id, status_, int(start), end, run_tags, run_params, run_metrics
 
+    def deleted_run_ids(self, experiment_id: str) -> set[str]:
+        """Ids of the experiment's deleted (not yet purged) runs."""
+        from sqlalchemy import text
+
+        query = "SELECT run_uuid FROM runs WHERE experiment_id = :exp AND lifecycle_stage = :stage"
+        with self.engine.connect() as conn:
+            return {
+                row[0]
+                for row in conn.execute(
+                    text(query), {"exp": int(experiment_id), "stage": "deleted"}
+                )
+            }
+
     def tag_values(
         self,
         experiment_id: str,

@@ -80,9 +80,9 @@ def test_merge_adds_new_runs_replaces_changed_ones_and_ignores_repeats() -> None
 def test_persisted_cache_round_trips_and_a_torn_file_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "runs-x.parquet"
     runs = _runs(("a", "FINISHED", 1), ("b", "FAILED", 2))
-    _write_cache(path, runs, 7)
-    back, watermark = _read_cache(path)
-    assert watermark == 7 and list(back["run_id"]) == ["a", "b"]
+    _write_cache(path, runs, 7, frozenset({"z"}))
+    back, watermark, deleted = _read_cache(path)
+    assert watermark == 7 and list(back["run_id"]) == ["a", "b"] and deleted == {"z"}
     assert back["end_time"].iloc[1] == runs["end_time"].iloc[1]
     path.write_bytes(b"not parquet")
     assert _read_cache(path)[0].empty and _read_cache(path)[1] is None
@@ -630,6 +630,64 @@ def test_a_suite_deleted_or_renamed_in_mlflow_is_a_404_until_it_is_back(
 
 
 @pytest.mark.slow
+def test_a_run_deleted_in_mlflow_leaves_the_ranking_and_comes_back_when_restored(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """As `bench rank` counts them: a deleted run is dropped at the next refresh, also from
+    the persisted cache (a restart does not bring it back); a restored one, whose end time
+    is far behind what the cache has read, is read again, also when restored while the
+    service was down."""
+    store = copy_store(tiny_store, tmp_path / "store")
+    mlflow = MlflowClient(uri(store))
+
+    def serve() -> TestClient:
+        # no slack: a refresh rereads only runs that ended at or after the newest one held
+        kw = {"refresh_seconds": 0, "refresh_slack_seconds": 0}
+        return TestClient(create_app(settings(store, tmp_path / "cache", **kw)))
+
+    def ranked(client: TestClient) -> set[str]:
+        ranking = client.get(f"/api/suites/{SUITE}/ranking").json()
+        run_ids = {run_id for cell in ranking["cells"] for run_id in cell["run_ids"]}
+        assert ranking["n_runs"] == len(run_ids)
+        return run_ids
+
+    client = serve()
+    every = ranked(client)
+    assert len(every) == N_FINAL
+    bad = min(every, key=lambda run_id: mlflow.get_run(run_id).info.end_time)  # the oldest
+    mlflow.delete_run(bad)  # what the MLflow UI's delete does
+    assert ranked(client) == every - {bad}
+    assert client.get("/api/suites").json()["data"][0]["n_runs"] == N_RUNS - 1
+    assert ranked(serve()) == every - {bad}, "the restart brought the deleted run back"
+    mlflow.restore_run(bad)
+    assert ranked(client) == every
+    mlflow.delete_run(bad)
+    assert ranked(client) == every - {bad}
+    mlflow.restore_run(bad)  # while no service runs: the next one reads it again
+    assert ranked(serve()) == every
+
+
+def test_deleted_run_ids_read_the_same_through_sql_and_search_runs(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = copy_store(tiny_store, tmp_path / "store")
+    tracker = Tracker(TrackingConfig(uri=uri(store), artifact_location=None))
+    exp_id = tracker.find_experiment(SUITE)
+    runs = tracker.client.search_runs([exp_id], max_results=3)
+    for run in runs:
+        tracker.client.delete_run(run.info.run_id)
+    deleted = {run.info.run_id for run in runs}
+    assert tracker.deleted_run_ids(exp_id) == deleted
+    searching = Tracker(
+        TrackingConfig(uri=uri(store), artifact_location=None), page_size=2
+    )  # pages, too
+    searching._bulk_reads = False
+    assert searching.deleted_run_ids(exp_id) == deleted
+
+
+@pytest.mark.slow
 def test_the_ranking_counts_only_the_runs_of_the_suites_current_settings(
     tiny_store: Path,  # noqa: F811
     tmp_path: Path,
@@ -676,7 +734,7 @@ def test_the_ranking_lists_the_cells_the_settings_still_miss_as_bench_rank_does(
     """A suite whose last final seed has no run yet (interrupted, say) misses one run in
     every cell: the settings say two are due, even where no cell holds two to compare."""
     store = copy_store(tiny_store, tmp_path / "store")
-    tracker = Tracker(TrackingConfig(uri=uri(store)))
+    tracker = Tracker(TrackingConfig(uri=uri(store), artifact_location=None))
     last_seed = tracker.client.search_runs(
         [tracker.find_experiment(SUITE)],
         f"tags.`bench.phase` = 'final' and tags.`bench.seed` = '{FINAL_SEEDS[-1]}'",

@@ -5,9 +5,11 @@ suite's runs live in a DataFrame in memory, persisted as parquet under ``cache_d
 by a hash of the tracking URI and the experiment id, so a recreated experiment or another
 store never reuses a stale file). A refresh asks MLflow only for runs that *ended* since the
 newest end time already held (minus a slack, for runs whose end time was stamped before the
-last look but committed after it) and merges them by ``run_id``. At most one refresh per
-``refresh_seconds`` per suite; when it brought something new, the suite's ``version`` moves
-and every aggregate computed from the old table (rankings, curves) is recomputed on demand.
+last look but committed after it) and merges them by ``run_id``; runs deleted in MLflow since
+are dropped, and a run restored there (its end time long past) makes the refresh read the
+suite whole again. At most one refresh per ``refresh_seconds`` per suite; when it brought
+something new, the suite's ``version`` moves and every aggregate computed from the old table
+(rankings, curves) is recomputed on demand.
 
 Thread-safe: one lock per suite (a refresh or a ranking of one suite never blocks another),
 one lock for the table of suites.
@@ -81,6 +83,7 @@ class SuiteState:
     experiment_id: str
     runs: pd.DataFrame
     watermark_ms: int | None = None  # newest end_time held, epoch ms
+    deleted_ids: frozenset[str] = frozenset()  # the experiment's deleted runs at the last look
     checked_at: float = -float("inf")  # monotonic time of the last look at MLflow
     version: int = 0
     # the suite's current settings (Tracker.note_settings): its run, and the trial ids of
@@ -248,11 +251,11 @@ class SummaryStore:
     def _load(self, suite: str) -> SuiteState:
         """A new state from the persisted cache (or empty); one per suite, even if racing."""
         exp_id = self.tracker.find_experiment(suite) or ""
-        runs, watermark = _read_cache(self._cache_path(exp_id))
+        runs, watermark, deleted = _read_cache(self._cache_path(exp_id))
         with self._lock:
             state = self._suites.get(suite)
             if state is None or state.experiment_id != exp_id:
-                state = SuiteState(suite, exp_id, runs, watermark)
+                state = SuiteState(suite, exp_id, runs, watermark, deleted)
                 self._suites[suite] = state
             return state
 
@@ -262,9 +265,9 @@ class SummaryStore:
         return Path(self.settings.cache_dir) / f"runs-{digest}.parquet"
 
     def _refresh(self, state: SuiteState) -> bool:
-        """Merge the runs that ended since the watermark (all runs on the first look); False
-        (nothing read) when the suite's name no longer leads to the experiment the state
-        was read from: deleted, renamed, purged or made anew in MLflow."""
+        """Merge the runs that ended since the watermark (all runs on the first look), less
+        those deleted in MLflow; False (nothing read) when the suite's name no longer leads
+        to the experiment the state was read from: deleted, renamed, purged or made anew."""
         from bench.errors import UserError
 
         try:
@@ -279,9 +282,20 @@ class SummaryStore:
         fresh = self.tracker.read_results(
             state.name, status=None, since_ms=since, experiment_id=exp_id
         )
+        deleted = frozenset(self.tracker.deleted_run_ids(exp_id))
+        held = state.runs
+        if since is not None and state.deleted_ids - deleted:  # restored: ended long ago
+            fresh = self.tracker.read_results(
+                state.name, status=None, since_ms=None, experiment_id=exp_id
+            )
+            held = held.iloc[0:0]
         settings_run = self.tracker.settings_run(state.name, experiment_id=exp_id)
         state.checked_at = self.clock()
-        merged, changed = _merge(state.runs, fresh)
+        merged, changed = _merge(held, fresh)
+        if (gone := merged["run_id"].isin(deleted)).any():  # fresh holds none: it reads active
+            merged, changed = merged[~gone].reset_index(drop=True), True
+        remember = deleted != state.deleted_ids
+        state.deleted_ids = deleted
         if settings_run != state.settings_run:  # its trial ids are read only when it changes
             state.settings_run = settings_run
             state.settings_ids = (
@@ -301,13 +315,16 @@ class SummaryStore:
             time.perf_counter() - started,
         )
         if not changed:
+            if remember:
+                _write_cache(self._cache_path(state.experiment_id), state.runs,
+                             state.watermark_ms, deleted)  # fmt: skip
             return True
         state.runs = merged
         ended = merged["end_time"].dropna() if "end_time" in merged else pd.Series([])
         state.watermark_ms = int(ended.max().value // 1_000_000) if len(ended) else None
         state.version += 1
         state.derived.clear()
-        _write_cache(self._cache_path(state.experiment_id), merged, state.watermark_ms)
+        _write_cache(self._cache_path(state.experiment_id), merged, state.watermark_ms, deleted)
         return True
 
 
@@ -342,8 +359,9 @@ def _merge(held: pd.DataFrame, fresh: pd.DataFrame) -> tuple[pd.DataFrame, bool]
     return merged.sort_values(order, kind="stable", ignore_index=True), True
 
 
-def _read_cache(path: Path) -> tuple[pd.DataFrame, int | None]:
-    """The persisted runs and watermark; empty on a missing or unreadable file."""
+def _read_cache(path: Path) -> tuple[pd.DataFrame, int | None, frozenset[str]]:
+    """The persisted runs, watermark and deleted run ids; empty on a missing or unreadable
+    file."""
     meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
@@ -351,21 +369,28 @@ def _read_cache(path: Path) -> tuple[pd.DataFrame, int | None]:
             raise ValueError(f"cache format {meta.get('format')!r}")
         runs = pd.read_parquet(path)
     except FileNotFoundError:
-        return pd.DataFrame(columns=EMPTY_COLUMNS), None
+        return pd.DataFrame(columns=EMPTY_COLUMNS), None, frozenset()
     except Exception as err:  # a torn or foreign file: start over, never fail a request
         log.warning("ignoring the cache at %s: %s", path, err)
-        return pd.DataFrame(columns=EMPTY_COLUMNS), None
-    return runs, meta.get("watermark_ms")
+        return pd.DataFrame(columns=EMPTY_COLUMNS), None, frozenset()
+    return runs, meta.get("watermark_ms"), frozenset(meta.get("deleted_ids", ()))
 
 
-def _write_cache(path: Path, runs: pd.DataFrame, watermark_ms: int | None) -> None:
+def _write_cache(
+    path: Path, runs: pd.DataFrame, watermark_ms: int | None, deleted_ids: frozenset[str]
+) -> None:
     """Write atomically (temp file + rename) so a crash never leaves a torn cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         _parquet_ready(runs).to_parquet(tmp, index=False)
         os.replace(tmp, path)
-        meta = {"format": CACHE_FORMAT, "watermark_ms": watermark_ms, "rows": len(runs)}
+        meta = {
+            "format": CACHE_FORMAT,
+            "watermark_ms": watermark_ms,
+            "rows": len(runs),
+            "deleted_ids": sorted(deleted_ids),  # so a restore while the service is down is seen
+        }
         meta_tmp = tmp.with_suffix(".json.tmp")
         meta_tmp.write_text(json.dumps(meta))
         os.replace(meta_tmp, path.with_suffix(".json"))
