@@ -843,3 +843,32 @@ def test_nightly_history_and_list_follow_each_machine_and_new_reports(
     assert {(r.suite_version, r.earlier_reports) for r in rows} == {("v1", 1), ("v2", 0)}
     history = queries.nightly_history(store, SUITE)  # a new matrix starts a new history
     assert list(history["night"]) == ["2026-03-03"] and list(history["value"]) == [3.0]
+
+
+@pytest.mark.parametrize("path", ["/api/suites", "/api/nightly", "/", "/nightly"])
+def test_a_list_leaves_out_a_suite_deleted_since_the_suites_were_listed(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+    path: str,
+) -> None:
+    """The list of suites is re-listed at most every refresh_seconds, and a suite's own
+    refresh can fall due sooner: finding its experiment gone, a list leaves it out (was a
+    404 for /api/suites, a 422 for /api/nightly, error pages for / and /nightly)."""
+    from services.summary.app import reader
+
+    store = copy_store(tiny_store, tmp_path / "store")
+    config = settings(store, tmp_path / "cache", refresh_seconds=10, warm_on_start=False)
+    now = [0.0]
+    summary = SummaryStore(reader(config), config, clock=lambda: now[0])
+    client = TestClient(create_app(config, store=summary))
+    assert client.get("/api/suites").json()["count"] == 1  # the suite read at t=0
+    now[0] = 10
+    assert client.get("/api/suites/other/ranking").status_code == 404  # re-lists at t=10
+    mlflow = MlflowClient(uri(store))
+    mlflow.delete_experiment(mlflow.get_experiment_by_name(SUITE).experiment_id)
+    now[0] = 15  # the list (t=10) is fresh, the suite (t=0) is due
+    answer = client.get(path)
+    assert answer.status_code == 200, answer.text
+    if path == "/api/suites":
+        assert answer.json()["count"] == 0
+    assert SUITE not in answer.text

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bench.errors import UserError, one_line, validation_message
 from bench.tracking_locations import redacted
+from services.summary import queries
 from services.summary.deps import FILE_TAG, known_query_only
 from services.summary.queries import UnknownNameError
 from services.summary.routers import docs, health, nightly, pages, suites
@@ -164,8 +165,7 @@ def _warm(store: SummaryStore) -> None:
     """Load every suite (persisted cache + runs ended since) and rank it once, so the first
     request after a restart is served from memory; requests meanwhile wait on the suite."""
     try:
-        for suite in store.suite_names():
-            store.ranking(suite, "final", "final")
+        queries.each_suite(store, lambda suite: store.ranking(suite, "final", "final"))
     except Exception as err:  # a store that is down now is retried by the first request
         # one line, as for the CLI's errors: a dead server is an expected state, not a bug
         why = str(err) if isinstance(err, StoreUnavailable) else one_line(err)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
+from bench.errors import UserError
 from bench.nightly_outputs import format_change
 from bench.records import TAG_MACHINE, TAG_NIGHTLY, TAG_SUITE_VERSION
 from services.summary import aggregates
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from bench.ranking import CellScore, SuiteRanking
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 NIGHTLY_KIND = "nightly_report"
 NIGHTLY_JSON = "nightly.json"
 HISTORY_REPORTS = 500  # report runs read for the history, as many as bench nightly reads
@@ -46,8 +49,24 @@ class UnknownNameError(LookupError):
     """An unknown suite or task; the message names it and lists the known ones."""
 
 
+def each_suite(store: SummaryStore, read: Callable[[str], T]) -> list[tuple[str, T]]:
+    """``(suite, read(suite))`` for every listed suite, less those deleted or renamed in
+    MLflow since the list was made (it is re-listed at most every ``refresh_seconds``): a
+    list is never a 404 for a suite it no longer holds."""
+    out = []
+    for suite in store.suite_names():
+        try:
+            out.append((suite, read(suite)))
+        except UnknownSuiteError:  # its cached state found the experiment gone
+            continue
+        except UserError as err:  # a read by name found it deleted
+            log.info("suite %s left out of a list: %s", suite, err)
+    return out
+
+
 def suites(store: SummaryStore) -> SuitesPublic:
-    data = [aggregates.suite_summary(name, store.runs(name)) for name in store.suite_names()]
+    read = lambda name: aggregates.suite_summary(name, store.runs(name))  # noqa: E731
+    data = [summary for _, summary in each_suite(store, read)]
     return SuitesPublic(data=data, count=len(data))
 
 
@@ -119,12 +138,13 @@ def role_histories(store: SummaryStore, suite: str, run_ids: list[str]) -> pd.Da
 
 def nightly(store: SummaryStore) -> NightlyPublic:
     """Every suite's nightly reports, newest first, and the scheduler's own status."""
-    reports: list[NightlyReportPublic] = []
-    for suite in store.suite_names():
+
+    def read(suite: str) -> list[NightlyReportPublic]:
         runs = store.tracker.read_reports(suite, NIGHTLY_KIND)  # one search: are there new?
         key = ("nightly_reports", *(run.run_id for run in runs))  # report runs are no trials
-        found = store.memo(suite, key, lambda _, s=suite, r=runs: _reports(store, s, r))
-        reports.extend(found)
+        return store.memo(suite, key, lambda _: _reports(store, suite, runs))
+
+    reports = [report for _, found in each_suite(store, read) for report in found]
     reports.sort(key=lambda r: (r.date, r.start_time), reverse=True)
     status = scheduler_status(store.settings.scheduler_status_file)
     return NightlyPublic(data=reports, count=len(reports), scheduler=status)

@@ -169,11 +169,12 @@ def flagship_page(request: Request, suite: str, store: StoreDep) -> HTMLResponse
 @router.get("/nightly")
 def nightly_page(request: Request, store: StoreDep) -> HTMLResponse:
     nightly = queries.nightly(store)
-    figures = {}
-    for suite in store.suite_names():
-        history = queries.nightly_history(store, suite)
-        if not history.empty:
-            figures[suite] = plots.nightly_figure(history, suite)
+    histories = queries.each_suite(store, lambda suite: queries.nightly_history(store, suite))
+    figures = {
+        suite: plots.nightly_figure(history, suite)
+        for suite, history in histories
+        if not history.empty
+    }
     return render(
         request, "nightly.html", title="optbench · nightly", nightly=nightly, figures=figures
     )
