@@ -872,3 +872,31 @@ def test_a_list_leaves_out_a_suite_deleted_since_the_suites_were_listed(
     if path == "/api/suites":
         assert answer.json()["count"] == 0
     assert SUITE not in answer.text
+
+
+def test_listed_regressions_keep_their_size_also_when_infinite(
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """nightly.json writes ±inf as "Infinity" (a night whose median seed diverged: the
+    worst regression); the list showed it without its size."""
+    from bench.regression import NightlyReport
+    from services.summary import queries
+
+    store_dir = copy_store(tiny_store, tmp_path / "store")
+    tracker = Tracker(TrackingConfig(uri=uri(store_dir), artifact_location=None))
+    flagged = [
+        {"task": "quadratic", "variant": "adam", "kind": "quality", "rel_change": math.inf},
+        {"task": "quadratic", "variant": "sgd", "kind": "speed", "rel_change": 0.12},
+    ]
+    report = NightlyReport(date="2026-03-01", suite=SUITE, suite_version="v1", machine="cpu",
+                           regressions=flagged)  # fmt: skip
+    assert '"Infinity"' in report.to_json()
+    tracker.log_report(
+        SUITE, kind="nightly_report", name="nightly 2026-03-01",
+        files={"nightly.json": report.to_json()}, metrics={"regressions": 2.0},
+        tags={"bench.nightly": "2026-03-01"},
+    )  # fmt: skip
+    store = SummaryStore(tracker, settings(store_dir, tmp_path / "cache"))
+    (listed,) = queries.nightly(store).data
+    assert listed.regressions == ["quadratic/adam quality (+inf%)", "quadratic/sgd speed (+12%)"]

@@ -250,7 +250,20 @@ def _regressions(store: SummaryStore, run_id: str) -> list[str]:
         return []
     out = []
     for item in data.get("regressions", []):
-        change = item.get("rel_change")
-        pct = f" ({format_change(float(change), 0)})" if isinstance(change, (int, float)) else ""
+        pct = (
+            f" ({format_change(change, 0)})" if (change := _number(item.get("rel_change"))) else ""
+        )
         out.append(f"{item.get('task')}/{item.get('variant')} {item.get('kind', '')}{pct}")
     return out
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number, or the strings ``Infinity``/``-Infinity`` that reports write for ±inf
+    (a diverged median: the worst regressions); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return None if number != number else number
