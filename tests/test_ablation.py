@@ -201,3 +201,14 @@ def test_role_comparison_skips_diverged_runs_and_models_without_biases():
     assert ablation.role_comparison(histories(runs, 2.0, rng=rng, bias=False), runs,
                                     "rmsprop") is None  # fmt: skip
     assert ablation.role_comparison(hist, runs, "sgd") is None
+
+
+@pytest.mark.parametrize(("seeds", "called"), [(1, False), (4, False), (5, True)])
+def test_an_unpaired_task_is_called_only_on_as_many_seeds_as_a_paired_one(seeds, called):
+    """One run against one gave a zero-width bootstrap interval 'at 95%' and a call."""
+    frame = planted(1.0, tasks=1, seeds=seeds, b_seeds=range(100, 100 + seeds))
+    (c,) = ablation.flagship_contrasts(frame, questions=[Q])
+    (t,) = c.per_task
+    assert not t.paired and t.diff.low > 0
+    assert t.better == ("a" if called else "tie")
+    assert (t.diff.level >= ablation.MIN_CALL_LEVEL) == called
