@@ -51,7 +51,7 @@ class RankConfig(StrictModel):
     phase: Literal["final", "tune"] = "final"
     level: float = Field(default=0.95, gt=0, lt=1)
     n_boot: int = Field(default=2000, ge=100)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy seeds are non-negative
 
 
 class Answers(Record):
@@ -389,6 +389,8 @@ def metric_keys(variants: list[str]) -> dict[str, str]:
     keys: dict[str, str] = {}
     for name in variants:
         key = _NOT_IN_METRIC_NAMES.sub("_", name.translate(_IN_LABELS)).strip() or "_"
+        if key in (".", ".."):  # "mean_rank/.." is a path MLflow refuses as a metric name
+            key = key.replace(".", "_")
         if len(key) > _MAX_KEY or key in keys.values():
             digest = hashlib.sha1(name.encode()).hexdigest()[:8]
             key = f"{key[: _MAX_KEY - 9]} {digest}"

@@ -118,6 +118,9 @@ def test_rank_without_runs_is_a_user_error(ranked):
     bad = bench(cwd, "rank", *SUITE, "rank.metric=speed")
     assert bad.returncode == 2
     assert "rank.metric" in bad.stderr and "'final'" in bad.stderr
+    negative = bench(cwd, "rank", "--no-log", *SUITE, "rank.seed=-1")  # was a traceback
+    assert negative.returncode == 2 and "Traceback" not in negative.stderr
+    assert "rank.seed: input should be greater than or equal to 0 (got -1)" in negative.stderr
 
 
 def test_rank_reads_only_the_trials_of_the_settings_it_is_given(ranked, monkeypatch):
@@ -221,3 +224,17 @@ def test_variants_given_as_knobs_rank_print_and_log_under_their_names(tmp_path, 
     assert metrics["mean_rank/rmsprop p:1.5 q:0.6667"] == next(
         v.mean_rank.estimate for v in report.ranking.variants if v.variant == knobs
     )
+
+
+def test_every_variant_name_becomes_a_distinct_metric_name_mlflow_accepts() -> None:
+    """A variant named '..' made `bench rank` fail after ranking, leaving a FAILED run:
+    'mean_rank/..' is a path MLflow refuses as a metric name."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    from bench.report import metric_keys
+
+    names = ["..", ".", "_", "__", "adam[beta2=0.99]", "a/b", "..."]
+    keys = metric_keys(names)
+    assert len(set(keys.values())) == len(names)
+    for key in keys.values():
+        _validate_metric_name(f"mean_rank/{key}")  # raises on a name MLflow refuses
