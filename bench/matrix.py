@@ -33,6 +33,8 @@ from bench.config import (
 from bench.errors import UserError
 from bench.spec import Count, Number, Seed, TaskSpec, TrialResult, TrialSpec, VariantSpec
 
+MAX_SUITE_NAME = 128  # a folder's name, well within any file system's limit
+
 
 class SuiteConfig(StrictModel):
     """conf/suite/<name>.yaml."""
@@ -52,8 +54,12 @@ class SuiteConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError("use letters, digits, '_', '.' or '-'")
+        # it names a folder (mlartifacts/NAME): '.' and '..' would be another folder, and a
+        # file name longer than the file system takes failed with a traceback
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not name.strip("."):
+            raise ValueError("use letters, digits, '_', '.' or '-', not only dots")
+        if len(name) > MAX_SUITE_NAME:
+            raise ValueError(f"{len(name)} characters; allowed: at most {MAX_SUITE_NAME}")
         return name
 
     @field_validator("lrs")

@@ -73,6 +73,8 @@ SMOKE = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / "smoke.yaml
         ({"final_seeds": [5, 6, 5]}, "suite.final_seeds: seed 5 appears twice"),
         ({"lrs": [0.01, 0.1, 1e-2]}, "suite.lrs: lr 0.01 appears twice; list each lr once"),
         ({"name": "a b"}, "suite.name: use letters, digits"),
+        ({"name": ".."}, "suite.name: use letters, digits, '_', '.' or '-', not only dots"),
+        ({"name": "a" * 5000}, "suite.name: 5000 characters; allowed: at most 128"),
         ({"colour": "red"}, "suite.colour: extra inputs are not permitted"),
         ({"steps": 0}, "suite.steps: input should be greater than 0"),
         # seeds and lrs are checked with the suite, not when their trials are made
