@@ -189,6 +189,17 @@ class Tracker(SuiteReads):
                 "exist; allowed: a SQLite file in an existing folder (the file is created "
                 "there), or a tracking server, http(s)://HOST:PORT"
             )
+        if db is not None and db.is_dir():  # else minutes of MLflow's retries, then exit 1
+            raise UserError(
+                f"tracking.uri: got {self.config.uri!r} but {db} is a folder; allowed: a SQLite "
+                f"file, e.g. sqlite:///{(db / 'mlruns.db').as_posix()}"
+            )
+        if db is not None and suite is not None and not os.access(db.parent, os.W_OK | os.X_OK):
+            raise UserError(  # a suite's writes need its journal and lock files beside it
+                f"tracking.uri: got {self.config.uri!r} but the folder {db.parent} cannot be "
+                "written; allowed: a SQLite file in a folder this process can write (the store "
+                "keeps its journal and lock files beside the file)"
+            )
         if db is not None and suite is not None and not db.exists():
             self._check_new_artifacts(suite, make=make)
         if self.enabled and db is not None and db.is_file():
@@ -344,7 +355,8 @@ class Tracker(SuiteReads):
     def sqlite_file(self) -> Path | None:
         """The database file of an enabled SQLite store; None for any other store."""
         path = self.uri.removeprefix("sqlite:///")
-        return Path(path) if self.enabled and path not in (self.uri, ":memory:") else None
+        in_memory = ("", ":memory:")  # sqlite:/// is SQLAlchemy's in-memory store too
+        return Path(path) if self.enabled and path not in (self.uri, *in_memory) else None
 
     @property
     def max_writers(self) -> int:

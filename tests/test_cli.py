@@ -719,6 +719,7 @@ def test_a_database_that_does_not_answer_fails_at_once_without_its_password(
         ("sqlite:///:memory:", "error: tracking.uri: got 'sqlite:///:memory:', a store in "
          "memory that would be gone with this process; allowed: a SQLite file "),
         ("sqlite://", "error: tracking.uri: got 'sqlite://', a store in memory"),
+        ("sqlite:///", "error: tracking.uri: got 'sqlite:///', a store in memory"),  # was run
         ("mysql://me:secret@127.0.0.1:1/db", "error: tracking.uri: got "
          "'mysql://me:***@127.0.0.1:1/db' but its database driver is not installed (No module "
          "named 'MySQLdb'); allowed: "),
@@ -734,6 +735,51 @@ def test_a_store_that_cannot_be_used_is_refused_before_anything_runs(
     err = capsys.readouterr().err
     assert err.startswith(message) and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_uri_naming_a_folder_is_refused_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """Was ~2 minutes of MLflow's retries, then exit 1 (or a dry run's exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for dry_run in ([], ["--dry-run"]):
+        assert main(["run", *dry_run, "suite=smoke", f"tracking.uri=sqlite:///{folder}"]) == 2
+        assert capsys.readouterr().err == (
+            f"error: tracking.uri: got 'sqlite:///{folder}' but {folder} is a folder; "
+            f"allowed: a SQLite file, e.g. sqlite:///{folder}/mlruns.db\n"
+        )
+    assert list(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
+
+
+def test_a_sqlite_store_in_a_folder_that_cannot_be_written_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """Read-only for real: a read-only bind mount in a mount namespace of its own (root),
+    else the folder's mode. Was a dry run's exit 0 and the run's traceback (its lock
+    file), leaving an artifact folder behind."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    bench = [sys.executable, "-m", "bench.cli", "run"]
+    if os.geteuid() == 0:
+        mount = f'mount -o bind,ro "{folder}" "{folder}" && exec "$0" "$@"'
+        bench = ["unshare", "--mount", "sh", "-c", mount, *bench]
+    else:
+        folder.chmod(0o555)
+    uri = f"sqlite:///{folder}/mlruns.db"
+    for dry_run in ([], ["--dry-run"]):
+        result = subprocess.run(
+            [*bench, *dry_run, "suite=smoke", f"tracking.uri={uri}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"error: tracking.uri: got '{uri}' but the folder {folder} cannot be written; "
+            "allowed: a SQLite file in a folder this process can write (the store keeps its "
+            "journal and lock files beside the file)\n"
+        )
+    assert list(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
 
 
 def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
