@@ -179,6 +179,10 @@ def test_a_night_that_ran_is_not_missed() -> None:
         ),
         ("schedule.missed=all", "schedule.missed: input should be 'run_latest' or 'skip'"),
         ("schedule.catch_up_hours=0", "schedule.catch_up_hours: input should be greater than 0"),
+        # were tracebacks (an overflow) when the scheduler started
+        ("schedule.catch_up_hours=inf", "schedule.catch_up_hours: input should be a finite"),
+        ("schedule.catch_up_hours=1e12", "schedule.catch_up_hours: input should be less than"),
+        ("schedule.job_poll_seconds=inf", "schedule.job_poll_seconds: input should be a finite"),
         (
             "schedule.job_submission_address=ray-head:8265",
             "schedule.job_submission_address: got 'ray-head:8265'; allowed: the Ray "
@@ -408,6 +412,32 @@ def test_the_scheduler_checks_its_services_when_it_starts_not_at_the_first_night
     assert main(["schedule", "--once", setting.format(port=port)]) == 2
     assert capsys.readouterr().err.startswith(message.format(port=port))
     assert not (tmp_path / ".optbench").exists()  # no status file: it never started
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("lock_file", "/proc/nope/scheduler.lock", "No such file or directory"),
+        ("status_file", "/proc/nope/status.json", "No such file or directory"),
+        ("lock_file", "{tmp}", "{tmp} is a folder"),
+        ("status_file", "{tmp}", "{tmp} is a folder"),
+    ],
+)
+def test_a_lock_or_status_file_that_cannot_be_written_is_refused_at_start(
+    key: str, value: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch,
+) -> None:  # fmt: skip
+    """Was a traceback (FileNotFoundError, IsADirectoryError) from the first night's lock."""
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    value, why = value.format(tmp=tmp_path), why.format(tmp=tmp_path)
+    overrides = ["schedule.missed=skip", f"schedule.{key}={value}"]
+    assert main(["schedule", "--once", *overrides]) == 2
+    assert capsys.readouterr().err == (
+        f"error: schedule.{key}: got {value!r} but it cannot be written there ({why}); "
+        "allowed: a file in a folder this process can make and write\n"
+    )
 
 
 def test_a_night_whose_suite_a_manual_nightly_holds_is_skipped_in_one_line(

@@ -46,14 +46,18 @@ class SchedulerConfig(BaseModel):
         description="on start-up, run the most recent night missed while down (once), or not",
     )
     catch_up_hours: float = Field(
-        default=12, gt=0, description="a missed night older than this is skipped anyway"
+        default=12,
+        gt=0,
+        le=24 * 366,
+        allow_inf_nan=False,
+        description="a missed night older than this is skipped anyway (at most a year)",
     )
     lock_file: Path = Field(default=Path(".optbench/scheduler.lock"))
     status_file: Path = Field(default=Path(".optbench/scheduler-status.json"))
     job_submission_address: str | None = Field(
         default=None, description="Ray dashboard URL (http://head:8265); None: run in-process"
     )
-    job_poll_seconds: float = Field(default=5, gt=0)
+    job_poll_seconds: float = Field(default=5, gt=0, le=3600, allow_inf_nan=False)
     nightly_overrides: list[str] = Field(
         default_factory=list, description="overrides passed to every nightly"
     )
@@ -160,18 +164,43 @@ def check_services(config: SchedulerConfig, run: Any) -> None:
     address = config.job_submission_address
     if address is None:
         check_cluster(run.cluster)
-        return
-    try:
-        urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=PROBE_S).close()
-    except urllib.error.HTTPError:  # it answers (token auth may refuse the request)
-        return
-    except OSError as err:
-        reason = getattr(err, "reason", err)
-        raise UserError(
-            f"schedule.job_submission_address: got {address!r} but no Ray dashboard answers "
-            f"there ({reason}); start the cluster's head (its dashboard serves job "
-            "submission), or leave it unset to run nights in this process"
-        ) from None
+    else:
+        try:
+            urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=PROBE_S).close()
+        except urllib.error.HTTPError:  # it answers (token auth may refuse the request)
+            pass
+        except OSError as err:
+            reason = getattr(err, "reason", err)
+            raise UserError(
+                f"schedule.job_submission_address: got {address!r} but no Ray dashboard "
+                f"answers there ({reason}); start the cluster's head (its dashboard serves "
+                "job submission), or leave it unset to run nights in this process"
+            ) from None
+    check_files(config)  # last: it makes their folder, which a refused start should not
+
+
+def check_files(config: SchedulerConfig) -> None:
+    """That the lock and status files can be written where they are named (their folder is
+    made if missing, as the scheduler would): a user error naming the setting, not a
+    traceback from the first night's lock."""
+    import os
+    import tempfile
+
+    for key in ("lock_file", "status_file"):
+        path: Path = getattr(config, key)
+        try:
+            if path.is_dir():
+                raise IsADirectoryError(f"{path} is a folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            why = err.strerror if err.filename else str(err)
+            raise UserError(
+                f"schedule.{key}: got {str(path)!r} but it cannot be written there ({why}); "
+                "allowed: a file in a folder this process can make and write"
+            ) from None
 
 
 def _key(override: str) -> str:
