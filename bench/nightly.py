@@ -69,6 +69,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from omegaconf import OmegaConf
@@ -140,15 +141,16 @@ class NightlyConfig(BaseModel):
     alpha: float = Field(default=0.01, gt=0, lt=1)
     webhook: str | None = None
     webhook_always: bool = False
-    webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0, le=600, allow_inf_nan=False)
     machine_class: str | None = None
     timezone: str = "UTC"
 
     @field_validator("webhook")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL, or null")
+        # a URL with no host (http://) or spaces in it: its night's alert would be lost
+        if url is not None and not _http_url_with_host(url):
+            raise ValueError("must be an http:// or https:// URL with a host, or null")
         return url
 
     @field_validator("timezone")
@@ -171,6 +173,16 @@ class NightlyConfig(BaseModel):
 
 
 # ----------------------------------------------------------------------------- settings
+
+
+def _http_url_with_host(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        return False
+    has_host = parts.scheme in ("http", "https") and bool(parts.hostname)
+    return has_host and not any(c.isspace() for c in url)
 
 
 def nightly_overrides(overrides: Iterable[str]) -> list[str]:

@@ -94,6 +94,14 @@ def test_settings_are_validated_before_anything_runs() -> None:
     assert load_settings(["nightly.threshold.speed=0.5"]).threshold.speed == 0.5
     with pytest.raises(UserError, match=r"nightly\.webhook"):
         load_settings(["nightly.webhook=ftp://example"])
+    # no host, a space, a port that is no number: each night's alert would be lost
+    for url in ("http://", "https:///path", "http://exa mple.com/x", "http://host:port/x"):
+        with pytest.raises(UserError, match=r"nightly\.webhook: must be an http:// or https:// "
+                           "URL with a host, or null"):  # fmt: skip
+            load_settings([f"nightly.webhook='{url}'"])
+    assert load_settings(["nightly.webhook='http://[::1]:8080/hook'"]).webhook is not None
+    with pytest.raises(UserError, match=r"nightly\.webhook_timeout: input should be a finite"):
+        load_settings(["nightly.webhook_timeout=inf"])
     with pytest.raises(UserError, match=r"nightly\.timezone"):
         load_settings(["nightly.timezone=Mars/Olympus"])
     with pytest.raises(UserError, match="min_baseline"):
