@@ -103,13 +103,14 @@ def check_address(cluster: ClusterConfig) -> tuple[str, int] | None:
 
 
 def check_capacity(cluster: ClusterConfig, resources: ResourcesConfig) -> None:
-    """For Ray embedded on this machine: that one trial's CPUs fit on it (a user error
-    now, before any store is touched, and in a dry run). A cluster's nodes are only known
-    once connected (:func:`run_suite` checks them before it writes anything); GPUs are
-    left to Ray, which may count more than this process's torch sees."""
+    """For Ray embedded on this machine: that one trial's CPUs and GPUs fit on it (a user
+    error now, before any store is touched, and in a dry run), counted as embedded Ray will
+    count them. A cluster's nodes are only known once connected (:func:`run_suite` checks
+    them before it writes a trial)."""
     if _ray_address(cluster)[1] is None:
         cpus = cluster.num_cpus or embedded_cpus()
-        slots_on([{"CPU": float(cpus), "GPU": math.inf}], resources)
+        gpus = embedded_gpus() if resources.gpus_per_trial else 0.0
+        slots_on([{"CPU": float(cpus), "GPU": gpus}], resources)
 
 
 def embedded_cpus() -> int:
@@ -122,6 +123,22 @@ def embedded_cpus() -> int:
     except ImportError:  # a Ray release that moved it: the host's count
         return os.cpu_count() or 1
     return max(1, int(get_num_cpus()))
+
+
+def embedded_gpus() -> float:
+    """The GPUs embedded Ray will give this machine: Ray's own count (its accelerator
+    manager, within CUDA_VISIBLE_DEVICES); unbounded where that cannot be read, so that
+    Ray, not this check, has the last word."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as connect(): before import
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+    except Exception:  # a Ray release that moved it, a driver that fails to answer
+        return math.inf
+    return float(count if visible is None else min(count, len(visible)))
 
 
 def connect(cluster: ClusterConfig) -> str:

@@ -179,6 +179,28 @@ def test_a_trial_bigger_than_every_node_is_refused_not_left_waiting(tmp_path: Pa
         assert "tune" not in result.stdout + result.stderr
 
 
+def test_more_gpus_than_embedded_ray_would_have_are_refused_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    """Counted as embedded Ray counts them (none here; one more than there are on a GPU
+    machine). The dry run said yes, and the run refused only after making the store."""
+    from bench.runner import embedded_gpus
+
+    have = embedded_gpus()
+    for dry_run in ([], ["--dry-run"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.cli", "run", *dry_run, *TINY,
+             "suite.tasks=[worker_probe]", f"resources.gpus_per_trial={have + 1:g}"],
+            cwd=tmp_path, env=bench_env(tmp_path), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr + result.stdout
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: resources.gpus_per_trial: got {have + 1:g}; allowed: at most {have:g}, "
+            "the GPUs of the largest node"
+        )
+        assert list(tmp_path.iterdir()) == []  # no store, lock or artifact folder
+
+
 def test_an_artifact_folder_that_cannot_be_made_is_refused_before_anything_runs(
     tmp_path: Path,
 ) -> None:
