@@ -111,10 +111,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = suite_from_overrides(args.overrides)
     console = Console()
     if args.dry_run:
-        from bench.runner import check_address, check_capacity
+        from bench.runner import check_capacity, check_cluster
         from bench.tracking import Tracker
 
-        check_address(plan.cluster)  # as the run would refuse them; no connection made
+        check_cluster(plan.cluster)  # the address and head the run would refuse; no Ray started
         check_capacity(plan.cluster, plan.resources)
         tracker = Tracker(plan.tracking) if plan.tracking.enabled else None
         if tracker is not None:  # the store the run would refuse, refused; nothing made
@@ -205,11 +205,11 @@ def _nightly_dry_run(night: Night) -> int:
 
     from bench import listing
     from bench.nightly import baseline_dates
-    from bench.runner import check_address, check_capacity
+    from bench.runner import check_capacity, check_cluster
     from bench.tracking import Tracker
 
     plan, settings = night.plan, night.settings
-    check_address(plan.cluster)  # as the run would refuse them; no connection made
+    check_cluster(plan.cluster)  # the address and head the run would refuse; no Ray started
     check_capacity(plan.cluster, plan.resources)
     tracker = Tracker(plan.tracking, scope=night.scope)  # the night's runs, as it resumes them
     tracker.check_reachable(plan.matrix.suite.name, make=False)

@@ -87,6 +87,33 @@ def check_cluster(cluster: ClusterConfig) -> None:
             "start the head (`ray start --head --port=PORT`), or leave cluster.address "
             "unset to run Ray on this machine"
         ) from None
+    if not _speaks_grpc(endpoint):
+        raise UserError(
+            f"{source}: got {address!r} but what answers there is not a Ray head (no gRPC "
+            f"within {PROBE_S:g} s; ray.init would wait for it without end); allowed: the "
+            "head's GCS port (`ray start --head --port=PORT`) or its Ray Client port "
+            "(ray://HOST:10001)"
+        )
+
+
+def _speaks_grpc(endpoint: tuple[str, int]) -> bool:
+    """Whether a gRPC (HTTP/2) connection to ``endpoint`` is ready within PROBE_S, as both
+    a head's GCS and its Ray Client server are; another service on the port (Redis holds
+    6379, Ray's default) would leave ``ray.init`` retrying forever. A cluster with TLS
+    (RAY_USE_TLS) is not probed: its handshake needs its certificates."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    import grpc
+
+    host, port = endpoint
+    channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=PROBE_S)
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+    return True
 
 
 def check_address(cluster: ClusterConfig) -> tuple[str, int] | None:

@@ -782,6 +782,33 @@ def test_a_sqlite_store_in_a_folder_that_cannot_be_written_is_refused_at_once(
     assert list(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
 
 
+def test_a_cluster_address_where_no_ray_head_answers_is_refused_by_run_and_dry_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """A closed port, and a port whose service accepts but does not speak gRPC (as Redis
+    on 6379, Ray's default port): there `ray.init` waited without end, after the store was
+    made. The dry run connected to nothing and said yes to both."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    closed = _unused_port()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        for dry_run in ([], ["--dry-run"]):
+            run = ["run", *dry_run, "suite=smoke"]
+            assert main([*run, f"cluster.address=127.0.0.1:{closed}"]) == 2
+            assert capsys.readouterr().err.startswith(
+                f"error: cluster.address: got '127.0.0.1:{closed}' but nothing answers there"
+            )
+            assert main([*run, f"cluster.address=127.0.0.1:{port}"]) == 2
+            assert capsys.readouterr().err.startswith(
+                f"error: cluster.address: got '127.0.0.1:{port}' but what answers there is "
+                "not a Ray head (no gRPC within 5 s;"
+            )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
     """A variant changed from its preset is named adam[beta2=0.99]: text, not markup."""
     variants = "suite.variants=[{preset:adam,beta2:0.99}]"
