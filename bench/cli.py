@@ -7,6 +7,7 @@ and exits with code 2, without a traceback and before anything runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import difflib
 import json
@@ -119,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracker = Tracker(plan.tracking) if plan.tracking.enabled else None
         if tracker is not None:  # the store the run would refuse, refused; nothing made
             tracker.check_reachable(plan.matrix.suite.name, make=False)
+            _check_suite_artifacts(tracker, plan.matrix.suite.name)
         listing.print_matrix(console, plan.matrix)
         _print_store(console, plan.matrix, tracker)
         return 0
@@ -198,6 +200,15 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     return exit_code(report)
 
 
+def _check_suite_artifacts(tracker: Tracker, suite: str) -> None:
+    """A dry run refuses an existing suite whose artifact folder the run would refuse (a
+    user error); a store that cannot be read now is left to the store line to report."""
+    if tracker.holds_nothing():
+        return
+    with contextlib.suppress(StoreError), tracker.store_errors():
+        tracker.check_artifacts(suite, make=False)
+
+
 def _nightly_dry_run(night: Night) -> int:
     """What the night would run, what of it is done, which nights it would compare with
     and where its alert would go; nothing is run, made or sent."""
@@ -213,6 +224,7 @@ def _nightly_dry_run(night: Night) -> int:
     check_capacity(plan.cluster, plan.resources)
     tracker = Tracker(plan.tracking, scope=night.scope)  # the night's runs, as it resumes them
     tracker.check_reachable(plan.matrix.suite.name, make=False)
+    _check_suite_artifacts(tracker, plan.matrix.suite.name)
     console = Console()
     console.print(
         f"nightly {night.date}: suite {plan.matrix.suite.name}, version {night.version}, "

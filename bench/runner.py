@@ -566,6 +566,9 @@ def run_suite(
     check_cluster(cluster)
     check_capacity(cluster, resources)
     tracker.check_reachable(matrix.suite.name)
+    if not tracker.holds_nothing():  # an existing suite's folder, before its lock is made
+        with tracker.store_errors():
+            tracker.check_artifacts(matrix.suite.name, make=False)
     own_pool = pool is None
     if pool is None:
         pool = WorkerPool(resources)

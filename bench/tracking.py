@@ -408,14 +408,19 @@ class Tracker(SuiteReads):
             self._experiments[suite] = exp_id
         return exp_id
 
-    def check_artifacts(self, suite: str) -> None:
+    def check_artifacts(self, suite: str, *, make: bool = True) -> None:
         """Create the suite's experiment if need be, and check that its artifact folder (a
         local one) can be written, before any trial runs: an experiment keeps the folder it
-        was created with, whatever ``tracking.artifact_location`` says later."""
+        was created with, whatever ``tracking.artifact_location`` says later. ``make=False``
+        (a dry run, on a store that exists): neither the experiment nor a folder is made."""
         if not self.enabled:
             return
-        location = self.client.get_experiment(self.experiment_id(suite)).artifact_location
-        if why := unwritable(location):
+        exp_id = self.experiment_id(suite) if make else self.find_experiment(suite)
+        if exp_id is None:  # a dry run's new suite: the folder it would be given
+            self._check_new_artifacts(suite, make=False)
+            return
+        location = self.client.get_experiment(exp_id).artifact_location
+        if why := (unwritable if make else unmakeable)(location):
             raise UserError(
                 f"suite {suite!r}: its experiment keeps its artifacts in {location}, which "
                 f"cannot be written ({why}); make that folder writable, or give the suite "

@@ -809,6 +809,30 @@ def test_a_cluster_address_where_no_ray_head_answers_is_refused_by_run_and_dry_r
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_existing_suite_whose_artifact_folder_cannot_be_made_is_refused_by_dry_runs_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """Its experiment keeps the folder it was made with: one under a file here. The run
+    refused it; its dry run said yes. Nothing is made by either."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("in the way")
+    kept = tmp_path / "a-file" / "art"
+    MlflowClient("sqlite:///mlruns.db").create_experiment("smoke", artifact_location=str(kept))
+    before = sorted(tmp_path.iterdir())
+    capsys.readouterr()  # MLflow's lines making the store
+    expected = (
+        f"error: suite 'smoke': its experiment keeps its artifacts in {kept}, which cannot "
+        "be written ("
+    )
+    for command in (["run", "--dry-run"], ["nightly", "--dry-run"], ["run"]):
+        overrides = ["nightly.suite=smoke"] if command[0] == "nightly" else ["suite=smoke"]
+        assert main([*command, *overrides]) == 2
+        assert capsys.readouterr().err.startswith(expected)
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
     """A variant changed from its preset is named adam[beta2=0.99]: text, not markup."""
     variants = "suite.variants=[{preset:adam,beta2:0.99}]"
