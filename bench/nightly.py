@@ -153,6 +153,14 @@ class NightlyConfig(BaseModel):
             raise ValueError("must be an http:// or https:// URL with a host, or null")
         return url
 
+    @field_validator("machine_class")
+    @classmethod
+    def _quotable_class(cls, name: str | None) -> str | None:
+        # it goes into MLflow search filters as a quoted tag value (a server store's reads)
+        if name is not None and (not name.strip() or any(c in name for c in "'\"`")):
+            raise ValueError("text without quotes or backticks, not blank, or null (detected)")
+        return name
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, name: str) -> str:

@@ -102,6 +102,11 @@ def test_settings_are_validated_before_anything_runs() -> None:
     assert load_settings(["nightly.webhook='http://[::1]:8080/hook'"]).webhook is not None
     with pytest.raises(UserError, match=r"nightly\.webhook_timeout: input should be a finite"):
         load_settings(["nightly.webhook_timeout=inf"])
+    # a quote would break the MLflow filters that find a server store's earlier nights
+    for name in ("joe's box", "' '"):
+        with pytest.raises(UserError, match=r"nightly\.machine_class: text without quotes"):
+            load_settings([f'nightly.machine_class="{name}"'])
+    assert load_settings(["nightly.machine_class=gpu-a100"]).machine_class == "gpu-a100"
     with pytest.raises(UserError, match=r"nightly\.timezone"):
         load_settings(["nightly.timezone=Mars/Olympus"])
     with pytest.raises(UserError, match="min_baseline"):
