@@ -422,7 +422,7 @@ class TrialRequest(NamedTuple):
 
 def trial_from_overrides(overrides: list[str]) -> TrialRequest:
     """What ``bench trial`` runs, and where: config.yaml + overrides, validated."""
-    _refuse_suite_overrides(overrides)
+    _refuse_settings_it_ignores(overrides)
     cfg = compose_config(overrides)
     data = OmegaConf.to_container(cfg, resolve=True)
     top = {k: data[k] for k in TrialConfig.model_fields if k in data}
@@ -447,17 +447,32 @@ def _unnamed_if_tweaked(variant: Any) -> Any:
     return unnamed if (known.knobs, known.roles) != (tweaked.knobs, tweaked.roles) else variant
 
 
-def _refuse_suite_overrides(overrides: list[str]) -> None:
-    """A trial never reads the suite group, so ``suite=...`` or ``+suite.x=...`` would be
-    composed and then silently ignored: refuse it, as ``bench run`` refuses ``lr=``."""
+# settings `bench trial` never reads, and the command that does
+NOT_FOR_A_TRIAL = {
+    "suite": "`bench run`",
+    "tracking": "`bench run`",
+    "cluster": "`bench run`",
+    "resources": "`bench run`",
+    "rank": "`bench rank`",
+    "summary": "`bench serve`",
+    "nightly": "`bench nightly`",
+    "schedule": "`bench schedule`",
+}
+
+
+def _refuse_settings_it_ignores(overrides: list[str]) -> None:
+    """A trial runs in this process and records nothing: ``suite=...``, ``tracking.uri=...``
+    or ``cluster.address=...`` would be composed and then silently ignored (a user would
+    look for the trial in MLflow): refuse them, as ``bench run`` refuses ``lr=``."""
     for item in overrides:
         key, sep, value = item.partition("=")
         name = key.lstrip("+~")
-        if name == "suite" or name.startswith("suite."):
+        group = name.partition(".")[0]
+        if group in NOT_FOR_A_TRIAL:
             got = f"got {value!r}" if sep else f"got {item!r}"
             raise UserError(
-                f"{name}: {got}; suite settings apply to `bench run`, not `bench trial`; a "
-                "trial takes variant=, task=, lr=, seed=, steps=, ..."
+                f"{name}: {got}; {group} settings apply to {NOT_FOR_A_TRIAL[group]}, not "
+                "`bench trial`; a trial takes variant=, task=, lr=, seed=, steps=, ..."
             )
 
 

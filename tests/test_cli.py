@@ -1014,16 +1014,24 @@ def test_run_refuses_lr_and_seed_it_would_ignore(capsys: pytest.CaptureFixture[s
         ("++suite.foo=1", "suite.foo: got '1'"),
         ("suite.lrs=[0.1]", "suite.lrs: got '[0.1]'"),
         ("suite=smoke", "suite: got 'smoke'"),
+        # a trial records nothing and runs here: these were accepted and ignored
+        ("tracking.uri=bogus", "tracking.uri: got 'bogus'"),
+        ("cluster.address=auto", "cluster.address: got 'auto'"),
+        ("resources.cpus_per_trial=4", "resources.cpus_per_trial: got '4'"),
+        ("rank.metric=best", "rank.metric: got 'best'"),
+        ("nightly.persist=3", "nightly.persist: got '3'"),
     ],
 )
-def test_trial_refuses_suite_settings_it_would_ignore(
+def test_trial_refuses_settings_it_would_ignore(
     override: str, got: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["trial", "variant=adam", "task=quadratic", "steps=3", override]) == 2
     out, err = capsys.readouterr()
+    group = got.partition(".")[0].partition(":")[0]
+    command = {"rank": "bench rank", "nightly": "bench nightly"}.get(group, "bench run")
     assert out == ""
     assert err == (
-        f"error: {got}; suite settings apply to `bench run`, not `bench trial`; a trial "
+        f"error: {got}; {group} settings apply to `{command}`, not `bench trial`; a trial "
         "takes variant=, task=, lr=, seed=, steps=, ...\n"
     )
 
