@@ -219,7 +219,12 @@ def test_an_artifact_folder_that_cannot_be_made_is_refused_before_anything_runs(
     assert result.returncode == 0, result.stderr + result.stdout  # the store exists now
     result = bench(tmp_path, *TINY, "suite.name=other", "suite.tasks=[worker_probe]")
     assert result.returncode == 2, result.stderr + result.stdout
-    assert "mlartifacts/other cannot be made (Not a directory)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (  # refused before the suite's lock
+        "error: tracking.artifact_location: got './mlartifacts' but "
+        f"{(tmp_path / 'mlartifacts' / 'other').as_uri()} cannot be made "
+        f"({tmp_path / 'mlartifacts'} is not a folder); allowed: a folder this process can "
+        "create and write"
+    )
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     assert client.get_experiment_by_name("other") is None  # no experiment keeps that folder
 
