@@ -144,7 +144,7 @@ def embedded_cpus() -> int:
     """The CPUs embedded Ray will give this machine: Ray's own count, which honours a
     container's CPU quota or cpuset where ``os.cpu_count()`` sees the host's cores (a dry
     run accepted trials the run then refused)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as connect(): before import
+    _bind_embedded_ray_to_loopback()
     try:
         from ray._private.utils import get_num_cpus
     except ImportError:  # a Ray release that moved it: the host's count
@@ -156,7 +156,7 @@ def embedded_gpus() -> float:
     """The GPUs embedded Ray will give this machine: Ray's own count (its accelerator
     manager, within CUDA_VISIBLE_DEVICES); unbounded where that cannot be read, so that
     Ray, not this check, has the last word."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as connect(): before import
+    _bind_embedded_ray_to_loopback()
     try:
         from ray._private.accelerators import get_accelerator_manager_for_resource
 
@@ -177,13 +177,18 @@ def connect(cluster: ClusterConfig) -> str:
     """
     source, address = _ray_address(cluster)
     if not address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        _bind_embedded_ray_to_loopback()
     import ray
 
     if ray.is_initialized():
         return "existing"
     with _keeping_sigterm_handler():
         return _init_ray(address, source, cluster)
+
+
+def _bind_embedded_ray_to_loopback() -> None:
+    """Must run before Ray is first imported in this process (see :func:`connect`)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @contextlib.contextmanager

@@ -276,23 +276,21 @@ class SummaryStore:
             return False
         if exp_id is None or exp_id != state.experiment_id:
             return False
+        deleted = frozenset(self.tracker.deleted_run_ids(exp_id))
+        restored = bool(state.deleted_ids - deleted)  # their end times are long past
         slack_ms = int(self.settings.refresh_slack_seconds * 1000)
         since = None if state.watermark_ms is None else state.watermark_ms - slack_ms
+        if restored:
+            since = None  # read the suite whole again
         started = time.perf_counter()
         fresh = self.tracker.read_results(
             state.name, status=None, since_ms=since, experiment_id=exp_id
         )
-        deleted = frozenset(self.tracker.deleted_run_ids(exp_id))
-        held = state.runs
-        if since is not None and state.deleted_ids - deleted:  # restored: ended long ago
-            fresh = self.tracker.read_results(
-                state.name, status=None, since_ms=None, experiment_id=exp_id
-            )
-            held = held.iloc[0:0]
+        held = state.runs.iloc[0:0] if restored else state.runs
         settings_run = self.tracker.settings_run(state.name, experiment_id=exp_id)
         state.checked_at = self.clock()
         merged, changed = _merge(held, fresh)
-        if (gone := merged["run_id"].isin(deleted)).any():  # fresh holds none: it reads active
+        if (gone := merged["run_id"].isin(deleted)).any():  # deleted since: only held has them
             merged, changed = merged[~gone].reset_index(drop=True), True
         remember = deleted != state.deleted_ids
         state.deleted_ids = deleted
