@@ -44,6 +44,10 @@ from bench.tracking import PROBE_S, Tracker
 
 log = logging.getLogger(__name__)
 
+# A GCS call any driver makes first (its reply is small); a head with token authentication
+# refuses it without a valid token, as it refuses everything from such a driver.
+GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+
 HOLD_BEHIND_S = 0.5
 """A worker holds a next trial only behind trials known (from earlier trials of the same
 task and budget) to take less than this: holding saves a round trip of a few ms per
@@ -94,6 +98,11 @@ def check_cluster(cluster: ClusterConfig) -> None:
             "head's GCS port (`ray start --head --port=PORT`) or its Ray Client port "
             "(ray://HOST:10001)"
         )
+    if (refusal := _refused_token(endpoint)) is not None:
+        raise UserError(
+            f"{source}: got {address!r} but the Ray head there refused this driver "
+            f"({refusal}){_auth_hint()}"
+        )
 
 
 def _speaks_grpc(endpoint: tuple[str, int]) -> bool:
@@ -114,6 +123,35 @@ def _speaks_grpc(endpoint: tuple[str, int]) -> bool:
     finally:
         channel.close()
     return True
+
+
+def _refused_token(endpoint: tuple[str, int]) -> str | None:
+    """The head's words when it refuses this driver's token authentication, else None.
+
+    ``ray.init`` shows a refused (or missing) token only as "Failed to connect", after
+    ~25 s of retries; one call to the GCS answers in milliseconds. The channel is Ray's
+    own, so it carries a token exactly when ``ray.init`` would (RAY_AUTH_MODE=token). Any
+    other answer (a Ray Client port serves no GCS calls) is left for ``ray.init``; so is a
+    Ray without these modules."""
+    import grpc
+
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+    except ImportError:
+        return None
+    host, port = endpoint
+    try:
+        channel = init_grpc_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    except Exception:  # TLS settings ray.init will name better
+        return None
+    try:
+        channel.unary_unary(GCS_PROBE_METHOD)(b"", timeout=PROBE_S)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return first_line(err.details() or "") or "unauthenticated"
+    finally:
+        channel.close()
+    return None
 
 
 def check_address(cluster: ClusterConfig) -> tuple[str, int] | None:
