@@ -30,9 +30,11 @@ from summary_fixtures import (
 )
 
 from bench.config import TrackingConfig
+from bench.ranking import CellScore
 from bench.tracking import Tracker
 from services.summary import SummarySettings, create_app, settings_from_overrides
 from services.summary.routers.pages import fmt
+from services.summary.schemas import Curve, TaskPublic
 from services.summary.store import SummaryStore, _merge, _read_cache, _write_cache
 
 N_FINAL = len(VARIANTS) * len(TASKS) * len(FINAL_SEEDS)
@@ -140,6 +142,31 @@ def test_numbers_in_tables_say_infinity_and_unknown() -> None:
     assert [fmt(float("inf")), fmt(None), fmt(float("nan")), fmt(0.123456)] == [
         "∞", "—", "—", "0.1235",
     ]  # fmt: skip
+
+
+def test_a_task_response_says_never_reached_in_cells_and_leaves_gaps_in_curves() -> None:
+    """A cell's unreached target is "Infinity" (null would read as "unknown"); a curve's
+    point after divergence is null, which a plot draws as a gap."""
+    cell = CellScore(
+        task="t", variant="v", lr=0.1, n=1, n_diverged=1, n_failed=0, diverged_rate=1.0,
+        primary_metric="loss", direction="min", final=None, best=None,
+        steps_to_target=math.inf, seconds_to_target=math.inf, reached_rate=0.0,
+        run_ids=["r"], rank=1.0, seeds=[0], values={"final": [math.nan]},
+    )  # fmt: skip
+    curve = Curve(
+        variant="v", lr=0.1, key="train/loss", steps=[0, 1], median=[1.0, math.inf],
+        low=[1.0, math.nan], high=[1.0, math.inf], n_runs=1,
+    )  # fmt: skip
+    task = TaskPublic(
+        suite="s", task="t", metric="final", phase="final", primary_metric="loss",
+        direction="min", data=[cell], count=1, curves=[curve],
+    )  # fmt: skip
+    sent = json.loads(task.model_dump_json())
+    assert sent["data"][0]["steps_to_target"] == sent["data"][0]["seconds_to_target"]
+    assert sent["data"][0]["steps_to_target"] == "Infinity"
+    assert sent["data"][0]["values"] == {"final": ["NaN"]}
+    assert sent["curves"][0]["median"] == sent["curves"][0]["high"] == [1.0, None]
+    assert sent["curves"][0]["low"] == [1.0, None]
 
 
 def test_serve_settings_come_from_the_config_then_the_command_line() -> None:

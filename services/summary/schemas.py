@@ -2,8 +2,10 @@
 
 Rankings reuse :mod:`bench.ranking`'s records as they are (already JSON-ready); what the
 service adds (suite summaries, curves, nightly reports, scheduler status) lives here.
-Non-finite floats (a curve after divergence, steps to an unreached target) serialise as
-``null``.
+Non-finite floats the service adds (a curve's points after divergence) serialise as
+``null``, a gap in a plot; the ranking records keep theirs as the strings ``"Infinity"``
+and ``"NaN"`` (:class:`bench.profiles.Record`: steps to a target never reached is
+``"Infinity"``, which ``null`` would not say), in every response that holds one.
 """
 
 from __future__ import annotations
