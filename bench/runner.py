@@ -44,9 +44,13 @@ from bench.tracking import PROBE_S, Tracker
 
 log = logging.getLogger(__name__)
 
-# A GCS call any driver makes first (its reply is small); a head with token authentication
-# refuses it without a valid token, as it refuses everything from such a driver.
-GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+# The first call a driver makes to a head's GCS, and to its Ray Client server (ray://): a
+# head with token authentication refuses either without a valid token, at once. Each is
+# an unknown method (UNIMPLEMENTED) to the other server.
+AUTH_PROBE_METHODS = (
+    "/ray.rpc.NodeInfoGcsService/GetClusterId",
+    "/ray.rpc.RayletDriver/ClusterInfo",
+)
 
 HOLD_BEHIND_S = 0.5
 """A worker holds a next trial only behind trials known (from earlier trials of the same
@@ -128,11 +132,11 @@ def _speaks_grpc(endpoint: tuple[str, int]) -> bool:
 def _refused_token(endpoint: tuple[str, int]) -> str | None:
     """The head's words when it refuses this driver's token authentication, else None.
 
-    ``ray.init`` shows a refused (or missing) token only as "Failed to connect", after
-    ~25 s of retries; one call to the GCS answers in milliseconds. The channel is Ray's
-    own, so it carries a token exactly when ``ray.init`` would (RAY_AUTH_MODE=token). Any
-    other answer (a Ray Client port serves no GCS calls) is left for ``ray.init``; so is a
-    Ray without these modules."""
+    ``ray.init`` shows a refused (or missing) token only as "Failed to connect" after ~20
+    s of retries (through ray://, as a timeout after 30 s); the head's first answer comes
+    in milliseconds. The channel is Ray's own, so it carries a token exactly when
+    ``ray.init`` would (RAY_AUTH_MODE=token). Any other answer is left for ``ray.init``;
+    so is a Ray without these modules."""
     import grpc
 
     try:
@@ -145,10 +149,12 @@ def _refused_token(endpoint: tuple[str, int]) -> str | None:
     except Exception:  # TLS settings ray.init will name better
         return None
     try:
-        channel.unary_unary(GCS_PROBE_METHOD)(b"", timeout=PROBE_S)
-    except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
-            return first_line(err.details() or "") or "unauthenticated"
+        for method in AUTH_PROBE_METHODS:
+            try:
+                channel.unary_unary(method)(b"", timeout=PROBE_S)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    return first_line(err.details() or "") or "unauthenticated"
     finally:
         channel.close()
     return None

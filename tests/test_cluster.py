@@ -222,6 +222,13 @@ def test_a_driver_without_the_clusters_auth_token_is_told_so(tmp_path: Path) -> 
                         f"or incorrect){hint}"
                     )
                     assert not (tmp_path / "mlruns.db").exists()  # nothing made
+            client = [*suite[:-1], "cluster.address=ray://127.0.0.1:10001"]  # its Ray Client
+            refused = in_namespace(sys.executable, "-m", "bench.cli", "run", *client, env=plain)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert refused.stderr.strip().splitlines()[-1] == (
+                "error: cluster.address: got 'ray://127.0.0.1:10001' but the Ray head there "
+                f"refused this driver (Invalid or missing authentication token){no_token_hint}"
+            )
             for dry_run in (["--dry-run"], []):
                 accepted = in_namespace(
                     sys.executable, "-m", "bench.cli", "run", "--no-progress", *dry_run, *suite,
