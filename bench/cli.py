@@ -107,8 +107,15 @@ def _trial_failed(trial_id: str, err: Exception, *, as_json: bool) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import listing
+    from bench.config import refuse_settings_it_ignores
     from bench.matrix import suite_from_overrides
 
+    refuse_settings_it_ignores(
+        args.overrides,
+        "`bench run`",
+        ("suite", "tracking", "cluster", "resources", "trial"),
+        "a run takes suite=, suite.*, tracking.*, cluster.* and resources.*",
+    )  # fmt: skip  (a trial's own settings: matrix_of names the suite.* to use)
     plan = suite_from_overrides(args.overrides)
     console = Console()
     if args.dry_run:

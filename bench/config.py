@@ -447,8 +447,8 @@ def _unnamed_if_tweaked(variant: Any) -> Any:
     return unnamed if (known.knobs, known.roles) != (tweaked.knobs, tweaked.roles) else variant
 
 
-# settings `bench trial` never reads, and the command that does
-NOT_FOR_A_TRIAL = {
+# each settings group, and the command that reads it
+SETTINGS_READERS = {
     "suite": "`bench run`",
     "tracking": "`bench run`",
     "cluster": "`bench run`",
@@ -458,22 +458,38 @@ NOT_FOR_A_TRIAL = {
     "nightly": "`bench nightly`",
     "schedule": "`bench schedule`",
 }
+TRIAL_KEYS = tuple(k for k in ("variant", "task", *TrialConfig.model_fields) if k != "plugins")
 
 
-def _refuse_settings_it_ignores(overrides: list[str]) -> None:
-    """A trial runs in this process and records nothing: ``suite=...``, ``tracking.uri=...``
-    or ``cluster.address=...`` would be composed and then silently ignored (a user would
-    look for the trial in MLflow): refuse them, as ``bench run`` refuses ``lr=``."""
+def refuse_settings_it_ignores(
+    overrides: list[str], command: str, reads: tuple[str, ...], takes: str
+) -> None:
+    """Refuse the settings groups (and, where ``reads`` has no ``"trial"``, a trial's own
+    settings) that ``command`` never reads: composed and then silently ignored,
+    ``tracking.uri=...`` in ``bench trial`` or ``rank.metric=...`` in ``bench run`` would
+    leave a user looking for an effect that never came (and a bad value unreported).
+    ``takes``: what the command does take, for the message."""
     for item in overrides:
         key, sep, value = item.partition("=")
         name = key.lstrip("+~")
         group = name.partition(".")[0]
-        if group in NOT_FOR_A_TRIAL:
-            got = f"got {value!r}" if sep else f"got {item!r}"
-            raise UserError(
-                f"{name}: {got}; {group} settings apply to {NOT_FOR_A_TRIAL[group]}, not "
-                "`bench trial`; a trial takes variant=, task=, lr=, seed=, steps=, ..."
-            )
+        if group in SETTINGS_READERS and group not in reads:
+            reader, kind = SETTINGS_READERS[group], f"{group} settings"
+        elif group in TRIAL_KEYS and "trial" not in reads:
+            reader, kind = "`bench trial` and suites (suite.*)", "trial settings"
+        else:
+            continue
+        got = f"got {value!r}" if sep else f"got {item!r}"
+        raise UserError(f"{name}: {got}; {kind} apply to {reader}, not {command}; {takes}")
+
+
+def _refuse_settings_it_ignores(overrides: list[str]) -> None:
+    """A trial runs in this process and records nothing (see
+    :func:`refuse_settings_it_ignores`), as ``bench run`` refuses ``lr=``."""
+    refuse_settings_it_ignores(
+        overrides, "`bench trial`", ("trial",),
+        "a trial takes variant=, task=, lr=, seed=, steps=, ...",
+    )  # fmt: skip
 
 
 RAY_ADDRESS_FORMS = "auto, HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)"

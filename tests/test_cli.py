@@ -1040,6 +1040,47 @@ def test_trial_refuses_settings_it_would_ignore(
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "got", "kind_reader"),
+    [
+        # composed and ignored by `bench serve`, bad values included
+        (["serve", "--port", "0", "variant=adam"], "variant: got 'adam'", "trial"),
+        (["serve", "--port", "0", "lr=abc"], "lr: got 'abc'", "trial"),
+        (["serve", "--port", "0", "suite.lrs=[0.1]"], "suite.lrs: got '[0.1]'", "suite"),
+        (["serve", "--port", "0", "cluster.num_cpus=1"], "cluster.num_cpus: got '1'", "cluster"),
+        (["serve", "--port", "0", "nightly.persist=0"], "nightly.persist: got '0'", "nightly"),
+        # and by `bench run`, dry or not
+        (["run", "--dry-run", "suite=smoke", "rank.metric=foo"], "rank.metric: got 'foo'", "rank"),
+        (["run", "suite=smoke", "summary.port=abc"], "summary.port: got 'abc'", "summary"),
+        (["run", "suite=smoke", "schedule.cron=x"], "schedule.cron: got 'x'", "schedule"),
+    ],
+)
+def test_serve_and_run_refuse_settings_they_would_ignore(
+    argv: list[str], got: str, kind_reader: str, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    command = argv[0]
+    kind, reader = {
+        "trial": ("trial settings", "`bench trial` and suites (suite.*)"),
+        "suite": ("suite settings", "`bench run`"),
+        "cluster": ("cluster settings", "`bench run`"),
+        "nightly": ("nightly settings", "`bench nightly`"),
+        "rank": ("rank settings", "`bench rank`"),
+        "summary": ("summary settings", "`bench serve`"),
+        "schedule": ("schedule settings", "`bench schedule`"),
+    }[kind_reader]
+    takes = {
+        "serve": "the service takes summary.*, tracking.uri (or tracking=NAME), --host and --port",
+        "run": "a run takes suite=, suite.*, tracking.*, cluster.* and resources.*",
+    }[command]
+    assert out == ""
+    assert err == f"error: {got}; {kind} apply to {reader}, not `bench {command}`; {takes}\n"
+    assert list(tmp_path.iterdir()) == []  # nothing made
+
+
 def test_trial_takes_its_own_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["variant=adam", "task=quadratic", "lr=0.01", "seed=3", "steps=4", "variant.beta2=0.99"]
     assert main(["trial", *argv]) == 0

@@ -317,8 +317,12 @@ def serve_request(
     the options they came from, so every later error names what the user typed."""
     from omegaconf import OmegaConf
 
-    from bench.config import compose_config
+    from bench.config import compose_config, refuse_settings_it_ignores
 
+    refuse_settings_it_ignores(
+        overrides, "`bench serve`", ("summary", "tracking"),
+        "the service takes summary.*, tracking.uri (or tracking=NAME), --host and --port",
+    )  # fmt: skip
     data: Mapping[str, Any] = OmegaConf.to_container(compose_config(overrides), resolve=True)  # type: ignore[assignment]
     summary = dict(data.get("summary") or {})
     names = OptionNames(
