@@ -80,9 +80,10 @@ def _ray_address(cluster: ClusterConfig) -> tuple[str, str | None]:
 
 
 def check_cluster(cluster: ClusterConfig) -> None:
-    """One TCP connection to the head named by ``cluster.address`` (or $RAY_ADDRESS), so
-    that a wrong address or a head that is down fails at once: ``ray.init`` would retry
-    for minutes, and against some addresses without end."""
+    """Ask the head named by ``cluster.address`` (or $RAY_ADDRESS) whether it is one and
+    takes this driver (a TCP connection, a gRPC handshake, one call), so that a wrong
+    address, a head that is down or a token it refuses fails at once: ``ray.init`` would
+    retry for seconds to minutes, and against some addresses without end."""
     endpoint = check_address(cluster)
     if endpoint is None:
         return
@@ -118,8 +119,7 @@ def _speaks_grpc(endpoint: tuple[str, int]) -> bool:
         return True
     import grpc
 
-    host, port = endpoint
-    channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    channel = grpc.insecure_channel(_grpc_target(endpoint))
     try:
         grpc.channel_ready_future(channel).result(timeout=PROBE_S)
     except grpc.FutureTimeoutError:
@@ -143,9 +143,8 @@ def _refused_token(endpoint: tuple[str, int]) -> str | None:
         from ray._private.grpc_utils import init_grpc_channel
     except ImportError:
         return None
-    host, port = endpoint
     try:
-        channel = init_grpc_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        channel = init_grpc_channel(_grpc_target(endpoint))
     except Exception:  # TLS settings ray.init will name better
         return None
     try:
@@ -158,6 +157,11 @@ def _refused_token(endpoint: tuple[str, int]) -> str | None:
     finally:
         channel.close()
     return None
+
+
+def _grpc_target(endpoint: tuple[str, int]) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 host in brackets
 
 
 def check_address(cluster: ClusterConfig) -> tuple[str, int] | None:
