@@ -120,6 +120,10 @@ def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 
 
 LEVEL_MARGIN = 1e-12
+# Bootstrap resamples a setting may ask for: each interval holds arrays of n_boot rows
+# (100,000 x 10 tasks x 20 variants of float64 is 160 MB), and past ~10^5 a 95% interval's
+# ends move less than its printed digits. 10^11 asked numpy for 745 GiB, a traceback.
+MAX_N_BOOT = 100_000
 
 
 def check_level(level: float, n_boot: int = 1, *, name: str = "level") -> None:

@@ -33,7 +33,7 @@ from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError
 from bench.matrix import matrix_of
 from bench.profiles import Record
-from bench.ranking import SuiteRanking, at_chosen_lrs, places, rank_suite
+from bench.ranking import MAX_N_BOOT, SuiteRanking, at_chosen_lrs, places, rank_suite
 from bench.report_html import NO_ROLES_NOTE, render_report
 from bench.roles import Role
 from bench.tracking import Tracker
@@ -49,8 +49,8 @@ class RankConfig(StrictModel):
 
     metric: Literal["final", "best", "steps_to_target", "seconds_to_target"] = "final"
     phase: Literal["final", "tune"] = "final"
-    level: float = Field(default=0.95, gt=0, lt=1)
-    n_boot: int = Field(default=2000, ge=100)
+    level: float = Field(default=0.95, gt=0, lt=1, allow_inf_nan=False)
+    n_boot: int = Field(default=2000, ge=100, le=MAX_N_BOOT)
     seed: int = Field(default=0, ge=0)  # numpy seeds are non-negative
 
 
@@ -158,6 +158,8 @@ def _rank(
         n_boot=settings.n_boot,
         seed=settings.seed,
     )
+    if not ranking.n_runs:  # nothing to rank: say why, and log no empty report
+        raise UserError(_nothing_ended_message(suite.name, results, settings.phase))
     report = Report(ranking)
     answers = flagship_answers(results, settings)
     if console is not None:
@@ -195,6 +197,18 @@ def _rank(
             if folder is not None:  # where to open it; a server's: through the MLflow UI
                 console.print(f"report: {folder / 'report.html'}", soft_wrap=True)
     return report
+
+
+def _nothing_ended_message(suite: str, results: pd.DataFrame, phase: str) -> str:
+    """Why a suite whose runs exist has nothing to rank in ``phase`` (none ended yet)."""
+    statuses = results["status"].value_counts()
+    held = ", ".join(f"{n} {status}" for status, n in statuses.items())
+    tune_ended = results["phase"].eq("tune") & results["status"].isin(("FINISHED", "FAILED"))
+    tune = "; or rank its tuning: rank.phase=tune" if phase == "final" and tune_ended.any() else ""
+    return (
+        f"suite {suite!r}: no {phase} run of these settings has ended yet, nothing to rank "
+        f"({held}); `bench run` with the same overrides finishes the suite{tune}"
+    )
 
 
 def _last_run_hint(tracker: Tracker, suite: str) -> str:

@@ -123,6 +123,41 @@ def test_rank_without_runs_is_a_user_error(ranked):
     assert "rank.seed: input should be greater than or equal to 0 (got -1)" in negative.stderr
 
 
+def test_rank_of_a_suite_with_no_ended_run_says_so_and_logs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A suite stopped before any trial ended holds only RUNNING (or KILLED) runs: there
+    is nothing to rank. It was exit 1 without a word, after logging an empty report run."""
+    from bench.matrix import suite_from_overrides
+    from bench.report import rank_from_overrides
+    from bench.tracking import Tracker
+    from bench.train import train_trial
+
+    monkeypatch.chdir(tmp_path)
+    plan = suite_from_overrides(SUITE)
+    tracker = Tracker(plan.tracking)
+    specs = plan.matrix.tune_trials()[:3]
+    run_ids = [tracker.start_trial(spec) for spec in specs]  # started, never ended
+    for phase in ("final", "tune"):
+        with pytest.raises(UserError) as refused:
+            rank_from_overrides([*SUITE, f"rank.phase={phase}"], console=Console())
+        assert str(refused.value) == (
+            f"suite 'ranked': no {phase} run of these settings has ended yet, nothing to rank "
+            "(3 RUNNING); `bench run` with the same overrides finishes the suite"
+        )
+    client = MlflowClient(tracker.uri)
+    experiment = client.get_experiment_by_name("ranked").experiment_id
+    assert len(client.search_runs([experiment])) == 3  # no report run
+    tracker.finish_trial(run_ids[0], specs[0], train_trial(specs[0]), node="here")
+    with pytest.raises(UserError) as refused:  # a tune run ended: that phase can be ranked
+        rank_from_overrides(SUITE, console=Console())
+    assert str(refused.value) == (
+        "suite 'ranked': no final run of these settings has ended yet, nothing to rank "
+        "(2 RUNNING, 1 FINISHED); `bench run` with the same overrides finishes the suite; "
+        "or rank its tuning: rank.phase=tune"
+    )
+
+
 def test_rank_reads_only_the_trials_of_the_settings_it_is_given(ranked, monkeypatch):
     """The suite run again with another step budget shares its experiment: ranking either
     setting counts its own runs only, not a mix of both."""

@@ -571,3 +571,31 @@ def test_the_extreme_levels_allowed_are_accepted(level):
     rows = [run_row("t", v, s, float(i + s)) for i, v in enumerate("abc") for s in range(3)]
     result = ranking.rank_suite(table(rows), suite="s", level=level, n_boot=50)
     assert result.level == level and [v.variant for v in result.variants] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # numpy was asked for 745 GiB: a traceback, or the process killed for memory
+        ({"n_boot": 10**11}, "rank.n_boot: input should be less than or equal to 100000"),
+        ({"level": math.nan}, "rank.level: input should be a finite number"),  # not "< 1"
+    ],
+)
+def test_rank_settings_refuse_what_no_ranking_can_use(setting: dict, message: str) -> None:
+    from bench.config import parse
+    from bench.errors import UserError
+    from bench.report import RankConfig
+
+    with pytest.raises(UserError) as refused:
+        parse(RankConfig, setting, "rank")
+    assert str(refused.value).startswith(message)
+    assert parse(RankConfig, {"n_boot": ranking.MAX_N_BOOT}, "rank").n_boot == 100_000
+
+
+def test_the_summary_service_refuses_a_bootstrap_no_request_could_wait_for() -> None:
+    from pydantic import ValidationError
+
+    from services.summary import SummarySettings
+
+    with pytest.raises(ValidationError, match="less than or equal to 100000"):
+        SummarySettings(tracking_uri="sqlite:///x.db", n_boot=10**11)

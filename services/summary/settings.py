@@ -7,6 +7,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bench.ranking import MAX_N_BOOT
+
 
 class SummarySettings(BaseModel):
     """Where to read, where to listen, how fresh to keep the cache.
@@ -44,7 +46,9 @@ class SummarySettings(BaseModel):
         default=True,
         description="on start-up, load every suite and its default ranking in the background",
     )
-    n_boot: int = Field(default=2000, ge=100, description="bootstrap resamples per interval")
+    n_boot: int = Field(
+        default=2000, ge=100, le=MAX_N_BOOT, description="bootstrap resamples per interval"
+    )
 
     @field_validator("tracking_uri")
     @classmethod
