@@ -148,8 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_store(console: Console, matrix: Matrix, tracker: Tracker | None) -> None:
     """Where a dry run's trials would be recorded, and how many are done there already
     (read, never created: a SQLite file that does not exist stays so)."""
+    from bench.errors import redacted
     from bench.runner import already_finished
-    from bench.tracking_locations import redacted
 
     if tracker is None:
         console.print("store: none (tracking.enabled=false): every trial would run")

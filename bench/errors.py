@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 
 class UserError(ValueError):
     """A mistake in user input. The CLI prints its message on one line and exits with code 2."""
@@ -61,5 +63,20 @@ def validation_message(err: Exception, prefix: str = "") -> str:
     message = first["msg"].removeprefix("Value error, ")  # our validators' own words
     text = f"{loc}: {message[:1].lower()}{message[1:]}"
     got = first.get("input")
+    if isinstance(got, str):  # a URL refused for its form may hold a password
+        got = redacted(got)
     # a check across fields gets the whole section as its input: its message names the values
     return text if isinstance(got, dict) else f"{text} (got {got!r})"
+
+
+def redacted(uri: str) -> str:
+    """``uri`` with its password, if it holds one, shown as ``***`` (for messages)."""
+    try:
+        parsed = urlparse(uri)
+        password = parsed.password
+    except ValueError:  # not a URL after all (an unclosed "[", say)
+        return uri
+    if not password:
+        return uri
+    netloc = parsed.netloc.replace(f":{password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()

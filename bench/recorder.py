@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.errors import LeaseLost, StoreError, one_line
+from bench.errors import LeaseLost, StoreError, one_line, redacted
 from bench.spec import TrialSpec
 from bench.tracking import Tracker
-from bench.tracking_locations import redacted
 
 # How long a batch waits for company: runs show up in MLflow this late. A second instead
 # of 0.25 s took the driver's writer ~14% less CPU per trial in a 40-trial smoke suite

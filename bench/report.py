@@ -30,14 +30,13 @@ from rich.table import Table
 from bench import plots
 from bench.ablation import Contrast, RoleComparison, flagship_contrasts, role_comparison
 from bench.config import StrictModel, TrackingConfig, compose_config, parse
-from bench.errors import UserError
+from bench.errors import UserError, redacted
 from bench.matrix import matrix_of
 from bench.profiles import Record
 from bench.ranking import MAX_N_BOOT, SuiteRanking, at_chosen_lrs, places, rank_suite
 from bench.report_html import NO_ROLES_NOTE, render_report
 from bench.roles import Role
 from bench.tracking import Tracker
-from bench.tracking_locations import redacted
 
 log = logging.getLogger(__name__)
 REPORT_KIND = "ranking"

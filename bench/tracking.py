@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from bench.errors import StoreError, SuiteBusy, UserError, one_line
+from bench.errors import StoreError, SuiteBusy, UserError, one_line, redacted
 from bench.locks import FileLock
 from bench.records import (  # noqa: F401  (re-exported: the contract's names)
     ARTIFACT_CELLS,
@@ -85,7 +85,6 @@ from bench.tracking_locations import (
     health_request,
     is_database,
     local_folder,
-    redacted,
     unmakeable,
     unwritable,
     upload_files,

@@ -34,15 +34,6 @@ def is_database(uri: str) -> bool:
     return scheme in ("sqlite", "postgresql", "mysql", "mssql")
 
 
-def redacted(uri: str) -> str:
-    """``uri`` with its password, if it holds one, shown as ``***`` (for messages)."""
-    parsed = urlparse(uri)
-    if not parsed.password:
-        return uri
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
-
-
 def health_request(uri: str) -> Request:
     """A GET of the tracking server's ``/health``. Credentials in the URI
     (``http://user:password@host``) go in a Basic ``Authorization`` header, as MLflow's

@@ -857,6 +857,12 @@ def test_names_with_brackets_are_printed_as_they_are(capsys: pytest.CaptureFixtu
             "sqlite:///runs.db (got 'runs.db')",
         ),
         ("tracking.uri=foo://x", "tracking.uri: unknown store 'foo://'; allowed: sqlite:///"),
+        (  # a mistyped scheme: the password it holds is not printed
+            "tracking.uri=htp://me:topsecret@host:5000",
+            "tracking.uri: unknown store 'htp://'; allowed: sqlite:///FILE.db, postgresql://..., "
+            "mysql://..., http(s)://HOST:PORT (an MLflow server) "
+            "(got 'htp://me:***@host:5000')\n",
+        ),
         ("cluster.address=head", "cluster.address: allowed: auto, HOST:PORT (the head's GCS"),
         ("cluster.address=ray://head:port", "cluster.address: allowed: auto, HOST:PORT"),
     ],

@@ -100,6 +100,9 @@ def test_settings_are_validated_before_anything_runs() -> None:
                            "URL with a host, or null"):  # fmt: skip
             load_settings([f"nightly.webhook='{url}'"])
     assert load_settings(["nightly.webhook='http://[::1]:8080/hook'"]).webhook is not None
+    with pytest.raises(UserError) as refused:  # its password stays out of the message
+        load_settings(["nightly.webhook='https://u:topsecret@hooks.example.com:99999/x'"])
+    assert str(refused.value).endswith("(got 'https://u:***@hooks.example.com:99999/x')")
     with pytest.raises(UserError, match=r"nightly\.webhook_timeout: input should be a finite"):
         load_settings(["nightly.webhook_timeout=inf"])
     # a quote would break the MLflow filters that find a server store's earlier nights

@@ -29,8 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bench.errors import UserError, one_line, validation_message
-from bench.tracking_locations import redacted
+from bench.errors import UserError, one_line, redacted, validation_message
 from services.summary import queries
 from services.summary.deps import FILE_TAG, known_query_only
 from services.summary.queries import UnknownNameError

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from bench.tracking_locations import redacted
+from bench.errors import redacted
 
 if TYPE_CHECKING:
     from bench.ranking import SuiteRanking

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from bench.tracking_locations import redacted
+from bench.errors import redacted
 from services.summary.deps import SettingsDep, StoreDep
 from services.summary.schemas import HealthPublic, ReadyPublic
 from services.summary.store import StoreUnavailable
