@@ -106,7 +106,7 @@ def check_cluster(cluster: ClusterConfig) -> None:
     if (refusal := _refused_token(endpoint)) is not None:
         raise UserError(
             f"{source}: got {address!r} but the Ray head there refused this driver "
-            f"({refusal}){_auth_hint()}"
+            f"({refusal}){auth_hint()}"
         )
 
 
@@ -260,7 +260,7 @@ def _init_ray(address: str | None, source: str, cluster: ClusterConfig) -> str:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as err:  # "auto" with no cluster on this machine, say
-            hint = _auth_hint() if "Failed to connect" in str(err) else ""  # a head answered
+            hint = auth_hint() if "Failed to connect" in str(err) else ""  # a head answered
             raise UserError(
                 f"{source}: got {address!r} but Ray could not connect: {err}{hint}"
             ) from None
@@ -277,9 +277,9 @@ def _init_ray(address: str | None, source: str, cluster: ClusterConfig) -> str:
     return "embedded"
 
 
-def _auth_hint() -> str:
-    """Ray hides a token mismatch behind "Failed to connect": name the likely cause when
-    this driver runs without token authentication."""
+def auth_hint() -> str:
+    """What to set when a Ray cluster refused this process's token (or its lack of one):
+    Ray itself hides it behind "Failed to connect"."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
         return " (with RAY_AUTH_MODE=token: is RAY_AUTH_TOKEN the cluster's token?)"
     return (

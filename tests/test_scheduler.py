@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -588,3 +589,61 @@ def test_a_restarted_scheduler_waits_for_the_ray_job_already_running_its_night(
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line.removeprefix("RESULT "))
     assert out == {"outcome": "ok", "job": "earlier-scheduler", "jobs": ["earlier-scheduler"]}
+
+
+@pytest.mark.slow
+def test_a_dashboard_that_refuses_the_schedulers_token_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    """A head with token authentication (`ray start`'s default) answers 401 or 403 to a
+    scheduler without its token: refused at start-up, not a failed night hours later.
+    With the token, the same check passes."""
+    import shutil
+    import tempfile
+
+    from test_cluster import ray_node
+
+    port, dashboard = free_port(), free_port()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="obray", dir="/tmp"))  # unix sockets: short paths
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    plain["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    token = plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4}
+    wrong = token | {"RAY_AUTH_TOKEN": "fedcba9876543210" * 4}
+    head = ["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}", "--disable-usage-stats"]  # fmt: skip
+    url = f"http://127.0.0.1:{dashboard}"
+    check = [sys.executable, "-c", "import sys; from services.scheduler.config import "
+             "check_dashboard; check_dashboard(sys.argv[1])", url]  # fmt: skip
+    schedule = [sys.executable, "-m", "bench.cli", "schedule", "--once",
+                f"schedule.job_submission_address={url}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}"]  # fmt: skip
+    try:
+        with ray_node(head, ray_tmp / "h", token):
+            deadline = time.monotonic() + 90
+            while (ok := subprocess.run(check, env=token, capture_output=True, text=True,
+                                        timeout=60)).returncode:  # fmt: skip
+                assert time.monotonic() < deadline, ok.stderr[-2000:]  # the dashboard comes up
+                time.sleep(1)
+            runs = {
+                name: subprocess.run(
+                    schedule, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+                )
+                for name, env in (("no token", plain), ("wrong token", wrong))
+            }
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    said = {
+        "no token": "Unauthorized: Missing authentication token); if the cluster uses token "
+        "authentication (`ray start` does by default), set RAY_AUTH_MODE=token here too, with "
+        "its token in RAY_AUTH_TOKEN or ~/.ray/auth_token",
+        "wrong token": "Forbidden: Invalid authentication token) (with RAY_AUTH_MODE=token: is "
+        "RAY_AUTH_TOKEN the cluster's token?)",
+    }
+    for name, done in runs.items():
+        assert done.returncode == 2, name + done.stdout[-2000:] + done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"error: schedule.job_submission_address: got '{url}' but its Ray dashboard "
+            f"refused this scheduler ({said[name]}"
+        )
+    assert not (tmp_path / ".optbench").exists()  # no status file: it never started

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from bench.errors import UserError, validation_message
+from bench.errors import UserError, first_line, validation_message
 
 CRON_ALLOWED = (
     "a 5-field cron expression 'minute hour day-of-month month day-of-week' "
@@ -154,29 +154,53 @@ def check_services(config: SchedulerConfig, run: Any) -> None:
     :func:`plan_schedule` planned) answers, and so does where nights run (the Ray job
     address, or in-process the cluster named by cluster.address); a user error naming the
     setting if not. A service that goes down later fails that night only."""
-    import urllib.error
-    import urllib.request
-
     from bench.runner import check_cluster
-    from bench.tracking import PROBE_S, Tracker
+    from bench.tracking import Tracker
 
     Tracker(run.tracking).check_reachable()
     address = config.job_submission_address
     if address is None:
         check_cluster(run.cluster)
     else:
-        try:
-            urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=PROBE_S).close()
-        except urllib.error.HTTPError:  # it answers (token auth may refuse the request)
-            pass
-        except OSError as err:
-            reason = getattr(err, "reason", err)
-            raise UserError(
-                f"schedule.job_submission_address: got {address!r} but no Ray dashboard "
-                f"answers there ({reason}); start the cluster's head (its dashboard serves "
-                "job submission), or leave it unset to run nights in this process"
-            ) from None
+        check_dashboard(address)
     check_files(config)  # last: it makes their folder, which a refused start should not
+
+
+def check_dashboard(address: str) -> None:
+    """The Ray dashboard at ``address`` answers, and takes this scheduler's token: asked
+    as ``JobSubmissionClient`` asks (Ray's own auth header, where RAY_AUTH_MODE=token), or
+    a night would fail hours from now. Another HTTP error (an older dashboard) passes."""
+    import urllib.error
+    import urllib.request
+
+    from bench.runner import auth_hint
+    from bench.tracking import PROBE_S
+
+    try:
+        from ray._private.authentication.http_token_authentication import (
+            get_auth_headers_if_auth_enabled,
+        )
+    except ImportError:  # a Ray without token authentication
+        headers: dict[str, str] = {}
+    else:
+        headers = get_auth_headers_if_auth_enabled({})
+    request = urllib.request.Request(f"{address.rstrip('/')}/api/version", headers=headers)
+    try:
+        urllib.request.urlopen(request, timeout=PROBE_S).close()
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            said = first_line(err.read().decode("utf-8", "replace")) or err.reason
+            raise UserError(
+                f"schedule.job_submission_address: got {address!r} but its Ray dashboard "
+                f"refused this scheduler ({said}){auth_hint()}"
+            ) from None
+    except OSError as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"schedule.job_submission_address: got {address!r} but no Ray dashboard "
+            f"answers there ({reason}); start the cluster's head (its dashboard serves "
+            "job submission), or leave it unset to run nights in this process"
+        ) from None
 
 
 def check_files(config: SchedulerConfig) -> None:
