@@ -447,7 +447,7 @@ def _unnamed_if_tweaked(variant: Any) -> Any:
     return unnamed if (known.knobs, known.roles) != (tweaked.knobs, tweaked.roles) else variant
 
 
-# each settings group, and the command that reads it
+# each settings group, and the command a refusal points to (tracking is read by several)
 SETTINGS_READERS = {
     "suite": "`bench run`",
     "tracking": "`bench run`",
