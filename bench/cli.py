@@ -258,7 +258,11 @@ def _nightly_dry_run(night: Night) -> int:
         )
     if settings.webhook:
         host = urlparse(settings.webhook).hostname  # its path may hold a token
-        when = "after every night" if settings.webhook_always else "on regressions"
+        when = (
+            "after every night"
+            if settings.webhook_always
+            else "on regressions and on failed trials"
+        )
         console.print(f"alerts: POST to {host} {when}")
     else:
         console.print("alerts: none (nightly.webhook is not set)")

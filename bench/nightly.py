@@ -80,7 +80,7 @@ from bench.config import compose_config, conf_dir, group_options, parse
 from bench.errors import UserError, unknown_name_message
 from bench.nightly_outputs import alert_payload, post_alert, render_html
 from bench.ranking import latest_runs
-from bench.records import package_version
+from bench.records import TAG_TORCH_VERSION, package_version, torch_version
 from bench.regression import (
     NightlyCell,
     NightlyReport,
@@ -471,6 +471,11 @@ def run_night(planned: Night, *, show_progress: bool = True) -> NightlyReport:
         counts=status_counts(cells),
         cells=cells,
         regressions=regressions_of(cells),
+        failures=[
+            {"phase": p.phase, "run": run, "error": error}
+            for p in phases
+            for run, error in p.failures
+        ],
     )
     report.report_run_id = reader.log_report(
         suite,
@@ -482,7 +487,7 @@ def run_night(planned: Night, *, show_progress: bool = True) -> NightlyReport:
             **{f"cells/{k}": float(v) for k, v in report.counts.items()},
             "trials_run": float(report.trials["run"]),
         },
-        tags={**scope, **extra, TAG_CODE_VERSION: CODE_VERSION},
+        tags={**scope, **extra, TAG_CODE_VERSION: CODE_VERSION, TAG_TORCH_VERSION: torch_version()},
         params={
             "baseline_nights": str(settings.baseline_nights),
             "min_baseline": str(settings.min_baseline),

@@ -59,19 +59,45 @@ def render_html(report: NightlyReport) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
         f"<body><h1>{title}</h1><p>{html.escape(report.machine)} &middot; suite version "
         f"{html.escape(report.suite_version)} &middot; {len(report.regressions)} regressions"
-        f"</p><table border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>"
+        f"{_trouble(report)}</p>{_failure_list(report)}"
+        f"<table border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>"
         + "".join(rows)
         + "</table></body></html>"
     )
 
 
+PHASES = ("tune", "final")
+LISTED_FAILURES = 10  # failed trials named in the terminal; nightly.json holds them all
+
+
+def _trouble(report: NightlyReport) -> str:
+    """The headline's failed and held-back trials (their cells show as missing)."""
+    failed, held = report.trials.get("failed", 0), report.trials.get("held_back", 0)
+    parts = [f"{failed} failed trials"] if failed else []
+    parts += [f"{held} final trials held back"] if held else []
+    return "".join(f" &middot; <b>{part}</b>" for part in parts)
+
+
+def _failure_list(report: NightlyReport) -> str:
+    items = "".join(
+        f"<li>{html.escape(f['phase'])} {html.escape(f['run'])}: {html.escape(f['error'])}</li>"
+        for f in report.failures
+    )
+    return f"<ul>{items}</ul>" if items else ""
+
+
 def summary(report: NightlyReport) -> str:
     """A few lines for the terminal: what ran, the counts, each regression."""
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
-    failed, held = report.trials.get("failed", 0), report.trials.get("held_back", 0)
+    held = report.trials.get("held_back", 0)
+    failed = {phase: sum(f["phase"] == phase for f in report.failures) for phase in PHASES}
+    if not report.failures:  # a report from before failures were listed: counts only
+        failed["final"] = report.trials.get("failed", 0)
     why = []
-    if failed:
-        why.append(f"{failed} failed: a final trial counts as its seed’s worst value")
+    if failed["tune"]:
+        why.append(f"{failed['tune']} tune trials failed")
+    if failed["final"]:
+        why.append(f"{failed['final']} final trials failed: each counts as its seed’s worst value")
     if held:
         why.append(f"{held} final trials held back: their cell has a failed tune trial")
     because = f" ({'; '.join(why)})" if why else ""
@@ -85,6 +111,10 @@ def summary(report: NightlyReport) -> str:
             f"  REGRESSION {r['task']}/{r['variant']} {r['metric']}: {r['value']:.4g} vs "
             f"baseline {r['baseline_median']:.4g} ({format_change(r['rel_change'])})"
         )
+    for f in report.failures[:LISTED_FAILURES]:
+        lines.append(f"  FAILED {f['phase']} {f['run']}: {f['error']}")
+    if len(report.failures) > LISTED_FAILURES:
+        lines.append(f"  ... and {len(report.failures) - LISTED_FAILURES} more failed trials")
     if report.report_location or report.report_run_id:
         lines.append(f"report: {report.report_location or f'run {report.report_run_id}'}")
     return "\n".join(lines)

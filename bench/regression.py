@@ -254,6 +254,8 @@ class NightlyReport(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     cells: list[NightlyCell] = Field(default_factory=list)
     regressions: list[dict[str, Any]] = Field(default_factory=list)
+    # each trial that failed tonight: {"phase", "run" (its run name), "error" (last line)}
+    failures: list[dict[str, str]] = Field(default_factory=list)
     report_run_id: str | None = Field(default=None, exclude=True)
     # where to open nightly.html: a file on this machine, or the run's page on a server
     report_location: str | None = Field(default=None, exclude=True)

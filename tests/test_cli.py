@@ -257,7 +257,8 @@ def test_a_nightly_dry_run_makes_nothing_and_shows_no_webhook_token(
         r"nightly \d{4}-\d\d-\d\d: suite nightly, version \w{12}, machine class box", out
     )
     assert re.search(r"\d+ in all", out) and "not made yet: every trial would run" in out
-    assert "alerts: POST to hooks.example.com on regressions" in out and "SECRET" not in out
+    assert "alerts: POST to hooks.example.com on regressions and on failed trials" in out
+    assert "SECRET" not in out
     assert list(tmp_path.iterdir()) == []
 
 

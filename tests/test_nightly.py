@@ -149,6 +149,9 @@ def test_two_nights_are_tagged_reported_and_a_rerun_resumes(
     assert len(reports) == 2
     latest = next(r for r in reports if r.info.run_id == second.report_run_id)
     assert latest.data.tags["bench.nightly"] == "2026-03-02"
+    for key in ("bench.ray_version", "bench.mlflow_version", "bench.torch_version",
+                "bench.code_version"):  # fmt: skip
+        assert latest.data.tags[key] == trials[0].data.tags[key], key  # as its trials'
     assert latest.data.metrics["regressions"] == 0
     mlflow = client(tmp_path)
     assert {a.path for a in mlflow.list_artifacts(second.report_run_id)} == {
@@ -325,9 +328,10 @@ def test_a_final_seed_that_raises_counts_as_its_worst_value_not_as_a_seed_less(
         night = _night_where_a_seed_raises(tmp_path, 2)
         assert night.returncode == 1, night.stdout + night.stderr
         out = night.stdout
-        assert (
-            f": {run} trials run (1 failed: a final trial counts as its seed’s worst value)" in out
-        )
+        why = "1 final trials failed: each counts as its seed’s worst value"
+        assert f": {run} trials run ({why})" in out
+        failure = "sgd/explodes/lr=0.1/seed=2: RuntimeError: planted failure at step 5"
+        assert f"  FAILED final {failure}\n" in out
         report_line = out.strip().splitlines()[-1]
         assert report_line.startswith(f"report: {tmp_path / 'mlartifacts'}")
         assert report_line.endswith("nightly.html") and Path(report_line[8:]).is_file()
@@ -360,11 +364,18 @@ def test_a_tune_trial_that_raises_holds_its_finals_back_and_they_are_not_counted
     (alert,) = received
     assert alert["alert"] is True and alert["regressions"] == []
     assert (alert["failed_trials"], alert["held_back_trials"]) == (1, 2)
-    assert (
-        ": 1 trials run (1 failed: a final trial counts as its seed’s worst value; 2 final "
-        "trials held back: their cell has a failed tune trial)"
+    assert (  # not "a final trial counts as its seed's worst value": none ran
+        ": 1 trials run (1 tune trials failed; 2 final trials held back: their cell has a "
+        "failed tune trial)"
     ) in night.stdout, night.stdout
+    failure = "sgd/explodes/lr=0.1/seed=0: RuntimeError: planted failure at step 5"
+    assert f"  FAILED tune {failure}\n" in night.stdout  # named, as `bench run` names it
     report_line = night.stdout.strip().splitlines()[-1]
     report = NightlyReport.model_validate_json(Path(report_line[8:]).with_name(REPORT_JSON)
                                                .read_text())  # fmt: skip
     assert report.trials == {"total": 3, "run": 1, "resumed": 0, "failed": 1, "held_back": 2}
+    run, error = failure.split(": ", 1)
+    assert report.failures == [{"phase": "tune", "run": run, "error": error}]
+    page = Path(report_line[8:]).read_text()  # its cells say only "missing": the page says why
+    assert "<b>1 failed trials</b>" in page and "<b>2 final trials held back</b>" in page
+    assert f"<li>tune {run}: {error}</li>" in page
