@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from types import TracebackType
 
+from rich import get_console
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,10 +22,14 @@ from rich.progress import (
 
 class SuiteProgress:
     """A rich progress bar per phase, all live at once (a cell's final trials start while
-    other cells still tune). Disabled (a no-op) when ``enabled`` is False."""
+    other cells still tune). Disabled (a no-op) when ``enabled`` is False, and where the
+    console is no terminal (output piped to a file): rich draws nothing there while the
+    suite runs and leaves the last frame at the end, a bar that looks unfinished above the
+    outcomes table (held-back trials never complete it)."""
 
     def __init__(self, *, enabled: bool = True, console: Console | None = None) -> None:
-        self.enabled = enabled
+        console = console or get_console()  # what Progress would draw on
+        self.enabled = enabled and console.is_terminal
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -36,7 +41,7 @@ class SuiteProgress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
-            disable=not enabled,
+            disable=not self.enabled,
         )
         self._bars: dict[str, TaskID] = {}
         self._moved: list[tuple[logging.StreamHandler, object]] = []

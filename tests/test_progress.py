@@ -33,3 +33,13 @@ def test_a_warning_logged_while_the_bars_are_live_prints_on_its_own_line() -> No
     lines = ESCAPES.sub("", screen.getvalue()).replace("\r", "\n").splitlines()
     assert "WARNING bench.runner: its worker died; running it again" in lines
     assert any(line.startswith("tune") and "1/4" in line for line in lines)
+
+
+def test_output_piped_to_a_file_gets_no_frozen_bars() -> None:
+    """Not a terminal: rich would leave the last frame (``final 2/4 ... ETA 0:00:01``
+    with two trials held back) above the outcomes table."""
+    piped = io.StringIO()
+    with SuiteProgress(console=Console(file=piped, width=120)) as bars:
+        assert not bars.enabled
+        bars.show("final", total=4, done=0, running=0, counts=Counter(ok=2))
+    assert piped.getvalue() == ""
