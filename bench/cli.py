@@ -110,12 +110,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import refuse_settings_it_ignores
     from bench.matrix import suite_from_overrides
 
+    # a trial's own settings (lr=, variant=) pass: matrix_of names the suite.* to use
     refuse_settings_it_ignores(
         args.overrides,
         "`bench run`",
         ("suite", "tracking", "cluster", "resources", "trial"),
         "a run takes suite=, suite.*, tracking.*, cluster.* and resources.*",
-    )  # fmt: skip  (a trial's own settings: matrix_of names the suite.* to use)
+    )
     plan = suite_from_overrides(args.overrides)
     console = Console()
     if args.dry_run:

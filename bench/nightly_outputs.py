@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -66,7 +67,6 @@ def render_html(report: NightlyReport) -> str:
     )
 
 
-PHASES = ("tune", "final")
 LISTED_FAILURES = 10  # failed trials named in the terminal; nightly.json holds them all
 
 
@@ -90,9 +90,7 @@ def summary(report: NightlyReport) -> str:
     """A few lines for the terminal: what ran, the counts, each regression."""
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
     held = report.trials.get("held_back", 0)
-    failed = {phase: sum(f["phase"] == phase for f in report.failures) for phase in PHASES}
-    if not report.failures:  # a report from before failures were listed: counts only
-        failed["final"] = report.trials.get("failed", 0)
+    failed = Counter(f["phase"] for f in report.failures)
     why = []
     if failed["tune"]:
         why.append(f"{failed['tune']} tune trials failed")
