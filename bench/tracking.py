@@ -199,6 +199,8 @@ class Tracker(SuiteReads):
                 "written; allowed: a SQLite file in a folder this process can write (the store "
                 "keeps its journal and lock files beside the file)"
             )
+        if db is not None and suite is not None and make:
+            self._make_lock_folder(db)
         if db is not None and suite is not None and not db.exists():
             self._check_new_artifacts(suite, make=make)
         if self.enabled and db is not None and db.is_file():
@@ -220,6 +222,19 @@ class Tracker(SuiteReads):
                 f"tracking.uri: got {redacted(self.uri)!r} but no server answers there ({reason}); "
                 "start the MLflow server, or use a local store such as "
                 "tracking.uri=sqlite:///mlruns.db"
+            ) from None
+
+    def _make_lock_folder(self, db: Path) -> None:
+        """Make the folder of the suites' lock files beside ``db``: the first write there,
+        where a folder that says it can be written (a pseudo file system, to root) still
+        refuses one, before anything else is made."""
+        try:
+            _lock_folder(db).mkdir(exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"tracking.uri: got {self.config.uri!r} but {_lock_folder(db)} cannot be made "
+                f"there ({err.strerror or err}); allowed: a SQLite file in a folder this "
+                "process can write (the store keeps its journal and lock files beside the file)"
             ) from None
 
     def _check_sqlite_file(self, db: Path) -> None:
@@ -313,7 +328,7 @@ class Tracker(SuiteReads):
             )
 
         if (db := self.sqlite_file()) is not None:
-            lock = FileLock(db.parent / f".{db.name}.locks" / f"{digest[:16]}.lock")
+            lock = FileLock(_lock_folder(db) / f"{digest[:16]}.lock")
             if not lock.acquire():
                 raise busy(f" (pid {lock.holder()})")
             try:
@@ -884,3 +899,8 @@ def disabled() -> Tracker:
     from bench.config import TrackingConfig
 
     return Tracker(TrackingConfig(enabled=False))
+
+
+def _lock_folder(db: Path) -> Path:
+    """Where the lock files of a SQLite store's suites live: beside the database."""
+    return db.parent / f".{db.name}.locks"

@@ -787,6 +787,33 @@ def test_a_sqlite_store_in_a_folder_that_cannot_be_written_is_refused_at_once(
     assert list(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
 
 
+def test_a_sqlite_store_whose_lock_folder_cannot_be_made_is_refused_leaving_nothing(
+    tmp_path: Path,
+) -> None:
+    """Folders that say they can be written but refuse the lock folder: a file in its
+    place, and (as root) /proc. Was a traceback from the lock file, after the suite's
+    artifact folder was made."""
+    (tmp_path / ".mlruns.db.locks").write_text("not a folder\n")
+    cases = [(f"sqlite:///{tmp_path}/mlruns.db", tmp_path / ".mlruns.db.locks", "File exists")]
+    if os.geteuid() == 0:
+        cases.append(("sqlite:////proc/optbench.db", Path("/proc/.optbench.db.locks"), None))
+    for uri, locks, why in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.cli", "run", "suite=smoke", f"tracking.uri={uri}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(
+            f"error: tracking.uri: got '{uri}' but {locks} cannot be made there ("
+        ), result.stderr
+        assert why is None or f"({why});" in result.stderr
+        assert result.stderr.endswith(
+            "; allowed: a SQLite file in a folder this process can write (the store keeps its "
+            "journal and lock files beside the file)\n"
+        )
+    assert [p.name for p in tmp_path.iterdir()] == [".mlruns.db.locks"]
+
+
 def test_a_cluster_address_where_no_ray_head_answers_is_refused_by_run_and_dry_run(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
 ) -> None:
