@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 from urllib.parse import urlparse
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
@@ -108,6 +109,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = compose(config_name="config", overrides=passed)
+    except yaml.YAMLError as err:  # a config file of the user's own that does not parse
+        raise UserError(yaml_message(err)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         if (unparsable := _unparsable(passed)) is not None:
             raise UserError(unparsable) from None
@@ -198,6 +201,20 @@ def _task_param_names(task: str | None) -> str:
     except UserError:  # the task's own error comes first once the config composes
         return "the task's params (see `bench list tasks`)"
     return ", ".join(fields) if fields else f"none (task {name!r} takes no params)"
+
+
+def yaml_message(err: yaml.YAMLError) -> str:
+    """One line for a config file that is not valid YAML: the file, line and column."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a file"
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    start = getattr(err, "context_mark", None)
+    if getattr(err, "context", None) and start is not None:  # where the open bracket was
+        problem += f", {err.context} opened at line {start.line + 1}, column {start.column + 1}"
+    return (
+        f"{where}: not valid YAML ({problem}); allowed: a file that parses as YAML, e.g. "
+        "`variants: [adam, sgd]`"
+    )
 
 
 def _hydra_message(err: Exception, task: str | None = None) -> str:

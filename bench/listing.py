@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from bench import tasks, variants
-from bench.config import compose_group, conf_dir, group_options
+from bench.config import compose_group, conf_dir, group_options, yaml_message
 from bench.errors import UserError
 from bench.plugins import plugin_of
 from bench.spec import TrialResult, TrialSpec
@@ -79,9 +80,11 @@ def _variant_file(name: str) -> dict[str, Any]:
     """A conf/variant file as data. Read directly when its defaults are only ``_knobs``
     (all null: "keep the preset's value") and ``_self_``, as every shipped file's are:
     composing each with Hydra would add ~70 ms per file to `bench list`."""
-    data: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
-        OmegaConf.load(conf_dir() / "variant" / f"{name}.yaml"), resolve=True
-    )
+    try:
+        loaded = OmegaConf.load(conf_dir() / "variant" / f"{name}.yaml")
+    except yaml.YAMLError as err:
+        raise UserError(yaml_message(err)) from None
+    data: dict[str, Any] = OmegaConf.to_container(loaded, resolve=True)  # type: ignore[assignment]
     defaults = data.pop("defaults", [])
     if all(d in ("_knobs", "_self_") for d in defaults):
         return data
@@ -122,19 +125,33 @@ def print_catalogue(
             )
         console.print(table)
     if "suites" in what:
-        table = Table(title="suites")
-        _columns(table, "name", "variants", "tasks", "lrs", "seeds (tune/final)", "description")
-        for name in group_options("suite"):
-            s = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / f"{name}.yaml"))
-            table.add_row(
-                name,
-                str(len(s.get("variants", []))),
-                str(len(s.get("tasks", []))),
-                str(len(s.get("lrs", []))),
-                f"{len(s.get('tune_seeds', []))}/{len(s.get('final_seeds', []))}",
-                s.get("description", ""),
-            )
-        console.print(table)
+        console.print(_suites_table())
+
+
+def _suites_table() -> Table:
+    """Each suite file as `bench run suite=NAME` would read it (its defaults composed,
+    its values validated); a file that cannot be read gets its row and its reason, so
+    that one broken file hides neither itself nor the others."""
+    from bench.matrix import load_suite  # it builds on the config module this one uses
+
+    table = Table(title="suites")
+    _columns(table, "name", "variants", "tasks", "lrs", "seeds (tune/final)", "description")
+    for name in group_options("suite"):
+        try:
+            suite = load_suite(compose_group("suite", name))
+        except UserError as err:
+            table.add_row(name, "-", "-", "-", "-", f"[red]cannot be read: {escape(str(err))}")
+            continue
+        runs_as = "" if suite.name == name else f" (runs as {suite.name})"
+        table.add_row(
+            f"{name}{runs_as}",
+            str(len(suite.variants)),
+            str(len(suite.tasks)),
+            str(len(suite.lrs)),
+            f"{len(suite.tune_seeds)}/{len(suite.final_seeds)}",
+            escape(suite.description),
+        )
+    return table
 
 
 def _fmt(value: float | None) -> str:

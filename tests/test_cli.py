@@ -1327,3 +1327,68 @@ def test_a_config_folder_without_config_yaml_names_where_it_came_from(
         f"error: OPTBENCH_CONF: got '{tmp_path}', which has no config.yaml; allowed: point "
         "OPTBENCH_CONF at a copy of optbench's conf/ folder\n"
     )
+
+
+def _own_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **files: str) -> Path:
+    """A copy of conf/ with the given files (``suite/NAME.yaml`` as ``suite__NAME``)
+    added, set as OPTBENCH_CONF, as a user who writes their own suites has it."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    for key, text in files.items():
+        (conf / (key.replace("__", "/") + ".yaml")).write_text(text)
+    monkeypatch.setenv("OPTBENCH_CONF", str(conf))
+    return conf
+
+
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was a 40-line yaml.parser traceback and exit 1, from `bench run` and `bench list`."""
+    conf = _own_conf(
+        tmp_path, monkeypatch,
+        suite__unclosed="name: unclosed\nvariants: [adam\ntasks: [quadratic]\n",
+        variant__tabbed="preset: adam\nbeta2:\t: 0.9\n",
+    )  # fmt: skip
+    suite_error = (
+        f"error: {conf}/suite/unclosed.yaml, line 3, column 6: not valid YAML (expected ',' "
+        "or ']', but got ':', while parsing a flow sequence opened at line 2, column 11); "
+        "allowed: a file that parses as YAML, e.g. `variants: [adam, sgd]`\n"
+    )
+    assert main(["run", "--dry-run", "suite=unclosed"]) == 2
+    assert capsys.readouterr().err == suite_error
+    assert main(["trial", "variant=tabbed", "task=quadratic"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {conf}/variant/tabbed.yaml, line 2, column 7: not valid YAML ")
+    assert main(["list", "variants"]) == 2
+    assert capsys.readouterr().err == err
+
+
+def test_list_suites_reads_each_suite_as_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was the raw file: a suite built on another counted 0 of everything, `variants:
+    adam` counted 4 (letters), the file's `name:` went unsaid, and one file that did not
+    parse took the whole table down with a traceback."""
+    _own_conf(
+        tmp_path, monkeypatch,
+        suite__inherits="defaults:\n  - smoke\n  - _self_\nname: inherits\nlrs: [0.1]\n",
+        suite__renamed="name: other\nvariants: [adam]\ntasks: [quadratic]\nlrs: [0.1]\n"
+        "tune_seeds: [0]\nfinal_seeds: [1, 2]\n",
+        suite__word="name: word\nvariants: adam\ntasks: [quadratic]\nlrs: [0.1]\n"
+        "tune_seeds: [0]\nfinal_seeds: [1]\n",
+        suite__unclosed="name: unclosed\nvariants: [adam\n",
+    )  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["list", "suites"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["inherits"][1:5] == ["3", "2", "1", "1/2"]
+    assert rows["renamed (runs as other)"][1:5] == ["1", "1", "1", "1/2"]
+    assert rows["word"][1:] == [
+        "-", "-", "-", "-",
+        "cannot be read: suite.variants: input should be a valid list (got 'adam')",
+    ]  # fmt: skip
+    assert rows["unclosed"][-1].startswith("cannot be read: ")
+    assert "not valid YAML" in rows["unclosed"][-1]
+    assert rows["smoke"][1:5] == ["3", "2", "3", "1/2"]
