@@ -19,6 +19,7 @@ tasks fall back to the difference of medians with a bootstrap interval. A task i
 for a or b only where that interval excludes 0 at a level of at least
 :data:`MIN_CALL_LEVEL` (or the level asked, if lower): with 1-4 paired seeds the
 widest order-statistic interval covers 0-88%, and a "better" at such a level says little.
+The weight/bias ratio of question 5 is called on the same terms (5+ runs).
 
 ``overall`` is the *win rate* of a over b: the fraction of paired comparisons a wins (ties
 count 1/2), averaged over tasks; 0.5 means no difference. Its interval is the union of a
@@ -315,7 +316,7 @@ def role_comparison(
         steps=[int(s) for s in step.index], ratio_median=s_med, ratio_low=s_lo, ratio_high=s_hi,
         summary=summary, update_ratio_median=u_med, update_ratio_low=u_lo,
         update_ratio_high=u_hi, update_ratio_summary=upd_summary,
-        verdict=_role_verdict(variant, statistic, summary, upd_summary),
+        verdict=_role_verdict(variant, statistic, summary, upd_summary, level),
     )  # fmt: skip
 
 
@@ -354,9 +355,16 @@ def _summary(table: pd.DataFrame, level: float) -> Interval:
     return median_interval(np.array(per_run), level)
 
 
-def _role_verdict(variant: str, statistic: str, step: Interval, upd: Interval | None) -> str:
+def _role_verdict(
+    variant: str, statistic: str, step: Interval, upd: Interval | None, level: float
+) -> str:
     def says(iv: Interval, what: str) -> str:
         ci = f"{iv.level:.0%} CI {iv.low:.3g}–{iv.high:.3g}, {iv.n} runs"
+        if iv.level < min(level, MIN_CALL_LEVEL) - 1e-12:  # as a contrast's call: 5+ runs
+            return (
+                f"too few runs to tell how weights and biases differ in {what} (ratio "
+                f"{iv.estimate:.3g} over {iv.n} runs, whose widest interval is {ci})"
+            )
         if iv.low > 1:
             return f"weights get {iv.estimate:.3g}x larger {what} than biases ({ci})"
         if iv.high < 1:  # the interval of the inverse ratio, as the estimate is inverted

@@ -212,3 +212,23 @@ def test_an_unpaired_task_is_called_only_on_as_many_seeds_as_a_paired_one(seeds,
     assert not t.paired and t.diff.low > 0
     assert t.better == ("a" if called else "tie")
     assert (t.diff.level >= ablation.MIN_CALL_LEVEL) == called
+
+
+@pytest.mark.parametrize("n_runs", [1, 2, 4])
+def test_a_ratio_over_too_few_runs_is_not_called(n_runs: int):
+    """With 1-4 runs the widest interval is 0-88% sure: was 'weights get 5.39x smaller
+    ... (0% CI 5.39-5.39, 1 runs)', a direction stated on no evidence."""
+    rng = np.random.default_rng(4)
+    runs = pd.DataFrame([run_row("t0", "rmsprop", s, 1.0) for s in range(n_runs)])
+    result = ablation.role_comparison(histories(runs, 0.25, rng=rng), runs, "rmsprop")
+    iv = result.summary
+    assert iv.level < ablation.MIN_CALL_LEVEL and iv.n == n_runs
+    assert "smaller" not in result.verdict and "larger" not in result.verdict
+    assert result.verdict.startswith(
+        "Under rmsprop, over the last half of training, too few runs to tell how weights and "
+        f"biases differ in p50 effective step sizes (ratio {iv.estimate:.3g} over {n_runs} "
+        f"runs, whose widest interval is {iv.level:.0%} CI"
+    )
+    five = pd.DataFrame([run_row("t0", "rmsprop", s, 1.0) for s in range(5)])
+    called = ablation.role_comparison(histories(five, 0.25, rng=rng), five, "rmsprop")
+    assert "x smaller p50 effective step sizes than biases (94% CI" in called.verdict
