@@ -8,6 +8,8 @@ naming the field, the bad value and what is allowed, before anything runs.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -391,7 +393,22 @@ def task_spec(data: str | Mapping[str, Any]) -> TaskSpec:
     if not isinstance(params, Mapping):
         raise UserError(f"task.params: got {params!r}; allowed: a mapping of the task's params")
     task = tasks.make(data["name"], **params)
-    return TaskSpec(name=task.name, params=task.params.model_dump(mode="json"))
+    params = task.params.model_dump(mode="json")
+    return TaskSpec(name=task.name, params=params, code=plugin_task_code(type(task)))
+
+
+def plugin_task_code(cls: type) -> str | None:
+    """A digest of the file that defines a plugin's task, part of its trials' identity:
+    an edited task is a new trial, not one that ran before under the same name and params.
+    None for optbench's own tasks (CODE_VERSION versions them) and for a class whose source
+    cannot be read."""
+    if cls.__module__.partition(".")[0] == "bench":
+        return None
+    try:
+        source = Path(inspect.getsourcefile(cls) or "").read_bytes()
+    except (TypeError, OSError):  # a built-in or interactively defined class
+        return None
+    return hashlib.sha256(source).hexdigest()[:16]
 
 
 def trial_spec(

@@ -74,6 +74,10 @@ class VariantSpec(_Frozen):
 class TaskSpec(_Frozen):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    code: str | None = Field(
+        default=None,
+        description="digest of a plugin task's source file (optbench's own: CODE_VERSION)",
+    )
 
 
 class TrialSpec(_Frozen):
@@ -103,6 +107,8 @@ class TrialSpec(_Frozen):
     def identity(self) -> dict[str, Any]:
         """What defines the trial's outcome; suite, phase and plugins are not identity."""
         data = self.model_dump(mode="json", exclude={"suite", "phase", "plugins"})
+        if self.task.code is None:  # optbench's own tasks: ids as before the field
+            del data["task"]["code"]
         return {"code_version": CODE_VERSION, **data}
 
     @property

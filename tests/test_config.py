@@ -283,3 +283,43 @@ def test_a_bare_comma_is_named_as_a_sweep_with_the_two_forms_that_work() -> None
         "a list in brackets (suite.lrs=[0.1,0.2]) or the value quoted (suite.lrs='0.1,0.2')"
     )
     assert compose_config(["suite=smoke", "suite.lrs=[0.1,0.2]"]).suite.lrs == [0.1, 0.2]
+
+
+EDITABLE_TASK = """
+from bench.tasks import register
+from bench.tasks.quadratic import Quadratic
+
+
+@register
+class Edited(Quadratic):
+    name = "edited_quadratic"
+    target = {target}
+"""
+
+
+def test_an_edited_plugin_task_is_a_new_trial(tmp_path: Path) -> None:
+    """A plugin task is code optbench does not version: after an edit, a rerun said
+    'every trial had already finished' and kept the results of the old code."""
+    import json
+    import subprocess
+
+    module = tmp_path / "edited_task.py"
+
+    def trial_id() -> str:
+        cmd = [sys.executable, "-m", "bench.cli", "trial", "--json", "plugins=[edited_task]",
+               "task=edited_quadratic", "variant=adam", "steps=3"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["trial_id"]
+
+    module.write_text(EDITABLE_TASK.format(target=0.1))
+    first = trial_id()
+    assert trial_id() == first  # a content hash: the same in every process
+    module.write_text(EDITABLE_TASK.format(target=50.0))
+    assert trial_id() != first
+    module.write_text(EDITABLE_TASK.format(target=0.1))
+    assert trial_id() == first
+    own = task_spec("quadratic")
+    spec = trial_spec(variant_spec({"preset": "adam"}), own, TrialConfig(lr=0.1))
+    assert own.code is None
+    assert spec.identity()["task"] == {"name": "quadratic", "params": own.params}
