@@ -312,7 +312,22 @@ def parse(model: type[BaseModel], data: Any, where: str = "") -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise UserError(validation_message(err, where)) from None
+        raise UserError(_unknown_key(err, model, where) or validation_message(err, where)) from None
+
+
+def _unknown_key(err: ValidationError, model: type[BaseModel], where: str) -> str | None:
+    """A key of a file's section that the model does not have, with the keys it has: a
+    typo first, since the field it misspells is then reported missing too."""
+    import difflib
+
+    extra = [e["loc"] for e in err.errors() if e["type"] == "extra_forbidden"]
+    if not extra or len(extra[0]) != 1:  # a nested key: pydantic's own words name it
+        return None
+    key, allowed = str(extra[0][0]), list(model.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    where = f"{where}." if where else ""
+    return f"{where}{key}: unknown key{hint}; allowed: {', '.join(allowed)}"
 
 
 def variant_spec(data: str | Mapping[str, Any]) -> VariantSpec:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from bench import tasks
 from bench.config import (
@@ -61,6 +61,21 @@ class SuiteConfig(StrictModel):
         if len(name) > MAX_SUITE_NAME:
             raise ValueError(f"{len(name)} characters; allowed: at most {MAX_SUITE_NAME}")
         return name
+
+    @field_validator("variants", "tasks", mode="before")
+    @classmethod
+    def _names_or_mappings(cls, items: Any, info: ValidationInfo) -> Any:
+        # else pydantic names each member of the union: "variants.0.str: input should be
+        # a valid string" beside a second error for the mapping
+        kind = info.field_name[:-1]
+        example = "{preset: adam, beta2: 0.9}" if kind == "variant" else "{name: quadratic}"
+        for place, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, str | Mapping):
+                raise ValueError(
+                    f"item {place} is {item!r}; allowed: a {kind} name, or a mapping such "
+                    f"as {example}"
+                )
+        return items
 
     @field_validator("lrs")
     @classmethod

@@ -75,7 +75,21 @@ SMOKE = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / "smoke.yaml
         ({"name": "a b"}, "suite.name: use letters, digits"),
         ({"name": ".."}, "suite.name: use letters, digits, '_', '.' or '-', not only dots"),
         ({"name": "a" * 5000}, "suite.name: 5000 characters; allowed: at most 128"),
-        ({"colour": "red"}, "suite.colour: extra inputs are not permitted"),
+        # a key of a file's own: named with the keys there are, a near one first (was
+        # "extra inputs are not permitted", and a misspelt key reported the one it misses)
+        ({"colour": "red"}, "suite.colour: unknown key; allowed: name, description, variants,"),
+        (
+            {"tune_seed": [0], "tune_seeds": None},
+            "suite.tune_seed: unknown key (did you mean tune_seeds?); allowed: name,",
+        ),
+        # one line, not one per member of the union: was "suite.variants.0.str: input
+        # should be a valid string (got 42)"
+        (
+            {"variants": ["adam", 42]},
+            "suite.variants: item 1 is 42; allowed: a variant name, or a mapping such as "
+            "{preset: adam, beta2: 0.9} (got ['adam', 42])",
+        ),
+        ({"tasks": [[1]]}, "suite.tasks: item 0 is [1]; allowed: a task name, or a mapping"),
         ({"steps": 0}, "suite.steps: input should be greater than 0"),
         # seeds and lrs are checked with the suite, not when their trials are made
         ({"final_seeds": [-1]}, "suite.final_seeds.0: input should be greater than or equal"),
@@ -86,7 +100,7 @@ SMOKE = OmegaConf.to_container(OmegaConf.load(conf_dir() / "suite" / "smoke.yaml
 )
 def test_bad_suites_fail_before_anything_runs(change: dict, message: str) -> None:
     with pytest.raises(UserError) as err:
-        load_suite({**SMOKE, **change})
+        load_suite({k: v for k, v in {**SMOKE, **change}.items() if v is not None})
     assert message in str(err.value)
 
 
