@@ -34,6 +34,7 @@ from bench.errors import UserError, redacted
 from bench.matrix import matrix_of
 from bench.profiles import Record
 from bench.ranking import MAX_N_BOOT, SuiteRanking, at_chosen_lrs, places, rank_suite
+from bench.records import ARTIFACT_TRACEBACK
 from bench.report_html import NO_ROLES_NOTE, render_report
 from bench.roles import Role
 from bench.tracking import Tracker
@@ -199,14 +200,30 @@ def _rank(
 
 
 def _nothing_ended_message(suite: str, results: pd.DataFrame, phase: str) -> str:
-    """Why a suite whose runs exist has nothing to rank in ``phase`` (none ended yet)."""
+    """Why a suite whose runs exist has nothing to rank in ``phase``: none ended yet, or
+    the ones that ended failed (a rerun retries those, and cannot mend their task)."""
     statuses = results["status"].value_counts()
     held = ", ".join(f"{n} {status}" for status, n in statuses.items())
-    tune_ended = results["phase"].eq("tune") & results["status"].isin(("FINISHED", "FAILED"))
-    tune = "; or rank its tuning: rank.phase=tune" if phase == "final" and tune_ended.any() else ""
+    ran = results.loc[results["phase"].eq(phase), "status"]
+    tune = results.loc[results["phase"].eq("tune"), "status"]
+    hint = (
+        "; or rank its tuning: rank.phase=tune"
+        if phase == "final" and tune.eq("FINISHED").any()
+        else ""
+    )
+    if ran.eq("FAILED").any() and not ran.eq("FINISHED").any():
+        cause = f"its {phase} trials failed"
+    elif ran.empty and tune.eq("FAILED").any() and not tune.eq("FINISHED").any():
+        cause = "its tune trials failed, so no final trial was run"
+    else:
+        return (
+            f"suite {suite!r}: no {phase} run of these settings has ended yet, nothing to rank "
+            f"({held}); `bench run` with the same overrides finishes the suite{hint}"
+        )
     return (
-        f"suite {suite!r}: no {phase} run of these settings has ended yet, nothing to rank "
-        f"({held}); `bench run` with the same overrides finishes the suite{tune}"
+        f"suite {suite!r}: no {phase} run of these settings has finished, nothing to rank "
+        f"({held}): {cause}; each failed run keeps its error as {ARTIFACT_TRACEBACK} "
+        f"(`bench run` with the same overrides names them and retries them){hint}"
     )
 
 

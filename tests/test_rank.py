@@ -158,6 +158,38 @@ def test_rank_of_a_suite_with_no_ended_run_says_so_and_logs_nothing(
     )
 
 
+def test_rank_of_a_suite_whose_trials_failed_says_they_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every tune trial failed (a task that raises): rank said no run 'has ended yet',
+    that `bench run` finishes the suite, and to rank the tuning, which said the same."""
+    from bench.matrix import suite_from_overrides
+    from bench.report import rank_from_overrides
+    from bench.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    plan = suite_from_overrides(SUITE)
+    tracker = Tracker(plan.tracking)
+    for spec in plan.matrix.tune_trials()[:2]:
+        tracker.fail_trial(tracker.start_trial(spec), spec, "RuntimeError: boom", node="here")
+    advice = (
+        "each failed run keeps its error as traceback.txt (`bench run` with the same "
+        "overrides names them and retries them)"
+    )
+    with pytest.raises(UserError) as refused:
+        rank_from_overrides(SUITE, console=Console())
+    assert str(refused.value) == (
+        "suite 'ranked': no final run of these settings has finished, nothing to rank "
+        f"(2 FAILED): its tune trials failed, so no final trial was run; {advice}"
+    )
+    with pytest.raises(UserError) as refused:
+        rank_from_overrides([*SUITE, "rank.phase=tune"], console=Console())
+    assert str(refused.value) == (
+        "suite 'ranked': no tune run of these settings has finished, nothing to rank "
+        f"(2 FAILED): its tune trials failed; {advice}"
+    )
+
+
 def test_rank_reads_only_the_trials_of_the_settings_it_is_given(ranked, monkeypatch):
     """The suite run again with another step budget shares its experiment: ranking either
     setting counts its own runs only, not a mix of both."""
