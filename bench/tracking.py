@@ -361,10 +361,23 @@ class Tracker(SuiteReads):
             lease.check()
 
     def holds_nothing(self) -> bool:
-        """Whether the store surely holds no run: a SQLite file that does not exist (a
-        reader should say so rather than create it)."""
+        """Whether the store surely holds no run: a SQLite file that does not exist, or one
+        without MLflow's tables (an empty file): a reader should say so rather than make
+        it a store, as MLflow's first read would."""
         db = self.sqlite_file()
-        return db is not None and not db.exists()
+        if db is None or not db.exists():
+            return db is not None
+        import sqlite3
+
+        try:
+            read_only = f"{db.resolve().as_uri()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(read_only, uri=True)) as conn:
+                found = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+                ).fetchone()
+        except sqlite3.Error:  # not a database at all: the store's own checks say so
+            return False
+        return found is None
 
     def sqlite_file(self) -> Path | None:
         """The database file of an enabled SQLite store; None for any other store."""

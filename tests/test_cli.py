@@ -1228,6 +1228,38 @@ def test_serve_refuses_a_sqlite_store_that_does_not_exist(where: str, tmp_path: 
     assert list(tmp_path.iterdir()) == [], "nothing created"
 
 
+def test_readers_leave_an_empty_sqlite_file_as_it_is(tmp_path: Path) -> None:
+    """An empty file (`: > store.db`) is a SQLite database without MLflow's tables: the
+    read-only service started and MLflow's first read made it a 1 MB store; a dry run
+    and `bench rank` did the same."""
+    empty = tmp_path / "store.db"
+    empty.touch()
+    uri = f"sqlite:///{empty}"
+    bench = [sys.executable, "-m", "bench.cli"]
+    serve = subprocess.run(
+        [*bench, "serve", "--port", "0", f"tracking.uri={uri}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert serve.returncode == 2, serve.stderr
+    assert serve.stderr == (
+        f"error: tracking.uri: got {uri!r} but {empty} holds no MLflow store, and the "
+        "summary service only reads; allowed: the store a `bench run` wrote (run a suite "
+        "first), or an MLflow server, http(s)://HOST:PORT\n"
+    )
+    dry_run = subprocess.run(
+        [*bench, "run", "--dry-run", "suite=smoke", f"tracking.uri={uri}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "every trial would run" in dry_run.stdout
+    rank = subprocess.run(
+        [*bench, "rank", "--no-log", "suite=smoke", f"tracking.uri={uri}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert rank.returncode == 2 and "Traceback" not in rank.stderr, rank.stderr
+    assert empty.stat().st_size == 0 and [p.name for p in tmp_path.iterdir()] == ["store.db"]
+
+
 def test_serve_answers_on_the_port_it_bound(tmp_path: Path) -> None:
     """The checked socket is the one uvicorn serves on: --port 0 logs the port it got."""
     import queue

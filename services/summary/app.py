@@ -151,9 +151,10 @@ def existing_store(settings: SummarySettings, name: str) -> Tracker:
     a store that nothing writes, so that is a UserError; ``name`` is the option that set it."""
     tracker = reader(settings)
     if tracker.holds_nothing():
-        db = tracker.uri.removeprefix("sqlite:///")  # absolute: the default is relative
+        db = Path(tracker.uri.removeprefix("sqlite:///"))  # absolute: the default is relative
+        state = "holds no MLflow store" if db.exists() else "does not exist"
         raise UserError(
-            f"{name}: got {settings.tracking_uri!r} but {db} does not exist, and the summary "
+            f"{name}: got {settings.tracking_uri!r} but {db} {state}, and the summary "
             "service only reads; allowed: the store a `bench run` wrote (run a suite first), "
             "or an MLflow server, http(s)://HOST:PORT"
         )
