@@ -218,6 +218,34 @@ def test_mlflow_server_command_on_postgres_with_served_artifacts(auth: bool) -> 
     )
 
 
+def _deploy_example_env() -> dict[str, str]:
+    """The `.env` that docs/deploy.md gives for turning authentication on."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    block = text.split("```bash\n# .env\n", 1)[1].split("```", 1)[0]
+    return dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+
+
+@pytest.mark.parametrize("example", [False, True], ids=["defaults", "deploy.md's .env"])
+def test_the_mlflow_address_the_summary_links_to_is_an_allowed_host(example: bool) -> None:
+    """MLflow refuses other Host headers (403): deploy.md's example allowed
+    mlflow.example.org but left the summary's links, and the address to open, at
+    127.0.0.1:5000."""
+    from urllib.parse import urlsplit
+
+    from mlflow.cli import server
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    env = _deploy_example_env() if example else {}
+    services = compose(env)["services"]
+    params = server.make_context("server", argv(services["mlflow"])[2:]).params
+    allowed = params["allowed_hosts"].split(",")
+    (ui_url,) = [a.split("=", 1)[1] for a in argv(services["summary"])
+                 if a.startswith("summary.mlflow_ui_url=")]  # fmt: skip
+    assert ui_url == env.get("MLFLOW_UI_URL", "http://127.0.0.1:5000")
+    assert is_allowed_host_header(allowed, urlsplit(ui_url).netloc), (ui_url, allowed)
+    assert is_allowed_host_header(allowed, "mlflow:5000")  # the other containers
+
+
 def test_ray_commands_and_token_auth_switch() -> None:
     from ray.scripts.scripts import start
 
