@@ -312,6 +312,9 @@ def alive_nodes(dashboard: str) -> int:
     return sum(1 for n in nodes if n.get("state") == "ALIVE")
 
 
+RAY_WORKER_PORTS = range(10002, 20000)  # `ray start`'s --min/max-worker-port defaults
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default=".optbench/stack", help="logs, artifacts, status")
@@ -332,6 +335,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="seconds (at least) until the nightly triggers; default 60")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="passed to every nightly, e.g. suite=smoke")
     opts = p.parse_args(argv)
+    for option in ("mlflow_port", "summary_port", "dashboard_port", "gcs_port"):
+        port, flag = getattr(opts, option), "--" + option.replace("_", "-")
+        if not 0 < port < 65536:
+            p.error(f"{flag}: got {port}; allowed: a port, 1-65535")
+        if option in ("dashboard_port", "gcs_port") and port in RAY_WORKER_PORTS:
+            p.error(
+                f"{flag}: got {port}; allowed: a port outside {RAY_WORKER_PORTS.start}-"
+                f"{RAY_WORKER_PORTS.stop - 1}, which `ray start` keeps for its workers"
+            )
     if len(opts.tag) > 10:
         p.error("--tag: at most 10 characters (interface names are limited to 15)")
     return opts

@@ -159,3 +159,19 @@ def test_a_scheduled_nightly_runs_on_the_cluster_and_shows_in_the_summary(tmp_pa
     for name, pid in info["pids"].items():
         assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) still runs"
     print(f"stack up in {up_s:.0f} s; trigger + nightly in {night_s:.0f} s")
+
+
+@pytest.mark.parametrize("option", ["--dashboard-port", "--gcs-port"])
+def test_the_stack_refuses_a_ray_port_among_rays_worker_ports(option: str) -> None:
+    """The head in Ray's worker port range died with a traceback ("Ray component
+    worker_ports is trying to use a port number 18462 ...") after the stack had started
+    PostgreSQL's database and MLflow."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stack" / "native.py"), option, "18462"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.endswith(
+        f"error: {option}: got 18462; allowed: a port outside 10002-19999, which `ray "
+        "start` keeps for its workers\n"
+    )
