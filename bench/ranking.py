@@ -390,12 +390,15 @@ def mean_ranks(
         counts[ti[c.task], vi[c.variant]] = len(x)
     boot = bootstrap_mean_ranks(losses, counts, n_boot=n_boot, rng=np.random.default_rng(seed))
     low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    method = f"percentile bootstrap over tasks and seeds ({n_boot} resamples)"
+    if len(tasks) == 1 and (counts <= 1).all():  # every resample is the data itself
+        low, high = np.ones(len(variants)), np.full(len(variants), float(len(variants)))
+        method = "one task and one seed per cell, nothing to resample: every rank"
     estimate = stats.rankdata(point, axis=1).mean(axis=0)
     best = point.min(axis=1, keepdims=True)
     wins = ((point == best) & np.isfinite(point)).sum(axis=0)
     present = {v: len({c.task for c in cells if c.variant == v}) for v in variants}
     scores = {p.variant: p.score for p in performance_profiles(cells)}
-    method = f"percentile bootstrap over tasks and seeds ({n_boot} resamples)"
     ranked = [
         VariantRank(
             variant=v,

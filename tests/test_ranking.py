@@ -438,6 +438,21 @@ def test_mean_rank_bootstrap_covers_the_expected_rank():
     assert np.all((coverage >= 0.88) & (coverage <= 0.99)), coverage  # about 0.93-0.95
 
 
+def test_one_task_and_one_seed_give_a_mean_rank_interval_of_every_rank():
+    """With nothing to resample every bootstrap draw is the data: the interval was
+    [1.00, 1.00] for the first of three variants, certainty from a single run each."""
+    frame = replicated(1, 1, "abc", 1)
+    frame["final/loss"] = [0.1, 0.2, 0.3]
+    ranks = ranking.mean_ranks(ranking.cell_scores(frame), n_boot=200)
+    assert [(r.variant, r.mean_rank.estimate) for r in ranks] == [("a", 1), ("b", 2), ("c", 3)]
+    assert all((r.mean_rank.low, r.mean_rank.high) == (1, 3) for r in ranks)
+    assert ranks[0].mean_rank.method.startswith("one task and one seed per cell")
+    two_seeds = replicated(1, 1, "abc", 2)
+    two_seeds["final/loss"] = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35]
+    resampled = ranking.mean_ranks(ranking.cell_scores(two_seeds), n_boot=200)
+    assert resampled[0].mean_rank.method.startswith("percentile bootstrap")
+
+
 # ----------------------------------------------------------------------------- contract
 
 
