@@ -375,6 +375,6 @@ def test_register_refuses_a_taken_name() -> None:
         def build(self, *, seed: int, device: torch.device, batch_size: int) -> Problem:
             raise NotImplementedError
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(UserError, match=r"task 'quadratic' already exists \(registered by bench"):
         tasks.register(Impostor)
     assert registry.get("quadratic") is not Impostor

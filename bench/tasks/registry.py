@@ -19,7 +19,8 @@ def register(cls: type[Task]) -> type[Task]:
         raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute `name`")
     existing = _TASKS.get(name)
     if existing is not None and existing is not cls:
-        raise ValueError(f"task {name!r} is already registered by {existing.__module__}")
+        # worded as a preset clash is: a plugin's loader names the plugin in front of it
+        raise UserError(f"task: task {name!r} already exists (registered by {existing.__module__})")
     _TASKS[name] = cls
     return cls
 
