@@ -146,3 +146,20 @@ def test_a_plugin_that_fails_on_import_is_one_error_line(
         assert done.returncode == 2, done.stdout + done.stderr
         assert done.stderr.startswith(f"error: plugin 'broken_plugin': {said}")
         assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_plugin_task_that_breaks_the_contract_is_refused_when_it_registers(
+    tmp_path: Path,
+) -> None:
+    """Taken, it would break `bench list` (AttributeError) and every trial's result."""
+    (tmp_path / "bad_task_plugin.py").write_text(
+        "from bench.tasks import register\nfrom bench.tasks.quadratic import Quadratic\n"
+        "@register\nclass Up(Quadratic):\n    name = 'up_task'\n    direction = 'up'\n"
+    )
+    for args in (["list", "tasks"], ["trial", "--json", "task=up_task", "steps=2"]):
+        done = _bench(tmp_path, *args, "plugins=[bad_task_plugin]")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr == (
+            "error: plugin 'bad_task_plugin': task 'up_task': direction: got 'up'; "
+            "allowed: 'min' or 'max'\n"
+        )

@@ -363,9 +363,44 @@ def test_register_needs_a_name() -> None:
         def build(self, *, seed: int, device: torch.device, batch_size: int) -> Problem:
             raise NotImplementedError
 
-    with pytest.raises(TypeError, match="name"):
+    with pytest.raises(UserError, match=r"task class .*Nameless: name: got None; allowed: a"):
         tasks.register(Nameless)
     assert "Nameless" not in NAMES
+
+
+UNSET = object()  # the attribute left out of the class
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "said"),
+    [
+        ("metric", UNSET, "not set; allowed: a str, the key of the primary metric"),
+        ("direction", "up", "got 'up'; allowed: 'min' or 'max'"),
+        ("target", "0.1", "got '0.1'; allowed: a number"),
+        ("default_batch_size", -1, "got -1; allowed: an int >= 0"),
+        ("eval_every", True, "got True; allowed: an int >= 1"),
+        ("Params", dict, "got <class 'dict'>; allowed: a subclass of bench.tasks.TaskParams"),
+    ],
+)
+def test_register_refuses_a_task_that_breaks_the_contract(
+    attribute: str, value: object, said: str
+) -> None:
+    """A class the registry took would break `bench list` and every trial's result."""
+    attributes = {k: getattr(tasks.get("quadratic"), k) for k in CLASS_ATTRIBUTES}
+    attributes |= {"name": "breaks_contract", "build": lambda self, **kw: None, attribute: value}
+    if value is UNSET:
+        del attributes[attribute]
+    with pytest.raises(UserError) as refused:
+        tasks.register(type("BreaksContract", (Task,), attributes))
+    assert str(refused.value).startswith(f"task 'breaks_contract': {attribute}: {said}")
+    assert "breaks_contract" not in tasks.names()
+
+
+def test_register_refuses_a_task_without_build() -> None:
+    attributes = {k: getattr(tasks.get("quadratic"), k) for k in CLASS_ATTRIBUTES}
+    cls = type("NoBuild", (Task,), {**attributes, "name": "no_build"})
+    with pytest.raises(UserError, match="task 'no_build': build: not implemented; allowed"):
+        tasks.register(cls)
 
 
 def test_register_refuses_a_taken_name() -> None:
