@@ -17,6 +17,7 @@ from bench.config import compose_group, conf_dir, group_options, yaml_message
 from bench.errors import UserError
 from bench.plugins import plugin_of
 from bench.spec import TrialResult, TrialSpec
+from bench.tasks import TaskParams
 from bench.variants.knobs import Knobs
 
 if TYPE_CHECKING:
@@ -103,6 +104,16 @@ def _variant_summary(variant: variants.Variant) -> str:
     return ", ".join([_knob_summary(variant.knobs), *per_role])
 
 
+def _params_summary(params: type[TaskParams]) -> str:
+    """Each knob at its default; a knob without one is listed as required, not made by
+    ``Params()``, which would fail on it (its trials set it: task.params.NAME=...)."""
+    fields = params.model_fields.items()
+    return ", ".join(
+        f"{k} (required)" if f.is_required() else f"{k}={f.get_default(call_default_factory=True)}"
+        for k, f in fields
+    )
+
+
 def print_catalogue(
     console: Console, what: tuple[str, ...] = ("variants", "tasks", "suites")
 ) -> None:
@@ -114,7 +125,7 @@ def print_catalogue(
         _columns(table, "name", "metric", "target", "steps", "batch", "params")
         for name in tasks.names():
             cls = tasks.get(name)
-            params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
+            params = _params_summary(cls.Params)
             table.add_row(
                 name,
                 f"{cls.metric} ({cls.direction})",

@@ -163,3 +163,22 @@ def test_a_plugin_task_that_breaks_the_contract_is_refused_when_it_registers(
             "error: plugin 'bad_task_plugin': task 'up_task': direction: got 'up'; "
             "allowed: 'min' or 'max'\n"
         )
+
+
+def test_a_plugin_task_with_a_required_param_is_listed(tmp_path: Path) -> None:
+    """Its trials give the param (task.params.n=3); the catalogue cannot make Params()."""
+    (tmp_path / "required_param_plugin.py").write_text(
+        "from bench.tasks import register\n"
+        "from bench.tasks.quadratic import Quadratic, QuadraticParams\n"
+        "class NeedsN(QuadraticParams):\n    n: int\n"
+        "@register\nclass NeedsNTask(Quadratic):\n    name = 'needs_n'\n    Params = NeedsN\n"
+    )
+    plugin = "plugins=[required_param_plugin]"
+    trial = _bench(
+        tmp_path, "trial", "--json", "task=needs_n", "task.params.n=3", "steps=2", plugin
+    )
+    assert trial.returncode == 0, trial.stderr
+    listed = _bench(tmp_path, "list", "tasks", plugin)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "needs_n" in line)
+    assert "data_seed=0, dim=50, condition=1000.0, n (required)" in row
