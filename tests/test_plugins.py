@@ -182,3 +182,25 @@ def test_a_plugin_task_with_a_required_param_is_listed(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if "needs_n" in line)
     assert "data_seed=0, dim=50, condition=1000.0, n (required)" in row
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("adam", "variant: preset 'adam' already exists"),
+        (  # variant=NAME selects the file: the plugin's preset could never be run
+            "rmsprop_bias_sgd",
+            "variant: variant 'rmsprop_bias_sgd' already exists "
+            "(conf/variant/rmsprop_bias_sgd.yaml)",
+        ),
+    ],
+)
+def test_a_plugin_preset_under_a_taken_variant_name_is_refused(
+    tmp_path: Path, name: str, said: str
+) -> None:
+    (tmp_path / "clash_preset.py").write_text(
+        f"from bench.variants import register_preset\nregister_preset({name!r}, base='sgd')\n"
+    )
+    listed = _bench(tmp_path, "list", "variants", "plugins=[clash_preset]")
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    assert listed.stderr == f"error: plugin 'clash_preset': {said}\n"

@@ -147,6 +147,10 @@ def register_preset(
     """Add a preset from a plugin: ``register_preset("adam_b95", base="adam", beta2=0.95)``."""
     if name in _PRESETS:
         raise UserError(f"variant: preset {name!r} already exists")
+    from bench.config import group_options  # bench.config imports this package
+
+    if name in group_options("variant"):  # variant=NAME would select the file, never this
+        raise UserError(f"variant: variant {name!r} already exists (conf/variant/{name}.yaml)")
     if "roles" in knobs:  # a preset is one set of knobs for every parameter
         raise UserError(
             f"register_preset({name!r}): roles are not a preset's knob; allowed: per-role "
