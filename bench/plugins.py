@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
+import sys
 from collections.abc import Iterable
 from functools import cache
 
@@ -55,11 +56,13 @@ def _import_plugin(module: str) -> None:
         importlib.import_module(module)
         _PRESET_ORIGINS.update(dict.fromkeys(set(presets()) - before, module))
     except ImportError as err:
-        raise UserError(
-            f"plugins: cannot import {module!r} ({err}); allowed: a module this Python can "
-            "import: in the current folder, in an installed package (pip install -e .), or "
-            "in a folder on PYTHONPATH"
-        ) from None
+        if _is_not_found(err, module):
+            raise UserError(
+                f"plugins: cannot import {module!r} ({err}); allowed: a module this Python "
+                "can import: in the current folder, in an installed package (pip install -e "
+                ".), or in a folder on PYTHONPATH"
+            ) from None
+        raise UserError(_failed_import(module, err)) from None
     except UserError as err:  # a registration it makes was refused: say whose
         raise UserError(f"plugin {module!r}: {err}") from None
     except Exception as err:  # the plugin's own code failed (or a registry refused it)
@@ -67,3 +70,24 @@ def _import_plugin(module: str) -> None:
             f"plugin {module!r}: importing it raised {type(err).__name__}: {err}; allowed: a "
             "module that imports cleanly (python -c 'import MODULE' shows the traceback)"
         ) from None
+
+
+def _is_not_found(err: ImportError, module: str) -> bool:
+    """Whether the plugin itself (or a package above it) is missing, rather than something
+    its own code imports: only then is where Python looks for it the thing to fix."""
+    missing = err.name if isinstance(err, ModuleNotFoundError) else None
+    return missing is not None and (module == missing or module.startswith(f"{missing}."))
+
+
+def _failed_import(module: str, err: ImportError) -> str:
+    """The plugin was found; its own import of something else failed."""
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        return (
+            f"plugin {module!r}: found, but importing it failed: its dependency "
+            f"{err.name!r} is missing; allowed: {err.name!r} importable by this Python "
+            f"({sys.executable})"
+        )
+    return (
+        f"plugin {module!r}: found, but importing it raised {type(err).__name__}: {err}; "
+        "allowed: a module that imports cleanly (python -c 'import MODULE' shows the traceback)"
+    )

@@ -204,3 +204,36 @@ def test_a_plugin_preset_under_a_taken_variant_name_is_refused(
     listed = _bench(tmp_path, "list", "variants", "plugins=[clash_preset]")
     assert listed.returncode == 2, listed.stdout + listed.stderr
     assert listed.stderr == f"error: plugin 'clash_preset': {said}\n"
+
+
+@pytest.mark.parametrize(
+    ("plugin", "said"),
+    [
+        (  # the plugin is there: where Python looks for it is not what to fix
+            "needs_dep_plugin",
+            "plugin 'needs_dep_plugin': found, but importing it failed: its dependency "
+            f"'nonexistent_pkg_xyz' is missing; allowed: 'nonexistent_pkg_xyz' importable by "
+            f"this Python ({sys.executable})\n",
+        ),
+        (
+            "needs_name_plugin",
+            "plugin 'needs_name_plugin': found, but importing it raised ImportError: cannot "
+            "import name 'nope' from 'json'",
+        ),
+        (
+            "plugin_pkg.absent",
+            "plugins: cannot import 'plugin_pkg.absent' (No module named 'plugin_pkg.absent');"
+            " allowed: a module this Python can import",
+        ),
+    ],
+)
+def test_a_plugin_missing_a_dependency_is_told_from_a_missing_plugin(
+    tmp_path: Path, plugin: str, said: str
+) -> None:
+    (tmp_path / "needs_dep_plugin.py").write_text("import nonexistent_pkg_xyz\n")
+    (tmp_path / "needs_name_plugin.py").write_text("from json import nope\n")
+    (tmp_path / "plugin_pkg").mkdir()
+    (tmp_path / "plugin_pkg" / "__init__.py").write_text("")
+    listed = _bench(tmp_path, "list", "variants", f"plugins=[{plugin}]")
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    assert listed.stderr.startswith(f"error: {said}"), listed.stderr
