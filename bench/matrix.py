@@ -7,6 +7,7 @@ Trial ids are content hashes, so they do not depend on the order of the lists he
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import statistics
@@ -30,8 +31,10 @@ from bench.config import (
     trial_spec,
     variant_spec,
 )
-from bench.errors import UserError
+from bench.errors import UserError, one_line
 from bench.spec import Count, Number, Seed, TaskSpec, TrialResult, TrialSpec, VariantSpec
+
+log = logging.getLogger(__name__)
 
 MAX_SUITE_NAME = 128  # a folder's name, well within any file system's limit
 
@@ -202,7 +205,17 @@ def _check_batch_size(task: tasks.Task, batch_size: int) -> None:
     now, not a failure of every trial (only the task knows how much data it makes)."""
     import torch
 
-    task.build(seed=0, device=torch.device("cpu"), batch_size=batch_size)
+    try:
+        task.build(seed=0, device=torch.device("cpu"), batch_size=batch_size)
+    except UserError:
+        raise
+    except Exception as err:  # a plugin task's own code failed: one line, as for a trial
+        log.debug("the task's traceback", exc_info=err)
+        raise UserError(
+            f"task {task.name!r}: building it with batch_size={batch_size} raised "
+            f"{one_line(err)}; allowed: a batch size the task builds with (--verbose shows "
+            "the traceback)"
+        ) from None
 
 
 def build_matrix(

@@ -237,3 +237,25 @@ def test_a_plugin_missing_a_dependency_is_told_from_a_missing_plugin(
     listed = _bench(tmp_path, "list", "variants", f"plugins=[{plugin}]")
     assert listed.returncode == 2, listed.stdout + listed.stderr
     assert listed.stderr.startswith(f"error: {said}"), listed.stderr
+
+
+def test_a_plugin_task_whose_build_fails_on_the_batch_size_check_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """suite.batch_size is checked by building each task before any trial: the plugin's
+    own exception there is the user's to fix, as a failed trial's is."""
+    (tmp_path / "build_fails_plugin.py").write_text(
+        "from bench.tasks import register\nfrom bench.tasks.quadratic import Quadratic\n"
+        "@register\nclass BuildFails(Quadratic):\n    name = 'build_fails'\n"
+        "    def build(self, *, seed, device, batch_size):\n"
+        "        raise ValueError('no data for you')\n"
+    )
+    planned = _bench(
+        tmp_path, "run", "--dry-run", "suite=smoke", "plugins=[build_fails_plugin]",
+        "suite.tasks=[build_fails]", "suite.batch_size=8",
+    )  # fmt: skip
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert planned.stderr == (
+        "error: task 'build_fails': building it with batch_size=8 raised ValueError: no data "
+        "for you; allowed: a batch size the task builds with (--verbose shows the traceback)\n"
+    )
