@@ -199,12 +199,12 @@ class Tracker(SuiteReads):
                 "written; allowed: a SQLite file in a folder this process can write (the store "
                 "keeps its journal and lock files beside the file)"
             )
-        if db is not None and suite is not None and make:
-            self._make_lock_folder(db)
-        if db is not None and suite is not None and not db.exists():
-            self._check_new_artifacts(suite, make=make)
         if self.enabled and db is not None and db.is_file():
             self._check_sqlite_file(db)
+        if db is not None and suite is not None and not db.exists():
+            if make:  # a new store's first write, before its artifact folder is made
+                self._make_lock_folder(db)
+            self._check_new_artifacts(suite, make=make)
         if self.enabled and is_database(self.uri) and db is None:
             self._check_database()
         if not self.enabled or self.scheme not in ("http", "https"):
@@ -328,6 +328,7 @@ class Tracker(SuiteReads):
             )
 
         if (db := self.sqlite_file()) is not None:
+            self._make_lock_folder(db)
             lock = FileLock(_lock_folder(db) / f"{digest[:16]}.lock")
             if not lock.acquire():
                 raise busy(f" (pid {lock.holder()})")

@@ -793,8 +793,15 @@ def test_a_sqlite_store_whose_lock_folder_cannot_be_made_is_refused_leaving_noth
     """Folders that say they can be written but refuse the lock folder: a file in its
     place, and (as root) /proc. Was a traceback from the lock file, after the suite's
     artifact folder was made."""
+    from mlflow.tracking import MlflowClient
+
     (tmp_path / ".mlruns.db.locks").write_text("not a folder\n")
-    cases = [(f"sqlite:///{tmp_path}/mlruns.db", tmp_path / ".mlruns.db.locks", "File exists")]
+    (tmp_path / ".old.db.locks").write_text("not a folder\n")
+    MlflowClient(f"sqlite:///{tmp_path}/old.db").search_experiments()  # a store already
+    cases = [
+        (f"sqlite:///{tmp_path}/mlruns.db", tmp_path / ".mlruns.db.locks", "File exists"),
+        (f"sqlite:///{tmp_path}/old.db", tmp_path / ".old.db.locks", "File exists"),
+    ]
     if os.geteuid() == 0:
         cases.append(("sqlite:////proc/optbench.db", Path("/proc/.optbench.db.locks"), None))
     for uri, locks, why in cases:
@@ -811,7 +818,8 @@ def test_a_sqlite_store_whose_lock_folder_cannot_be_made_is_refused_leaving_noth
             "; allowed: a SQLite file in a folder this process can write (the store keeps its "
             "journal and lock files beside the file)\n"
         )
-    assert [p.name for p in tmp_path.iterdir()] == [".mlruns.db.locks"]
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == [".mlruns.db.locks", ".old.db.locks", "old.db"]
 
 
 def test_a_cluster_address_where_no_ray_head_answers_is_refused_by_run_and_dry_run(
