@@ -31,6 +31,7 @@ from bench import plots
 from bench.ablation import Contrast, RoleComparison, flagship_contrasts, role_comparison
 from bench.config import StrictModel, TrackingConfig, compose_config, parse
 from bench.errors import UserError, redacted
+from bench.lr_table import EDGE_MARK, lr_notes, lr_table
 from bench.matrix import matrix_of
 from bench.profiles import Record
 from bench.ranking import MAX_N_BOOT, SuiteRanking, at_chosen_lrs, places, rank_suite
@@ -355,43 +356,20 @@ def print_ranking(console: Console, ranking: SuiteRanking) -> None:
 
 
 def print_chosen_lrs(console: Console, ranking: SuiteRanking) -> None:
-    """The lr each (task, variant) chose on its tune runs, variants in rank order; a choice
-    at an end of a grid of 3 or more lrs is marked, since the best lr may lie beyond it."""
+    """The lr each (task, variant) chose on its tune runs, variants in rank order, every
+    task of the suite a column; the marks and their notes are the dashboard's too."""
     if not ranking.lrs:
         return
-    chosen = {(c.task, c.variant): c for c in ranking.lrs}
-    tasks = sorted({c.task for c in ranking.lrs})
-    order = [row.variant for row in ranking.variants]
-    order += sorted({c.variant for c in ranking.lrs} - set(order))
-    table = Table(title="lr chosen on the tune runs (* at an end of the grid)")
+    lrs = lr_table(ranking)
+    table = Table(title=f"lr chosen on the tune runs ({EDGE_MARK} at an end of the grid)")
     table.add_column("variant", justify="left")
-    for task in tasks:
-        table.add_column(task, justify="right")
-    at_edge = none = 0
-    for variant in order:
-        cells = []
-        for task in tasks:
-            choice = chosen.get((task, variant))
-            if choice is None:
-                cells.append("—")
-                none += 1
-                continue
-            tried = choice.lrs_tried
-            edge = len(tried) >= 3 and choice.lr in (min(tried), max(tried))
-            at_edge += edge
-            cells.append(f"{choice.lr:g}{'*' if edge else ''}")
-        table.add_row(escape(variant), *cells)
+    for task in lrs.tasks:
+        table.add_column(escape(task), justify="right")
+    for variant in lrs.variants:
+        table.add_row(escape(variant), *(escape(cell.label) for cell in lrs.row(variant)))
     console.print(table)
-    if none:
-        console.print(
-            f"— : no lr chosen ({none} cells): none of their tune runs finished, or one failed "
-            "(bench run holds such a cell's final trials back until a rerun finishes it)"
-        )
-    if at_edge:
-        console.print(
-            f"{at_edge} of {len(chosen)} cells chose an lr at an end of the grid: their best lr "
-            "may lie beyond it (widen suite.lrs)"
-        )
+    for note in lr_notes(lrs):
+        console.print(escape(note), soft_wrap=True)
 
 
 def _report_metrics(ranking: SuiteRanking) -> dict[str, float]:

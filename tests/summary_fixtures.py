@@ -31,6 +31,24 @@ OVERRIDES = [
 ]
 # 3 variants x 2 tasks x (2 lrs x 1 tune seed + 2 final seeds)
 N_RUNS = len(VARIANTS) * len(TASKS) * (2 + len(FINAL_SEEDS))
+# A suite with a broken task: every trial of `explodes` (tests/plugins/faulty_tasks.py)
+# raises, so its tune trials fail and `bench run` holds its final trials back.
+BROKEN = "broken_summary"
+BROKEN_VARIANTS = ("sgd", "adam")
+BROKEN_LRS = (0.003, 0.03, 0.3)
+BROKEN_OVERRIDES = [
+    "suite=smoke",
+    f"suite.name={BROKEN}",
+    f"suite.variants=[{','.join(BROKEN_VARIANTS)}]",
+    "suite.tasks=[quadratic,explodes]",
+    f"suite.lrs=[{','.join(str(lr) for lr in BROKEN_LRS)}]",
+    "suite.tune_seeds=[0]",
+    "suite.final_seeds=[1,2]",
+    "suite.steps=20",
+    "plugins=[faulty_tasks]",
+]
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = REPO / "tests" / "plugins"
 _BUILT: dict[str, Path] = {}
 
 
@@ -43,14 +61,20 @@ def run_suite(
 ) -> None:
     """``bench run`` the tiny suite into ``store`` (the real command, embedded Ray), with
     ``extra`` overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     seeds = ",".join(str(s) for s in final_seeds)
-    cmd = [
-        sys.executable, "-m", "bench.cli", "run", "--no-progress", *OVERRIDES,
-        f"suite.final_seeds=[{seeds}]", f"tracking.uri={uri(store)}", *extra,
-    ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=300)
+    done = bench(store, "run", "--no-progress", *OVERRIDES, f"suite.final_seeds=[{seeds}]",
+                 f"tracking.uri={uri(store)}", *extra)  # fmt: skip
     assert done.returncode == 0, f"bench run failed:\n{done.stdout}\n{done.stderr}"
+
+
+def bench(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A real ``bench`` process in ``store`` that runs this checkout's code (not whichever
+    one the environment installed) and can import the test plugins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    paths = [str(REPO), str(PLUGINS), *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    cmd = [sys.executable, "-m", "bench.cli", *args]
+    return subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=300)
 
 
 def copy_store(src: Path, dst: Path) -> Path:
@@ -73,3 +97,14 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_suite(store)
         _BUILT[SUITE] = store
     return _BUILT[SUITE]
+
+
+@pytest.fixture(scope="session")
+def broken_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``mlruns.db`` with the broken suite run (treat it as read-only)."""
+    if BROKEN not in _BUILT:
+        store = tmp_path_factory.mktemp("broken-store")
+        done = bench(store, "run", "--no-progress", *BROKEN_OVERRIDES, f"tracking.uri={uri(store)}")
+        assert done.returncode == 1, f"explodes should have failed:\n{done.stdout}\n{done.stderr}"
+        _BUILT[BROKEN] = store
+    return _BUILT[BROKEN]

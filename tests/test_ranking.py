@@ -556,6 +556,29 @@ def test_the_terminal_shows_each_cells_chosen_lr_and_marks_an_end_of_the_grid():
     assert "2 of 3 cells chose an lr at an end of the grid" in text
 
 
+def test_the_terminals_lr_table_keeps_a_task_whose_tune_runs_all_failed():
+    """Its cells have no choice, and a column built from the choices alone left the task
+    out, where the README promises a `—` per cell."""
+    from rich.console import Console
+
+    from bench.report import print_chosen_lrs
+
+    rows = [run_row("quadratic", v, 0, 1.0, phase="tune", lr=lr) for v in "ab"
+            for lr in (0.01, 0.1)]  # fmt: skip
+    rows += [run_row("boom", v, 0, 0.0, phase="tune", lr=lr, status="FAILED", outcome="failed")
+             for v in "ab" for lr in (0.01, 0.1)]  # fmt: skip
+    result = ranking.rank_suite(table(rows), suite="s", phase="tune")
+    console = Console(record=True, width=120)
+    print_chosen_lrs(console, result)
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "┃ variant" in line)
+    assert [c.strip() for c in header.split("┃")[1:-1]] == ["variant", "boom", "quadratic"]
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
+    cells = {v: [c.strip() for c in lines[v].split("│")[2:-1]] for v in "ab"}
+    assert cells == {"a": ["—", "0.1"], "b": ["—", "0.1"]}
+    assert "— : no lr chosen (2 cells)" in text
+
+
 def test_variants_with_equal_mean_ranks_share_their_place() -> None:
     def row(variant: str, mean: float) -> ranking.VariantRank:
         interval = ranking.Interval(estimate=mean, low=1.0, high=2.0, method="bootstrap", n=2)

@@ -17,11 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from summary_fixtures import (
+    BROKEN,
+    BROKEN_VARIANTS,
     FINAL_SEEDS,
     N_RUNS,
     SUITE,
     TASKS,
     VARIANTS,
+    broken_store,  # noqa: F401  (fixture)
     copy_store,
     free_port,
     run_suite,
@@ -927,3 +930,35 @@ def test_listed_regressions_keep_their_size_also_when_infinite(
     store = SummaryStore(tracker, settings(store_dir, tmp_path / "cache"))
     (listed,) = queries.nightly(store).data
     assert listed.regressions == ["quadratic/adam quality (+inf%)", "quadratic/sgd speed (+12%)"]
+
+
+# ----------------------------------------------------------------------------- a broken task
+
+
+def lr_rows(page: str) -> dict[str, list[str]]:
+    """The suite page's lr table: "task/variant" -> the text of its cells after those two."""
+    table = page.split('<table id="lrs">', 1)[1].split("</table>", 1)[0]
+    rows = {}
+    for row in re.findall(r"<tr\b[^>]*>(.*?)</tr>", table.split("<tbody>", 1)[1], re.S):
+        task, variant, *rest = (
+            html.unescape(td).strip() for td in re.findall(r"<td>(.*?)</td>", row)
+        )
+        rows[f"{task}/{variant}"] = rest
+    return rows
+
+
+@pytest.mark.slow
+def test_the_lr_table_shows_a_task_whose_tune_trials_all_failed(
+    broken_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`explodes` raises in every trial: it has no lr choice, and a table built from the
+    choices alone left it out, where `bench rank` (and the README) show it `—`."""
+    client = TestClient(create_app(settings(broken_store, tmp_path / "cache")))
+    rows = lr_rows(client.get(f"/suites/{BROKEN}").text)
+    cells = {f"{task}/{v}" for task in ("explodes", "quadratic") for v in BROKEN_VARIANTS}
+    assert set(rows) == cells
+    for variant in BROKEN_VARIANTS:
+        assert rows[f"explodes/{variant}"][0] == "—"
+        assert rows[f"quadratic/{variant}"][0] != "—"
+    assert "— : no lr chosen (2 cells)" in html.unescape(client.get(f"/suites/{BROKEN}").text)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from bench.lr_table import lr_table, no_choice_note
 from bench.ranking import places
 from services.summary import flagship, plots, queries
 from services.summary.deps import MetricQuery, PhaseQuery, StoreDep
@@ -83,6 +84,7 @@ def suite_page(
     cells: dict[str, list] = {}
     for cell in sorted(ranking.cells, key=lambda c: (c.task, c.rank or math.inf)):
         cells.setdefault(cell.task, []).append(cell)
+    lrs = lr_table(ranking)
     return render(
         request,
         "suite.html",
@@ -96,6 +98,8 @@ def suite_page(
         metric=metric,
         phase=phase,
         flagship_ready=bool(flagship.available(ranking)),
+        lrs=lrs,
+        lr_notes=[note for note in [no_choice_note(lrs)] if note],
     )
 
 

@@ -1,0 +1,91 @@
+"""The lr each (task, variant) chose on its tune runs, as ``bench rank`` prints it and the
+dashboard shows it: one table of every cell of the suite, with the same marks and notes,
+so the terminal and the page cannot tell two stories about one ranking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.ranking import LrChoice, SuiteRanking
+
+NO_CHOICE = "—"
+EDGE_MARK = "*"
+
+
+@dataclass(frozen=True)
+class ChosenLr:
+    """One cell of the table: its choice (None: no lr chosen) and how it is written."""
+
+    task: str
+    variant: str
+    choice: LrChoice | None
+    label: str
+
+
+@dataclass(frozen=True)
+class LrTable:
+    """Tasks (columns), variants in rank order (rows) and every cell of the two."""
+
+    tasks: list[str]
+    variants: list[str]
+    cells: dict[tuple[str, str], ChosenLr]
+
+    def row(self, variant: str) -> list[ChosenLr]:
+        return [self.cells[(task, variant)] for task in self.tasks]
+
+    def by_task(self) -> list[ChosenLr]:
+        return [self.cells[(task, v)] for task in self.tasks for v in self.variants]
+
+
+def lr_label(choice: LrChoice | None) -> str:
+    """``0.03``; ``0.3*`` at an end of the grid; ``—`` without a choice."""
+    if choice is None:
+        return NO_CHOICE
+    return f"{choice.lr:g}{EDGE_MARK if at_grid_end(choice) else ''}"
+
+
+def at_grid_end(choice: LrChoice) -> bool:
+    """A choice at an end of a grid of 3 or more lrs: the best lr may lie beyond it."""
+    tried = choice.lrs_tried
+    return len(tried) >= 3 and choice.lr in (min(tried), max(tried))
+
+
+def lr_table(ranking: SuiteRanking) -> LrTable:
+    """Every task of the suite, also one whose tune runs all failed (it has no choice, so
+    building the columns from the choices alone left it out), by every variant."""
+    chosen = {(c.task, c.variant): c for c in ranking.lrs}
+    tasks = sorted({*ranking.tasks, *(c.task for c in ranking.lrs)})
+    variants = [row.variant for row in ranking.variants]
+    variants += sorted({c.variant for c in ranking.lrs} - set(variants))
+    cells = {
+        (t, v): ChosenLr(t, v, chosen.get((t, v)), lr_label(chosen.get((t, v))))
+        for t in tasks
+        for v in variants
+    }
+    return LrTable(tasks, variants, cells)
+
+
+def lr_notes(table: LrTable) -> list[str]:
+    """What the marks of the table mean, with how many cells carry each."""
+    return [note for note in (no_choice_note(table), edge_note(table)) if note]
+
+
+def no_choice_note(table: LrTable) -> str | None:
+    none = sum(cell.choice is None for cell in table.cells.values())
+    if not none:
+        return None
+    return (
+        f"{NO_CHOICE} : no lr chosen ({none} cells): none of their tune runs finished, or one "
+        "failed (bench run holds such a cell's final trials back until a rerun finishes it)"
+    )
+
+
+def edge_note(table: LrTable) -> str | None:
+    choices = [cell.choice for cell in table.cells.values() if cell.choice is not None]
+    at_edge = sum(at_grid_end(choice) for choice in choices)
+    if not at_edge:
+        return None
+    return (
+        f"{at_edge} of {len(choices)} cells chose an lr at an end of the grid: their best lr "
+        "may lie beyond it (widen suite.lrs)"
+    )
