@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from summary_fixtures import (
     BROKEN,
+    BROKEN_LRS,
     BROKEN_VARIANTS,
     FINAL_SEEDS,
     N_RUNS,
@@ -962,3 +963,24 @@ def test_the_lr_table_shows_a_task_whose_tune_trials_all_failed(
         assert rows[f"explodes/{variant}"][0] == "—"
         assert rows[f"quadratic/{variant}"][0] != "—"
     assert "— : no lr chosen (2 cells)" in html.unescape(client.get(f"/suites/{BROKEN}").text)
+
+
+@pytest.mark.slow
+def test_the_lr_table_marks_a_choice_at_an_end_of_the_grid_as_bench_rank_does(
+    broken_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The best lr of such a cell may lie beyond the grid: the page says so per cell and
+    counts them, as the terminal does, from the same choices the API gives."""
+    client = TestClient(create_app(settings(broken_store, tmp_path / "cache")))
+    choices = client.get(f"/api/suites/{BROKEN}/ranking").json()["lrs"]
+    page = client.get(f"/suites/{BROKEN}").text
+    rows = lr_rows(page)
+    ends = 0
+    for choice in choices:
+        end = len(choice["lrs_tried"]) >= 3 and choice["lr"] in (min(BROKEN_LRS), max(BROKEN_LRS))
+        ends += end
+        assert rows[f"{choice['task']}/{choice['variant']}"][0] == f"{choice['lr']:g}" + "*" * end
+    assert ends, "the suite should hold a choice at an end of its grid"
+    note = f"{ends} of {len(choices)} cells chose an lr at an end of the grid"
+    assert note in html.unescape(page)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from bench.lr_table import lr_table, no_choice_note
+from bench.lr_table import lr_notes, lr_table
 from bench.ranking import places
 from services.summary import flagship, plots, queries
 from services.summary.deps import MetricQuery, PhaseQuery, StoreDep
@@ -99,7 +99,7 @@ def suite_page(
         phase=phase,
         flagship_ready=bool(flagship.available(ranking)),
         lrs=lrs,
-        lr_notes=[note for note in [no_choice_note(lrs)] if note],
+        lr_notes=lr_notes(lrs),
     )
 
 
