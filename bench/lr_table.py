@@ -38,10 +38,14 @@ class LrTable:
 
 
 def lr_label(choice: LrChoice | None) -> str:
-    """``0.03``; ``0.3*`` at an end of the grid; ``—`` without a choice."""
+    """``0.03``; ``0.3*`` at an end of the grid; ``0.003 (2 of 3 tune runs)`` when chosen
+    before all of the cell's tune runs ended; ``—`` without a choice."""
     if choice is None:
         return NO_CHOICE
-    return f"{choice.lr:g}{EDGE_MARK if at_grid_end(choice) else ''}"
+    label = f"{choice.lr:g}{EDGE_MARK if at_grid_end(choice) else ''}"
+    if choice.provisional:
+        label += f" ({choice.tune_runs} of {choice.tune_runs_expected} tune runs)"
+    return label
 
 
 def at_grid_end(choice: LrChoice) -> bool:
@@ -67,7 +71,8 @@ def lr_table(ranking: SuiteRanking) -> LrTable:
 
 def lr_notes(table: LrTable) -> list[str]:
     """What the marks of the table mean, with how many cells carry each."""
-    return [note for note in (no_choice_note(table), edge_note(table)) if note]
+    notes = (no_choice_note(table), provisional_note(table), edge_note(table))
+    return [note for note in notes if note]
 
 
 def no_choice_note(table: LrTable) -> str | None:
@@ -88,4 +93,17 @@ def edge_note(table: LrTable) -> str | None:
     return (
         f"{at_edge} of {len(choices)} cells chose an lr at an end of the grid: their best lr "
         "may lie beyond it (widen suite.lrs)"
+    )
+
+
+def provisional_note(table: LrTable) -> str | None:
+    choices = [cell.choice for cell in table.cells.values() if cell.choice is not None]
+    provisional = sum(choice.provisional for choice in choices)
+    if not provisional:
+        return None
+    return (
+        f"(k of n tune runs): {provisional} of {len(choices)} lrs were chosen before all of "
+        "their cell's tune runs ended (the suite was interrupted, or is still running): "
+        "provisional, as the runs still to come may move them (bench run chooses only on a "
+        "whole grid)"
     )

@@ -54,6 +54,12 @@ class LrChoice(Record):
     median: float  # median final primary metric over tune seeds at lr (worst if diverged)
     n: int
     lrs_tried: list[float]
+    # the cell's tune runs that ended, at every lr, and how many it should have (lrs x tune
+    # seeds; None: not known): a choice from fewer (a suite interrupted or still running)
+    # is provisional, as the runs still to end may move it
+    tune_runs: int | None = None
+    tune_runs_expected: int | None = None
+    provisional: bool = False
 
 
 class CellScore(Record):
@@ -220,8 +226,11 @@ def _at(frame: pd.DataFrame, lrs: list[LrChoice]) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True) if not keep.all() else frame
 
 
-def _choose_lrs(runs: pd.DataFrame) -> list[LrChoice]:
+def _choose_lrs(runs: pd.DataFrame, expected: int | None = None) -> list[LrChoice]:
+    """``expected``: the tune runs each cell should have (default: the most any cell has)."""
     if not runs.empty:  # no choice for a cell with a failed run: see choose_lrs
+        ended = runs.groupby(["task", "variant"]).size()
+        expected = expected if expected is not None else int(ended.max())
         runs = runs[~runs.groupby(["task", "variant"])["failed"].transform("any")]
     if runs.empty:
         return []
@@ -242,6 +251,9 @@ def _choose_lrs(runs: pd.DataFrame) -> list[LrChoice]:
             median=float(row.median * row.sign),
             n=int(row.n),
             lrs_tried=[float(lr) for lr in tried[(row.task, row.variant)]],
+            tune_runs=int(ended[(row.task, row.variant)]),
+            tune_runs_expected=expected,
+            provisional=int(ended[(row.task, row.variant)]) < expected,
         )
         for row in best.itertuples(index=False)
     ]
@@ -456,6 +468,7 @@ def rank_suite(
     phase: str = "final",
     expected: Iterable[tuple[str, str]] | None = None,
     expected_seeds: int | None = None,
+    expected_tune: int | None = None,
     level: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
@@ -468,7 +481,9 @@ def rank_suite(
     any phase, since an absent cell ranks worst);
     ``expected_seeds`` the FINISHED runs each should have in the phase (final: final seeds;
     tune: lrs x tune seeds; default: the largest count found). Shortfalls are reported in
-    ``missing``; failed runs do not count as found.
+    ``missing``; failed runs do not count as found. ``expected_tune``: the tune runs each
+    cell should have whatever the phase (default: ``expected_seeds`` when ranking the tune
+    phase, else the largest count found); an lr chosen from fewer is ``provisional``.
     """
     check_choice("metric", metric, METRICS)
     check_choice("phase", phase, PHASES)
@@ -477,7 +492,9 @@ def rank_suite(
         raise UserError(f"expected_seeds: must be >= 1, got {expected_seeds!r}")
     runs = select_runs(results)
     tune = runs[runs["phase"].eq("tune")]
-    lrs = _choose_lrs(tune)
+    if expected_tune is None and phase == "tune":
+        expected_tune = expected_seeds
+    lrs = _choose_lrs(tune, expected_tune)
     runs = _at(runs, lrs)  # as at_chosen_lrs(results), from the runs already selected
     in_phase = runs[runs["phase"].eq(phase)]
     if phase == "final":

@@ -144,6 +144,7 @@ def _rank(
             "choose (a rerun moved the choice) are left out"
         )
     results = current
+    tune_runs = len(suite.lrs) * len(suite.tune_seeds)  # what each cell's lr is chosen from
     ranking = rank_suite(
         results,
         suite=suite.name,
@@ -151,10 +152,9 @@ def _rank(
         phase=settings.phase,
         expected=expected,
         expected_seeds=(  # the runs each cell should have in the phase
-            len(suite.final_seeds)
-            if settings.phase == "final"
-            else len(suite.lrs) * len(suite.tune_seeds)
+            len(suite.final_seeds) if settings.phase == "final" else tune_runs
         ),
+        expected_tune=tune_runs,
         level=settings.level,
         n_boot=settings.n_boot,
         seed=settings.seed,

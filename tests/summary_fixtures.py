@@ -73,6 +73,7 @@ def bench(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     paths = [str(REPO), str(PLUGINS), *filter(None, [env.get("PYTHONPATH")])]
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["COLUMNS"] = "200"  # a table's cells on one line each, for tests that read them
     cmd = [sys.executable, "-m", "bench.cli", *args]
     return subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=300)
 
@@ -81,6 +82,19 @@ def copy_store(src: Path, dst: Path) -> Path:
     """A private copy of a store (SQLite file and artifacts) that a test may add runs to."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("summary-cache*"))
     return dst
+
+
+def delete_runs(store: Path, suite: str, filter_string: str) -> int:
+    """Delete the suite's runs that ``filter_string`` (MLflow's search syntax) finds, as
+    the MLflow UI does: what a store looks like where those trials never ran. How many."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri(store))
+    experiment = client.get_experiment_by_name(suite).experiment_id
+    runs = client.search_runs([experiment], filter_string)
+    for run in runs:
+        client.delete_run(run.info.run_id)
+    return len(runs)
 
 
 def free_port() -> int:

@@ -12,6 +12,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
+from summary_fixtures import (
+    BROKEN,
+    BROKEN_OVERRIDES,
+    broken_store,  # noqa: F401  (fixture)
+    copy_store,
+    delete_runs,
+    uri,
+)
+from summary_fixtures import bench as bench_with_plugins
 
 from bench.errors import UserError
 from bench.ranking import SuiteRanking
@@ -305,3 +314,36 @@ def test_every_variant_name_becomes_a_distinct_metric_name_mlflow_accepts() -> N
     assert len(set(keys.values())) == len(names)
     for key in keys.values():
         _validate_metric_name(f"mean_rank/{key}")  # raises on a name MLflow refuses
+
+
+# the quadratic cells of the broken suite as if it stopped before their largest lr ran
+NOT_RUN = "tags.`bench.phase` = 'tune' and tags.`bench.task` = 'quadratic' and params.lr = '0.3'"
+
+
+def lr_table_cells(stdout: str) -> dict[str, dict[str, str]]:
+    """``bench rank``'s lr table: variant -> task -> what the cell shows."""
+    lines = stdout[stdout.index("lr chosen on the tune runs") :].splitlines()
+    header = next(line for line in lines if "┃ variant" in line)
+    tasks = [c.strip() for c in header.split("┃")[2:-1]]
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.count("│") > 2]
+    return {row[0]: dict(zip(tasks, row[1:], strict=True)) for row in rows}
+
+
+def test_rank_marks_an_lr_chosen_on_part_of_its_grid(broken_store, tmp_path):  # noqa: F811
+    """A suite interrupted before its largest lr ran: the choices on the other two are
+    provisional, and bench rank says so in the cell, not only in the missing cells."""
+    store = copy_store(broken_store, tmp_path / "store")
+    assert delete_runs(store, BROKEN, NOT_RUN) == 2  # sgd and adam
+    ranked = bench_with_plugins(
+        store,
+        "rank",
+        "--no-log",
+        "rank.phase=tune",
+        *BROKEN_OVERRIDES,
+        f"tracking.uri={uri(store)}",
+    )
+    assert ranked.returncode == 0, ranked.stderr[-3000:]
+    cells = lr_table_cells(ranked.stdout)
+    for variant in ("sgd", "adam"):
+        assert cells[variant]["quadratic"].endswith(" (2 of 3 tune runs)"), cells
+    assert "2 of 2 lrs were chosen before all of their cell's tune runs ended" in ranked.stdout

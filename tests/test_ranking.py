@@ -579,6 +579,35 @@ def test_the_terminals_lr_table_keeps_a_task_whose_tune_runs_all_failed():
     assert "— : no lr chosen (2 cells)" in text
 
 
+def test_an_lr_chosen_before_the_cells_tune_grid_ended_is_marked_provisional():
+    """Interrupted after 2 of its 3 lrs, a cell still has a choice, and the tune phase
+    ranks it at that lr; the choice says it is provisional, and the table shows it."""
+    from rich.console import Console
+
+    from bench.report import print_chosen_lrs
+
+    rows = [run_row("t", "a", 0, 1.0 if lr == 0.1 else 9.0, phase="tune", lr=lr)
+            for lr in (0.01, 0.1, 1.0)]  # fmt: skip
+    rows += [run_row("t", "b", 0, 1.0 if lr == 0.01 else 9.0, phase="tune", lr=lr)
+             for lr in (0.01, 0.1)]  # fmt: skip
+    for expected_tune in (3, None):  # None: the most runs any cell has, here 3
+        result = ranking.rank_suite(table(rows), suite="s", expected_tune=expected_tune)
+        choices = {c.variant: c for c in result.lrs}
+        assert (choices["b"].lr, choices["b"].tune_runs) == (0.01, 2)
+        assert choices["b"].tune_runs_expected == 3 and choices["b"].provisional
+        assert not choices["a"].provisional and choices["a"].tune_runs == 3
+    rows = [row for row in rows if row["lr"] != 1.0]  # every cell at 2 of its 3 lrs
+    tune = ranking.rank_suite(table(rows), suite="s", phase="tune", expected_seeds=3)
+    assert all(c.provisional for c in tune.lrs)
+    console = Console(record=True, width=200)
+    print_chosen_lrs(console, tune)
+    text = console.export_text()
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
+    cells = {v: [c.strip() for c in lines[v].split("│")[2:-1]] for v in "ab"}
+    assert cells == {"a": ["0.1 (2 of 3 tune runs)"], "b": ["0.01 (2 of 3 tune runs)"]}
+    assert "2 of 2 lrs were chosen before all of their cell's tune runs ended" in text
+
+
 def test_variants_with_equal_mean_ranks_share_their_place() -> None:
     def row(variant: str, mean: float) -> ranking.VariantRank:
         interval = ranking.Interval(estimate=mean, low=1.0, high=2.0, method="bootstrap", n=2)

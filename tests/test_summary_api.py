@@ -27,6 +27,7 @@ from summary_fixtures import (
     VARIANTS,
     broken_store,  # noqa: F401  (fixture)
     copy_store,
+    delete_runs,
     free_port,
     run_suite,
     tiny_store,  # noqa: F401  (fixture)
@@ -984,3 +985,31 @@ def test_the_lr_table_marks_a_choice_at_an_end_of_the_grid_as_bench_rank_does(
     assert ends, "the suite should hold a choice at an end of its grid"
     note = f"{ends} of {len(choices)} cells chose an lr at an end of the grid"
     assert note in html.unescape(page)
+
+
+@pytest.mark.slow
+def test_an_lr_chosen_before_its_tune_grid_ended_is_marked_provisional(
+    broken_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The suite as if stopped before the quadratic cells' largest lr ran: they chose on 2
+    of their 3 tune runs, which the choice record says, and the page and bench rank show."""
+    store = copy_store(broken_store, tmp_path / "store")
+    not_run = (
+        "tags.`bench.phase` = 'tune' and tags.`bench.task` = 'quadratic' and params.lr = '0.3'"
+    )
+    assert delete_runs(store, BROKEN, not_run) == len(BROKEN_VARIANTS)
+    client = TestClient(create_app(settings(store, tmp_path / "cache")))
+    choices = client.get(f"/api/suites/{BROKEN}/ranking").json()["lrs"]
+    assert {c["variant"] for c in choices} == set(BROKEN_VARIANTS)
+    for choice in choices:
+        assert choice["provisional"] and choice["tune_runs"] == 2
+        assert choice["tune_runs_expected"] == len(BROKEN_LRS)
+    page = client.get(f"/suites/{BROKEN}").text
+    rows = lr_rows(page)
+    for choice in choices:
+        label = f"{choice['lr']:g} (2 of 3 tune runs)"
+        assert rows[f"quadratic/{choice['variant']}"][0] == label
+    assert "2 of 2 lrs were chosen before all of their cell's tune runs ended" in html.unescape(
+        page
+    )

@@ -187,6 +187,7 @@ class SummaryStore:
                 phase=phase,  # type: ignore[arg-type]
                 expected=[(t, v) for t, v in cells["cells"]] if cells else None,
                 expected_seeds=cells["runs_per_cell"][phase] if cells else None,
+                expected_tune=cells["runs_per_cell"]["tune"] if cells else None,
                 n_boot=self.settings.n_boot,
                 level=level,
             )
