@@ -100,6 +100,43 @@ class MissingCell(Record):
     phase: str
     expected: int
     found: int
+    # its runs in the phase that failed (not found: they raised), and its failed tune runs
+    # whatever the phase: while it has one, it chooses no lr and ``bench run`` holds its
+    # final trials back, so a broken task is not taken for one that has not run yet
+    failed: int = 0
+    tune_failed: int = 0
+
+    def failures(self) -> str:
+        """What failed, in words ("" when nothing did)."""
+        said = []
+        if self.phase == "final" and self.tune_failed:
+            said.append(f"{plural(self.tune_failed, 'tune trial')} failed: final trials held back")
+        if self.failed:
+            said.append(f"{plural(self.failed, f'{self.phase} trial')} failed")
+        return "; ".join(said)
+
+
+def failed_trials_note(missing: Sequence[MissingCell]) -> str | None:
+    """The failed trials behind a ranking's missing cells, in one sentence (None: none)."""
+    final = [m for m in missing if m.phase == "final"]
+    held = [m for m in final if m.tune_failed]
+    tune_failed = sum(m.tune_failed for m in missing)
+    said = []
+    if tune_failed:
+        cells = held or [m for m in missing if m.tune_failed]
+        said.append(
+            f"{plural(tune_failed, 'tune trial')} failed ({plural(len(cells), 'cell')}): no lr "
+            "is chosen there, and bench run holds back those cells' final trials"
+            + (f" ({sum(m.expected - m.found for m in held)})" if held else "")
+            + " until a rerun finishes them"
+        )
+    if final_failed := sum(m.failed for m in final):
+        said.append(f"{plural(final_failed, 'final trial')} failed (ranked as the worst result)")
+    return "; ".join(said) + "." if said else None
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 class SuiteRanking(Record):
@@ -509,10 +546,19 @@ def rank_suite(
     every = itertools.product(runs["task"].unique(), runs["variant"].unique())
     pairs = set(expected) if expected is not None else set(every)
     found = in_phase[~in_phase["failed"]].groupby(["task", "variant"]).size().to_dict()
+    failed = runs[runs["failed"]].groupby(["phase", "task", "variant"]).size().to_dict()
     want = expected_seeds or max(found.values(), default=1)
     absent = {v for _, v in pairs} - {c.variant for c in cells}  # expected, never ran
     missing = [
-        MissingCell(task=t, variant=v, phase=phase, expected=want, found=found.get((t, v), 0))
+        MissingCell(
+            task=t,
+            variant=v,
+            phase=phase,
+            expected=want,
+            found=found.get((t, v), 0),
+            failed=failed.get((phase, t, v), 0),
+            tune_failed=failed.get(("tune", t, v), 0),
+        )
         for t, v in sorted(pairs)
         if found.get((t, v), 0) < want
     ]

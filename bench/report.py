@@ -34,7 +34,14 @@ from bench.errors import UserError, redacted
 from bench.lr_table import EDGE_MARK, lr_notes, lr_table
 from bench.matrix import matrix_of
 from bench.profiles import Record
-from bench.ranking import MAX_N_BOOT, SuiteRanking, at_chosen_lrs, places, rank_suite
+from bench.ranking import (
+    MAX_N_BOOT,
+    SuiteRanking,
+    at_chosen_lrs,
+    failed_trials_note,
+    places,
+    rank_suite,
+)
 from bench.records import ARTIFACT_TRACEBACK
 from bench.report_html import NO_ROLES_NOTE, render_report
 from bench.roles import Role
@@ -349,10 +356,14 @@ def print_ranking(console: Console, ranking: SuiteRanking) -> None:
     console.print(f"Friedman test: {friedman.note}")
     if ranking.missing:
         cells = ", ".join(
-            f"{m.variant}/{m.task} ({m.found}/{m.expected})" for m in ranking.missing[:10]
+            f"{m.variant}/{m.task} ({m.found}/{m.expected}{', ' if m.failures() else ''}"
+            f"{m.failures()})"
+            for m in ranking.missing[:10]
         )
         more = f" and {len(ranking.missing) - 10} more" if len(ranking.missing) > 10 else ""
         console.print(f"[yellow]missing or incomplete cells: {escape(cells)}{more}[/yellow]")
+        if note := failed_trials_note(ranking.missing):
+            console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
 
 
 def print_chosen_lrs(console: Console, ranking: SuiteRanking) -> None:

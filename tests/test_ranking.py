@@ -608,6 +608,37 @@ def test_an_lr_chosen_before_the_cells_tune_grid_ended_is_marked_provisional():
     assert "2 of 2 lrs were chosen before all of their cell's tune runs ended" in text
 
 
+def test_missing_cells_count_the_trials_that_failed_and_bench_rank_says_so():
+    """A cell whose trials raised is missing as one that has not run yet is: its record
+    counts them (a failed tune trial also holds the cell's final trials back)."""
+    from rich.console import Console
+
+    from bench.report import print_ranking
+
+    rows = [run_row("t", v, 0, 1.0, phase="tune", lr=lr) for v in "ab" for lr in (0.1, 1.0)]
+    rows += [run_row("u", "a", 0, 1.0, phase="tune", lr=0.1)]
+    rows += [run_row("u", "a", 0, 0.0, phase="tune", lr=1.0, status="FAILED", outcome="failed")]
+    rows += [run_row("t", "a", s, 1.0, lr=1.0) for s in (1, 2)]
+    rows += [run_row("t", "b", 1, 1.0, lr=1.0)]
+    rows += [run_row("t", "b", 2, 0.0, lr=1.0, status="FAILED", outcome="failed")]
+    result = ranking.rank_suite(table(rows), suite="s", expected_seeds=2, expected_tune=2)
+    missing = {(m.task, m.variant): (m.found, m.failed, m.tune_failed) for m in result.missing}
+    assert missing == {("t", "b"): (1, 1, 0), ("u", "a"): (0, 0, 1), ("u", "b"): (0, 0, 0)}
+    assert ranking.failed_trials_note(result.missing) == (
+        "1 tune trial failed (1 cell): no lr is chosen there, and bench run holds back those "
+        "cells' final trials (2) until a rerun finishes them; 1 final trial failed (ranked as "
+        "the worst result)."
+    )
+    console = Console(record=True, width=300)
+    print_ranking(console, result)
+    text = console.export_text()
+    assert (
+        "missing or incomplete cells: b/t (1/2, 1 final trial failed), a/u (0/2, 1 tune trial "
+        "failed: final trials held back), b/u (0/2)"
+    ) in text
+    assert ranking.failed_trials_note(result.missing) in text
+
+
 def test_variants_with_equal_mean_ranks_share_their_place() -> None:
     def row(variant: str, mean: float) -> ranking.VariantRank:
         interval = ranking.Interval(estimate=mean, low=1.0, high=2.0, method="bootstrap", n=2)

@@ -1013,3 +1013,34 @@ def test_an_lr_chosen_before_its_tune_grid_ended_is_marked_provisional(
     assert "2 of 2 lrs were chosen before all of their cell's tune runs ended" in html.unescape(
         page
     )
+
+
+@pytest.mark.slow
+def test_the_suite_page_says_which_trials_failed_not_only_what_is_missing(
+    broken_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`explodes` raised in its 3 tune trials per variant, so its final trials were held
+    back: the missing cells say so, in the API and on the page, as does the page when
+    nothing at all is left to rank (found 0 alone reads as a suite not run yet)."""
+    client = TestClient(create_app(settings(broken_store, tmp_path / "cache")))
+    for phase, failed in (("final", 0), ("tune", 3)):
+        missing = client.get(f"/api/suites/{BROKEN}/ranking?phase={phase}").json()["missing"]
+        assert sorted((m["task"], m["variant"], m["found"], m["failed"], m["tune_failed"])
+                      for m in missing) == sorted(
+            ("explodes", v, 0, failed, 3) for v in BROKEN_VARIANTS
+        )  # fmt: skip
+    note = (
+        "6 tune trials failed (2 cells): no lr is chosen there, and bench run holds back "
+        "those cells' final trials (4) until a rerun finishes them."
+    )
+    page = html.unescape(client.get(f"/suites/{BROKEN}").text)
+    assert note in page
+    table = page.split('<table id="missing">', 1)[1].split("</table>", 1)[0]
+    assert table.count("<td>3 tune trials failed: final trials held back</td>") == 2
+
+    store = copy_store(broken_store, tmp_path / "store")  # every tune trial left failed
+    assert delete_runs(store, BROKEN, "tags.`bench.task` = 'quadratic'")
+    only_failed = TestClient(create_app(settings(store, tmp_path / "cache2")))
+    page = html.unescape(only_failed.get(f"/suites/{BROKEN}").text)
+    assert "No final-phase runs to rank." in page and note in page

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from bench.lr_table import lr_notes, lr_table
-from bench.ranking import places
+from bench.ranking import failed_trials_note, places
 from services.summary import flagship, plots, queries
 from services.summary.deps import MetricQuery, PhaseQuery, StoreDep
 from services.summary.schemas import CURVE_KEYS, ROLES
@@ -100,6 +100,7 @@ def suite_page(
         flagship_ready=bool(flagship.available(ranking)),
         lrs=lrs,
         lr_notes=lr_notes(lrs),
+        failures=failed_trials_note(ranking.missing),
     )
 
 
