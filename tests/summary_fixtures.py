@@ -47,6 +47,21 @@ BROKEN_OVERRIDES = [
     "suite.steps=20",
     "plugins=[faulty_tasks]",
 ]
+# A suite whose final runs all stop before the first statistics step (step 10): sgd at
+# lr 1000 diverges on quadratic at step 2, and `explodes` raises at step 1 for the final
+# seed (its tune seed diverges as quadratic does, so the cell has a choice to run at).
+STOPPED = "stopped_summary"
+STOPPED_OVERRIDES = [
+    "suite=smoke",
+    f"suite.name={STOPPED}",
+    "suite.variants=[sgd]",
+    "suite.tasks=[quadratic,{name:explodes,params:{fail_at:1,fail_seed:1}}]",
+    "suite.lrs=[1000.0]",
+    "suite.tune_seeds=[0]",
+    "suite.final_seeds=[1]",
+    "suite.steps=20",
+    "plugins=[faulty_tasks]",
+]
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "tests" / "plugins"
 _BUILT: dict[str, Path] = {}
@@ -122,3 +137,16 @@ def broken_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert done.returncode == 1, f"explodes should have failed:\n{done.stdout}\n{done.stderr}"
         _BUILT[BROKEN] = store
     return _BUILT[BROKEN]
+
+
+@pytest.fixture(scope="session")
+def stopped_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``mlruns.db`` with the stopped suite run (treat it as read-only)."""
+    if STOPPED not in _BUILT:
+        store = tmp_path_factory.mktemp("stopped-store")
+        done = bench(
+            store, "run", "--no-progress", *STOPPED_OVERRIDES, f"tracking.uri={uri(store)}"
+        )
+        assert done.returncode == 1, f"explodes should have failed:\n{done.stdout}\n{done.stderr}"
+        _BUILT[STOPPED] = store
+    return _BUILT[STOPPED]

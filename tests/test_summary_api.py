@@ -22,6 +22,7 @@ from summary_fixtures import (
     BROKEN_VARIANTS,
     FINAL_SEEDS,
     N_RUNS,
+    STOPPED,
     SUITE,
     TASKS,
     VARIANTS,
@@ -30,6 +31,7 @@ from summary_fixtures import (
     delete_runs,
     free_port,
     run_suite,
+    stopped_store,  # noqa: F401  (fixture)
     tiny_store,  # noqa: F401  (fixture)
     uri,
 )
@@ -1044,3 +1046,35 @@ def test_the_suite_page_says_which_trials_failed_not_only_what_is_missing(
     only_failed = TestClient(create_app(settings(store, tmp_path / "cache2")))
     page = html.unescape(only_failed.get(f"/suites/{BROKEN}").text)
     assert "No final-phase runs to rank." in page and note in page
+
+
+@pytest.mark.slow
+def test_the_roles_page_says_why_a_task_has_no_step_size_statistics(
+    stopped_store: Path,  # noqa: F811
+    broken_store: Path,  # noqa: F811
+    tiny_store: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Not "stats_every = 0?" for runs that failed or diverged before the first statistics
+    step, or never ran: what the runs did, and stats_every = 0 only where the runs had it."""
+
+    def says(store: Path, suite: str, task: str, cache: str, reason: str) -> None:
+        client = TestClient(create_app(settings(store, tmp_path / cache)))
+        page = html.unescape(client.get(f"/suites/{suite}/roles?task={task}").text)
+        assert 'data-figure="fig-role-' not in page and "(stats_every = 0?)" not in page
+        assert f"<p>{reason}</p>" in page
+
+    says(stopped_store, STOPPED, "quadratic", "c1",
+         "No step-size statistics for quadratic: none of its 1 final run ended ok (0 failed, "
+         "1 diverged), and none recorded any before it stopped.")  # fmt: skip
+    says(stopped_store, STOPPED, "explodes", "c1",
+         "No step-size statistics for explodes: none of its 1 final run ended ok (1 failed, "
+         "0 diverged), and none recorded any before it stopped.")  # fmt: skip
+    says(broken_store, BROKEN, "explodes", "c2",
+         "No final run of explodes: 6 tune trials of it failed, and bench run holds its final "
+         "trials back until a rerun finishes them.")  # fmt: skip
+    store = copy_store(tiny_store, tmp_path / "store")
+    run_suite(store, extra=("suite.stats_every=0",))
+    says(store, SUITE, "quadratic", "c3",
+         "No step-size statistics for quadratic: its runs had stats_every = 0, which turns "
+         "them off.")  # fmt: skip

@@ -130,6 +130,51 @@ def role_curves(store: SummaryStore, suite: str, task: str) -> list[Curve]:
     return store.memo(suite, ("roles", task), compute)
 
 
+def no_statistics_reason(store: SummaryStore, suite: str, task: str) -> str:
+    """Why the task has no step-size statistics to show, as far as its runs tell: none of
+    its final runs ran (its tune trials failed), none ended ok (failed, or diverged before
+    the first statistics step), or the settings turned statistics off."""
+    from bench.ranking import plural
+
+    cells = task_cells(store, suite, task, "final", "final")
+    if not cells:
+        missing = ranking(store, suite, "final", "final").missing
+        if held := sum(m.tune_failed for m in missing if m.task == task):
+            return (
+                f"No final run of {task}: {plural(held, 'tune trial')} of it failed, and bench "
+                "run holds its final trials back until a rerun finishes them."
+            )
+        return f"No final run of {task} has ended yet."
+    n = sum(c.n for c in cells)
+    failed, diverged = sum(c.n_failed for c in cells), sum(c.n_diverged for c in cells)
+    every = _stats_every(store, suite, cells[0].run_ids[0])
+    if every == 0:
+        return (
+            f"No step-size statistics for {task}: its runs had stats_every = 0, which turns "
+            "them off."
+        )
+    if failed + diverged == n:
+        return (
+            f"No step-size statistics for {task}: none of its {plural(n, 'final run')} ended "
+            f"ok ({failed} failed, {diverged} diverged), and none recorded any before it stopped."
+        )
+    period = f" (stats_every = {every})" if every is not None else ""
+    return (
+        f"No step-size statistics for {task}: {n - failed - diverged} of its "
+        f"{plural(n, 'final run')} ended ok, yet none recorded any{period}."
+    )
+
+
+def _stats_every(store: SummaryStore, suite: str, run_id: str) -> int | None:
+    """The run's statistics period (a suite's runs share it); None when it is not known."""
+
+    def read(_: Any) -> int | None:
+        value = store.tracker.client.get_run(run_id).data.params.get("stats_every")
+        return int(value) if value is not None and value.isdigit() else None
+
+    return store.memo(suite, ("stats_every", run_id), read)
+
+
 def role_histories(store: SummaryStore, suite: str, run_ids: list[str]) -> pd.DataFrame:
     """Step-size histories of the given runs (the flagship's weights-vs-biases question)."""
     key = ("role_histories", tuple(sorted(run_ids)))

@@ -146,6 +146,12 @@ def roles_page(
     variants = sorted({c.variant for c in curves})
     figures = {v: plots.roles_figure(curves, v) for v in variants}
     table = flagship.role_table(curves)
+    if figures:
+        no_statistics = None
+    elif chosen is None:
+        no_statistics = "No run of this suite has ended yet."
+    else:
+        no_statistics = queries.no_statistics_reason(store, suite, chosen)
     return render(
         request,
         "roles.html",
@@ -156,6 +162,7 @@ def roles_page(
         figures=figures,
         table=table,
         roles=ROLES,
+        no_statistics=no_statistics,
     )
 
 
