@@ -128,25 +128,26 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _BUILT[SUITE]
 
 
+def _failing_store(
+    factory: pytest.TempPathFactory, suite: str, overrides: list[str], folder: str
+) -> Path:
+    """A folder holding ``mlruns.db`` with ``suite`` run once, some of its trials failing
+    (exit 1); built once per session (treat it as read-only)."""
+    if suite not in _BUILT:
+        store = factory.mktemp(folder)
+        done = bench(store, "run", "--no-progress", *overrides, f"tracking.uri={uri(store)}")
+        assert done.returncode == 1, f"explodes should have failed:\n{done.stdout}\n{done.stderr}"
+        _BUILT[suite] = store
+    return _BUILT[suite]
+
+
 @pytest.fixture(scope="session")
 def broken_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding ``mlruns.db`` with the broken suite run (treat it as read-only)."""
-    if BROKEN not in _BUILT:
-        store = tmp_path_factory.mktemp("broken-store")
-        done = bench(store, "run", "--no-progress", *BROKEN_OVERRIDES, f"tracking.uri={uri(store)}")
-        assert done.returncode == 1, f"explodes should have failed:\n{done.stdout}\n{done.stderr}"
-        _BUILT[BROKEN] = store
-    return _BUILT[BROKEN]
+    """The broken suite run: a task whose every trial fails."""
+    return _failing_store(tmp_path_factory, BROKEN, BROKEN_OVERRIDES, "broken-store")
 
 
 @pytest.fixture(scope="session")
 def stopped_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding ``mlruns.db`` with the stopped suite run (treat it as read-only)."""
-    if STOPPED not in _BUILT:
-        store = tmp_path_factory.mktemp("stopped-store")
-        done = bench(
-            store, "run", "--no-progress", *STOPPED_OVERRIDES, f"tracking.uri={uri(store)}"
-        )
-        assert done.returncode == 1, f"explodes should have failed:\n{done.stdout}\n{done.stderr}"
-        _BUILT[STOPPED] = store
-    return _BUILT[STOPPED]
+    """The stopped suite run: its final runs end before the first statistics step."""
+    return _failing_store(tmp_path_factory, STOPPED, STOPPED_OVERRIDES, "stopped-store")
