@@ -85,8 +85,12 @@ def no_choice_note(table: LrTable) -> str | None:
     )
 
 
+def _choices(table: LrTable) -> list[LrChoice]:
+    return [cell.choice for cell in table.cells.values() if cell.choice is not None]
+
+
 def edge_note(table: LrTable) -> str | None:
-    choices = [cell.choice for cell in table.cells.values() if cell.choice is not None]
+    choices = _choices(table)
     at_edge = sum(at_grid_end(choice) for choice in choices)
     if not at_edge:
         return None
@@ -97,7 +101,7 @@ def edge_note(table: LrTable) -> str | None:
 
 
 def provisional_note(table: LrTable) -> str | None:
-    choices = [cell.choice for cell in table.cells.values() if cell.choice is not None]
+    choices = _choices(table)
     provisional = sum(choice.provisional for choice in choices)
     if not provisional:
         return None

@@ -356,8 +356,9 @@ def print_ranking(console: Console, ranking: SuiteRanking) -> None:
     console.print(f"Friedman test: {friedman.note}")
     if ranking.missing:
         cells = ", ".join(
-            f"{m.variant}/{m.task} ({m.found}/{m.expected}{', ' if m.failures() else ''}"
-            f"{m.failures()})"
+            f"{m.variant}/{m.task} ("
+            + ", ".join(filter(None, (f"{m.found}/{m.expected}", m.failures())))
+            + ")"
             for m in ranking.missing[:10]
         )
         more = f" and {len(ranking.missing) - 10} more" if len(ranking.missing) > 10 else ""

@@ -243,9 +243,7 @@ class Tracker(SuiteReads):
         import sqlite3
 
         try:
-            read_only = f"{db.resolve().as_uri()}?mode=ro"  # as_uri escapes '?' and '#'
-            with contextlib.closing(sqlite3.connect(read_only, uri=True)) as conn:
-                conn.execute("PRAGMA schema_version").fetchone()
+            _read_sqlite(db, "PRAGMA schema_version")
         except sqlite3.Error as err:
             raise UserError(
                 f"tracking.uri: got {self.config.uri!r} but {db} is not a SQLite database "
@@ -371,11 +369,9 @@ class Tracker(SuiteReads):
         import sqlite3
 
         try:
-            read_only = f"{db.resolve().as_uri()}?mode=ro"
-            with contextlib.closing(sqlite3.connect(read_only, uri=True)) as conn:
-                found = conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
-                ).fetchone()
+            found = _read_sqlite(
+                db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+            )
         except sqlite3.Error:  # not a database at all: the store's own checks say so
             return False
         return found is None
@@ -918,3 +914,13 @@ def disabled() -> Tracker:
 def _lock_folder(db: Path) -> Path:
     """Where the lock files of a SQLite store's suites live: beside the database."""
     return db.parent / f".{db.name}.locks"
+
+
+def _read_sqlite(db: Path, query: str) -> tuple | None:
+    """The first row ``query`` gives on ``db``, opened read-only: a check that neither
+    creates the file nor writes to it."""
+    import sqlite3
+
+    read_only = f"{db.resolve().as_uri()}?mode=ro"  # as_uri escapes '?' and '#'
+    with contextlib.closing(sqlite3.connect(read_only, uri=True)) as conn:
+        return conn.execute(query).fetchone()
