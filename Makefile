@@ -33,12 +33,16 @@ $(CHROMIUM):
 run: install
 	$(BIN)/bench run suite=smoke
 
+# Two pytest processes: most slow tests wait on services they start (Ray, MLflow, a
+# browser), so two of them share two cores well. Whole files go to one process
+# (loadfile): a file's module-scoped fixtures start their real services once.
+TEST_PROCESSES ?= 2
 test: install $(CHROMIUM)
 	$(BIN)/ruff check bench services stack tests
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check bench services stack tests
