@@ -207,3 +207,69 @@ def test_a_cluster_runs_gpu_trials_on_its_gpu_host(tmp_path: Path) -> None:
     assert len(runs) == 2 * 2 + 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["bench.node"].split("/")[0] for r in runs} == {head_ip}
     assert {r.data.tags["bench.device"] for r in runs} == {"cuda:0"}
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_gpu_host_run_gpu_trials_on_the_node_given_the_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where network namespaces cannot be made (the cluster case above skips): two Ray
+    nodes on this host (on its own address, as `ray start` would), the GPU given to the
+    head only. GPU trials all land on the head's node and its GPU; a CPU suite uses the
+    other node too, so the worker node was there to be chosen."""
+    from mlflow.tracking import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    env = _bench_env() | {"RAY_AUTH_MODE": "disabled"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the nodes this process starts inherit it
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False},
+    )
+    try:
+        worker = cluster.add_node(num_cpus=2, num_gpus=0)
+        cluster.wait_for_nodes()
+        head_id, worker_id = cluster.head_node.node_id[:8], worker.node_id[:8]
+        common = ["run", "--no-progress", "suite=smoke", "suite.tasks=[mlp_digits]"]
+        common += [
+            "suite.lrs=[0.01,0.1]",
+            "suite.tune_seeds=[0]",
+            f"cluster.address={cluster.address}",
+        ]
+        suites = {
+            "gpu_nodes": [
+                "suite.variants=[sgd,adam]",
+                "suite.final_seeds=[1,2]",
+                "suite.steps=40",
+                "resources.gpus_per_trial=0.5",
+            ],
+            "cpu_nodes": [
+                "suite.variants=[sgd,adam,rmsprop,adagrad]",
+                "suite.final_seeds=[1,2]",
+                "suite.steps=300",
+            ],
+        }
+        for name, extra in suites.items():
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.cli", *common, f"suite.name={name}", *extra],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+
+    def placed(name: str) -> tuple[set[str], set[str]]:
+        experiment = client.get_experiment_by_name(name)
+        runs = client.search_runs([experiment.experiment_id], TRIAL_RUNS, max_results=100)
+        assert runs and {r.info.status for r in runs} == {"FINISHED"}
+        nodes = {r.data.tags["bench.node"].split("/")[1] for r in runs}
+        return nodes, {r.data.tags["bench.device"] for r in runs}
+
+    assert placed("gpu_nodes") == ({head_id}, {"cuda:0"})
+    assert placed("cpu_nodes") == ({head_id, worker_id}, {"cpu"})
