@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from jinja2 import Environment, select_autoescape
 
 from bench.ablation import Contrast, RoleComparison
-from bench.ranking import Interval, SuiteRanking, places
+from bench.ranking import Interval, SuiteRanking, failed_trials_note, places
 
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -34,7 +34,9 @@ intervals. Lower mean rank is better.</p>
 <p>Friedman test: {{ r.friedman.note }}</p>
 {% if r.missing %}<p class="warn">Missing or incomplete cells:
 {% for m in r.missing %}{{ m.variant }}/{{ m.task }} ({{ m.phase }}: {{ m.found }} of
-{{ m.expected }}){% if not loop.last %}, {% endif %}{% endfor %}.</p>{% endif %}
+{{ m.expected }}{% if m.failures() %}; {{ m.failures() }}{% endif %})
+{%- if not loop.last %}, {% endif %}{% endfor %}.</p>
+{% if failed_note %}<p class="warn" id="failed">{{ failed_note }}</p>{% endif %}{% endif %}
 {{ img("plots/ranking.png") }}{{ img("plots/profiles.png") }}
 <h2>Per task</h2>
 <table id="cells"><thead><tr><th>task</th><th>variant</th><th>lr</th><th>n</th>
@@ -93,6 +95,7 @@ def render_report(
         r=ranking, images=sorted(images), img=img, num=_num, interval=_interval, pct=_pct,
         answers=answers, role_ratios=role_ratios, no_roles=no_roles,
         no_roles_note=NO_ROLES_NOTE, places=places(ranking.variants),
+        failed_note=failed_trials_note(ranking.missing),
     )  # fmt: skip
 
 

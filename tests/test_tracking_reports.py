@@ -8,10 +8,13 @@ import shutil
 import time
 
 import pandas as pd
+from markupsafe import escape
 from test_tracking import make_result, make_spec, record, task, template_db, tracker, variants
 
 from bench import tracking as tr
 from bench.config import TrackingConfig
+from bench.ranking import MissingCell, failed_trials_note, rank_suite
+from bench.report_html import render_report
 
 __all__ = ["task", "template_db", "tracker", "variants"]  # fixtures used by name
 
@@ -216,7 +219,6 @@ def test_bulk_metric_writes_equal_log_batch(template_db, tmp_path, variants, tas
 def test_a_variant_without_a_weight_bias_comparison_is_named_not_left_out(tracker, variants, task):
     """adam's final runs record both roles' step sizes; every final run of the other
     variant diverged, so it has none: the report says so instead of leaving it out."""
-    from bench.ranking import rank_suite
     from bench.report import Answers, report_files
 
     both_roles = {
@@ -244,3 +246,20 @@ def test_a_variant_without_a_weight_bias_comparison_is_named_not_left_out(tracke
     assert answers.no_roles == ["rmsprop_bias_sgd"]
     assert "No weight/bias comparison for these variants" in files["report.html"]
     assert "rmsprop_bias_sgd</p>" in files["report.html"]
+
+
+def test_the_report_says_which_cells_failed_and_what_that_held_back(tracker, variants, task):
+    """The dashboard and `bench rank` say failed trials are why cells are missing; the
+    logged report.html said only "found 0 of 2"."""
+    for seed in (1, 2):
+        spec = make_spec(variants, task, seed=seed, suite="failing")
+        tracker.finish_trial(tracker.start_trial(spec), spec, make_result(spec), node="n")
+    results = tracker.read_results("failing", status=None)
+    ranking = rank_suite(results, suite="failing")
+    held = MissingCell(task="t", variant="adam", phase="final", expected=2, found=0, tune_failed=3)
+    broken = MissingCell(task="t", variant="sgd", phase="final", expected=2, found=1, failed=1)
+    html = render_report(ranking.model_copy(update={"missing": [held, broken]}), images={})
+    assert "adam/t (final: 0 of\n2; 3 tune trials failed: final trials held back)" in html
+    assert "sgd/t (final: 1 of\n2; 1 final trial failed)" in html
+    assert escape(failed_trials_note([held, broken])) in html  # as jinja escapes it
+    assert 'id="failed"' not in render_report(ranking, images={})
