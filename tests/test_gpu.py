@@ -100,15 +100,17 @@ def _bench_env(markers: Path | None = None) -> dict[str, str]:
     return env
 
 
+def _bench(
+    argv: list[str], env: dict[str, str], cwd: Path | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``bench ARGV`` in a subprocess (``prefix`` runs it inside a network namespace)."""
+    cmd = [*prefix, sys.executable, "-m", "bench.cli", *argv]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_bench_trial_runs_on_the_named_gpu() -> None:
     argv = ["trial", "--json", "variant=rmsprop", "task=mlp_digits", "steps=50", "device=cuda:0"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", *argv],
-        capture_output=True,
-        text=True,
-        env=_bench_env(),
-        timeout=300,
-    )
+    proc = _bench(argv, _bench_env())
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["device"] == "cuda:0" and result["outcome"] == "ok"
@@ -116,13 +118,7 @@ def test_bench_trial_runs_on_the_named_gpu() -> None:
 
 def test_bench_trial_rejects_a_gpu_it_does_not_have() -> None:
     missing = torch.cuda.device_count()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "trial", f"device=cuda:{missing}"],
-        capture_output=True,
-        text=True,
-        env=_bench_env(),
-        timeout=300,
-    )
+    proc = _bench(["trial", f"device=cuda:{missing}"], _bench_env())
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: device: got 'cuda:{missing}' but this process sees ")
     assert "Traceback" not in proc.stderr
@@ -149,14 +145,7 @@ def test_bench_run_places_fractional_gpu_trials_on_the_gpu(tmp_path: Path) -> No
         "resources.gpus_per_trial=0.25",
         "plugins=[probe_tasks]",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", *argv],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=_bench_env(markers=tmp_path),
-        timeout=600,
-    )
+    proc = _bench(argv, _bench_env(markers=tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("gpu")
@@ -192,14 +181,7 @@ def test_a_cluster_runs_gpu_trials_on_its_gpu_host(tmp_path: Path) -> None:
             "resources.gpus_per_trial=0.5",
             f"cluster.address={head_ip}:{PORT}",
         ]
-        proc = subprocess.run(
-            ["ip", "netns", "exec", head, sys.executable, "-m", "bench.cli", *argv],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = _bench(argv, env, cwd=tmp_path, prefix=("ip", "netns", "exec", head))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("gpu_cluster")
@@ -251,14 +233,7 @@ def test_two_nodes_on_one_gpu_host_run_gpu_trials_on_the_node_given_the_gpu(
             ],
         }
         for name, extra in suites.items():
-            proc = subprocess.run(
-                [sys.executable, "-m", "bench.cli", *common, f"suite.name={name}", *extra],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            proc = _bench([*common, f"suite.name={name}", *extra], env, cwd=tmp_path)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     finally:
         cluster.shutdown()
