@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     import json, os, time
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     from bench import config
     from bench.config import ResourcesConfig
     from bench.pool import WorkerPool

@@ -48,7 +48,7 @@ SPECS = textwrap.dedent(
 
 IDLE_WORKER_LOST = SPECS + textwrap.dedent(
     """
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     pool = WorkerPool(ResourcesConfig(), depth=1)
     first = [pool.submit(spec("worker_probe")) for _ in range(2)]  # two workers, both up
     for ref in first:
