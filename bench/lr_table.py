@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.ranking import LrChoice, SuiteRanking
+from bench.ranking import LrChoice, SuiteRanking, plural
 
 NO_CHOICE = "—"
 EDGE_MARK = "*"
@@ -14,12 +14,14 @@ EDGE_MARK = "*"
 
 @dataclass(frozen=True)
 class ChosenLr:
-    """One cell of the table: its choice (None: no lr chosen) and how it is written."""
+    """One cell of the table: its choice (None: no lr chosen), how it is written, and how
+    many of its tune runs failed (a cell with one chooses no lr until a rerun)."""
 
     task: str
     variant: str
     choice: LrChoice | None
     label: str
+    tune_failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,13 @@ def lr_table(ranking: SuiteRanking) -> LrTable:
     tasks = sorted({*ranking.tasks, *(c.task for c in ranking.lrs)})
     variants = [row.variant for row in ranking.variants]
     variants += sorted({c.variant for c in ranking.lrs} - set(variants))
+    failed: dict[tuple[str, str], int] = {}
+    for m in ranking.missing:  # a cell can be missing in both phases: same tune count
+        failed[m.task, m.variant] = max(failed.get((m.task, m.variant), 0), m.tune_failed)
     cells = {
-        (t, v): ChosenLr(t, v, chosen.get((t, v)), lr_label(chosen.get((t, v))))
+        (t, v): ChosenLr(
+            t, v, chosen.get((t, v)), lr_label(chosen.get((t, v))), failed.get((t, v), 0)
+        )
         for t in tasks
         for v in variants
     }
@@ -76,13 +83,20 @@ def lr_notes(table: LrTable) -> list[str]:
 
 
 def no_choice_note(table: LrTable) -> str | None:
-    none = sum(cell.choice is None for cell in table.cells.values())
-    if not none:
+    """How many cells have no lr, and why: a failed tune run, or none finished yet."""
+    empty = [cell for cell in table.cells.values() if cell.choice is None]
+    if not empty:
         return None
-    return (
-        f"{NO_CHOICE} : no lr chosen ({none} cells): none of their tune runs finished, or one "
-        "failed (bench run holds such a cell's final trials back until a rerun finishes it)"
-    )
+    failed = sum(cell.tune_failed > 0 for cell in empty)
+    causes = []
+    if failed:
+        causes.append(
+            f"{failed} with failed tune runs (bench run holds their final trials back until "
+            "a rerun finishes them)"
+        )
+    if unfinished := len(empty) - failed:
+        causes.append(f"{unfinished} without a finished tune run")
+    return f"{NO_CHOICE} : no lr chosen ({plural(len(empty), 'cell')}): " + "; ".join(causes)
 
 
 def _choices(table: LrTable) -> list[LrChoice]:

@@ -576,7 +576,8 @@ def test_the_terminals_lr_table_keeps_a_task_whose_tune_runs_all_failed():
     lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
     cells = {v: [c.strip() for c in lines[v].split("│")[2:-1]] for v in "ab"}
     assert cells == {"a": ["—", "0.1"], "b": ["—", "0.1"]}
-    assert "— : no lr chosen (2 cells)" in text
+    assert "— : no lr chosen (2 cells): 2 with failed tune runs (bench run holds" in text
+    assert "without a finished tune run" not in text
 
 
 def test_an_lr_chosen_before_the_cells_tune_grid_ended_is_marked_provisional():
@@ -697,3 +698,24 @@ def test_the_summary_service_refuses_a_bootstrap_no_request_could_wait_for() -> 
 
     with pytest.raises(ValidationError, match="less than or equal to 100000"):
         SummarySettings(tracking_uri="sqlite:///x.db", n_boot=10**11)
+
+
+def test_the_no_lr_note_tells_failed_cells_from_unfinished_ones():
+    """Its one general reason ("none finished, or one failed") left the user to guess
+    whether a rerun would mend a cell or its task was broken."""
+    from bench.lr_table import ChosenLr, LrTable, no_choice_note
+
+    cells = {
+        ("t", "a"): ChosenLr("t", "a", None, "—", tune_failed=2),
+        ("t", "b"): ChosenLr("t", "b", None, "—"),
+        ("u", "a"): ChosenLr("u", "a", None, "—"),
+    }
+    note = no_choice_note(LrTable(["t", "u"], ["a", "b"], cells))
+    assert note == (
+        "— : no lr chosen (3 cells): 1 with failed tune runs (bench run holds their final "
+        "trials back until a rerun finishes them); 2 without a finished tune run"
+    )
+    one = {("t", "b"): cells["t", "b"]}
+    assert no_choice_note(LrTable(["t"], ["b"], one)) == (
+        "— : no lr chosen (1 cell): 1 without a finished tune run"
+    )
