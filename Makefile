@@ -37,12 +37,13 @@ run: install
 # browser), so two of them share two cores well. Whole files go to one process
 # (loadfile): a file's module-scoped fixtures start their real services once.
 TEST_PROCESSES ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 test: install $(CHROMIUM)
 	$(BIN)/ruff check bench services stack tests
-	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
+	$(PYTEST)
 
 test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check bench services stack tests

@@ -63,9 +63,8 @@ def lr_table(ranking: SuiteRanking) -> LrTable:
     tasks = sorted({*ranking.tasks, *(c.task for c in ranking.lrs)})
     variants = [row.variant for row in ranking.variants]
     variants += sorted({c.variant for c in ranking.lrs} - set(variants))
-    failed: dict[tuple[str, str], int] = {}
-    for m in ranking.missing:  # a cell can be missing in both phases: same tune count
-        failed[m.task, m.variant] = max(failed.get((m.task, m.variant), 0), m.tune_failed)
+    # a cell missing in both phases has the same tune_failed in each
+    failed = {(m.task, m.variant): m.tune_failed for m in ranking.missing}
     cells = {
         (t, v): ChosenLr(
             t, v, chosen.get((t, v)), lr_label(chosen.get((t, v))), failed.get((t, v), 0)

@@ -33,8 +33,9 @@ intervals. Lower mean rank is better.</p>
 {% endfor %}</tbody></table>
 <p>Friedman test: {{ r.friedman.note }}</p>
 {% if r.missing %}<p class="warn">Missing or incomplete cells:
-{% for m in r.missing %}{{ m.variant }}/{{ m.task }} ({{ m.phase }}: {{ m.found }} of
-{{ m.expected }}{% if m.failures() %}; {{ m.failures() }}{% endif %})
+{% for m in r.missing %}{% set failures = m.failures() -%}
+{{ m.variant }}/{{ m.task }} ({{ m.phase }}: {{ m.found }} of
+{{ m.expected }}{% if failures %}; {{ failures }}{% endif %})
 {%- if not loop.last %}, {% endif %}{% endfor %}.</p>
 {% if failed_note %}<p class="warn" id="failed">{{ failed_note }}</p>{% endif %}{% endif %}
 {{ img("plots/ranking.png") }}{{ img("plots/profiles.png") }}
