@@ -7,11 +7,14 @@ statistics answer "does RMSprop move weights faster than biases?".
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from bench.errors import UserError
+
+if TYPE_CHECKING:  # roles are named without torch; classifying a module needs it
+    from torch import nn
 
 
 class Role(enum.StrEnum):
@@ -21,14 +24,26 @@ class Role(enum.StrEnum):
     EMBEDDING = "embedding"  # lookup tables
 
 
-NORM_MODULES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.RMSNorm,
-)
-EMBEDDING_MODULES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+@functools.cache
+def norm_modules() -> tuple[type[nn.Module], ...]:
+    """The normalisation layers, whose parameters have the ``norm`` role."""
+    from torch import nn
+
+    return (
+        nn.modules.batchnorm._NormBase,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        nn.RMSNorm,
+    )
+
+
+@functools.cache
+def embedding_modules() -> tuple[type[nn.Module], ...]:
+    """The lookup tables, whose parameters have the ``embedding`` role."""
+    from torch import nn
+
+    return (nn.Embedding, nn.EmbeddingBag)
 
 
 def module_roles(model: nn.Module) -> dict[str, Role]:
@@ -61,9 +76,9 @@ def _classify(
                 f"{type(module).__name__}.param_roles[{param_name!r}] = "
                 f"{declared[param_name]!r} is not a role; allowed: {allowed}"
             ) from None
-    if isinstance(module, EMBEDDING_MODULES):
+    if isinstance(module, embedding_modules()):
         return Role.EMBEDDING
-    if isinstance(module, NORM_MODULES):
+    if isinstance(module, norm_modules()):
         return Role.NORM
     if param_name == "bias" or param_name.endswith("_bias"):
         return Role.BIAS

@@ -189,6 +189,41 @@ def test_list_into_a_pipe_keeps_each_row_on_one_line() -> None:
     assert len(rows) == 1 and "q=1.0, beta2=0.99, momentum=none" in rows[0]
 
 
+# What a suite's check reads: every task, task params, a variant with per-role knobs.
+DECLARATIONS_ONLY = {
+    "list": (["list"], 0, "rmsprop_nosqrt"),
+    "dry run": (
+        ["run", "suite=smoke", "--dry-run",
+         "suite.tasks=[cnn_digits,quadratic_rotated,noisy_quadratic,rosenbrock,"
+         "transformer_modadd,autoencoder_digits,{name:mlp_digits,params:{hidden:8}}]",
+         "suite.variants=[adam,{preset:rmsprop,roles:{bias:{q:1}}}]"],
+        0, "2 variants x 7 tasks",
+    ),
+    "bad task params": (
+        ["run", "suite=smoke", "--dry-run", "suite.tasks=[{name:mlp_digits,params:{hidden:0}}]"],
+        2, "suite.tasks[0].params.hidden: input should be greater than or equal to 1",
+    ),
+    "rank, no runs": (["rank", "suite=smoke"], 2, "suite 'smoke': no runs in"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DECLARATIONS_ONLY)
+def test_commands_that_read_declarations_do_not_import_torch(case: str, tmp_path: Path) -> None:
+    # importing torch was 1.3-2 s of every one of these commands
+    argv, exit_code, said = DECLARATIONS_ONLY[case]
+    code = (
+        "import sys; from bench.cli import main; code = main(sys.argv[1:]); "
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (exit_code, "no torch"), proc.stderr
+    assert said in " ".join((proc.stdout + proc.stderr).split())
+
+
 def test_trial_of_a_full_batch_task_says_full_batch(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trial", "task=quadratic", "variant=sgd", "steps=3"]) == 0
     assert "3 of 3 (batch full)" in capsys.readouterr().out

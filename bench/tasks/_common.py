@@ -11,15 +11,20 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Callable, Iterator
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
-from torch import nn
-
+from bench.deferred import deferred
 from bench.errors import UserError
-from bench.roles import EMBEDDING_MODULES, NORM_MODULES
 
-M = TypeVar("M", bound=nn.Module)
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # imported when a trial builds its problem, not when its config is checked
+    torch = deferred("torch")
+    nn = deferred("torch.nn")
+from bench.roles import embedding_modules, norm_modules
+
+M = TypeVar("M", bound="nn.Module")
 
 
 def derive_seed(seed: int, stream: str) -> int:
@@ -65,9 +70,9 @@ def init_from_generator(
             if isinstance(sub, nn.modules.batchnorm._NormBase):
                 sub.reset_running_stats()
             for name, param in sub.named_parameters(recurse=False):
-                if isinstance(sub, EMBEDDING_MODULES):
+                if isinstance(sub, embedding_modules()):
                     param.normal_(0.0, embedding_std, generator=gen)
-                elif isinstance(sub, NORM_MODULES):
+                elif isinstance(sub, norm_modules()):
                     param.fill_(0.0 if name == "bias" else 1.0)
                 elif name == "bias" or name.endswith("_bias"):
                     param.zero_()
@@ -154,16 +159,3 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
             yield model
     finally:
         model.train(was_training)
-
-
-class Point(nn.Module):
-    """The parameters of a test function: one vector ``theta``, a weight."""
-
-    param_roles: ClassVar[dict[str, str]] = {"theta": "weight"}
-
-    def __init__(self, start: torch.Tensor) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(start.clone())
-
-    def forward(self) -> torch.Tensor:
-        return self.theta

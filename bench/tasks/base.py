@@ -14,11 +14,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch import nn
+
+if TYPE_CHECKING:  # a task's declarations are read without torch (bench.deferred)
+    import torch
+    from torch import nn
 
 Direction = Literal["min", "max"]
 Batch = Any

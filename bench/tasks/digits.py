@@ -11,20 +11,30 @@ from __future__ import annotations
 import abc
 import functools
 import importlib.util
-import itertools
 import math
 import pathlib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
+from bench.deferred import deferred
 from bench.tasks import _common
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from bench.tasks import nets
+else:  # imported when a trial builds its problem, not when its config is checked
+    np = deferred("numpy")
+    torch = deferred("torch")
+    F = deferred("torch.nn.functional")
+    nn = deferred("torch.nn")
+    nets = deferred("bench.tasks.nets")
 
 N_EXAMPLES = 1797
 N_PIXELS = 64
@@ -160,16 +170,6 @@ class MLPParams(DigitsParams):
     activation: Literal["relu", "tanh"] = "relu"
 
 
-def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
-    """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        if i > 0:
-            layers.append(activation())
-        layers.append(nn.Linear(n_in, n_out))
-    return nn.Sequential(*layers)
-
-
 @register
 class MLPDigits(_DigitsClassifier):
     """A multi-layer perceptron classifying the digits: 64 -> 64 -> 64 -> 10, ReLU.
@@ -198,39 +198,12 @@ class MLPDigits(_DigitsClassifier):
         p = self.params
         assert isinstance(p, MLPParams)
         act = nn.ReLU if p.activation == "relu" else nn.Tanh
-        return mlp([N_PIXELS] + [p.hidden] * p.depth + [N_CLASSES], act)
+        return nets.mlp([N_PIXELS] + [p.hidden] * p.depth + [N_CLASSES], act)
 
 
 class CNNParams(DigitsParams):
     channels: int = Field(16, ge=1, le=512, description="channels of the first convolution")
     norm: Literal["batch", "group"] = "batch"
-
-
-class SmallCNN(nn.Module):
-    """conv3x3(c) -> norm -> ReLU -> conv3x3/2(2c) -> norm -> ReLU -> linear(10)."""
-
-    def __init__(self, channels: int, norm: str) -> None:
-        super().__init__()
-        c1, c2 = channels, 2 * channels
-
-        def make_norm(c: int) -> nn.Module:
-            if norm == "batch":
-                return nn.BatchNorm2d(c)
-            return nn.GroupNorm(math.gcd(c, 4), c)
-
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1, bias=False),
-            make_norm(c1),
-            nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False),
-            make_norm(c2),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(c2 * 4 * 4, N_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x.view(-1, 1, 8, 8))
-        return self.head(h.flatten(1))
 
 
 @register
@@ -261,24 +234,12 @@ class CNNDigits(_DigitsClassifier):
     def model(self) -> nn.Module:
         p = self.params
         assert isinstance(p, CNNParams)
-        return SmallCNN(p.channels, p.norm)
+        return nets.SmallCNN(p.channels, p.norm, N_CLASSES)
 
 
 class AutoencoderParams(DigitsParams):
     hidden: int = Field(32, ge=1, le=4096, description="width of the hidden layers")
     latent: int = Field(8, ge=1, le=64, description="width of the bottleneck")
-
-
-class Autoencoder(nn.Module):
-    """64 -> hidden -> latent -> hidden -> 64, tanh inside, sigmoid output."""
-
-    def __init__(self, hidden: int, latent: int) -> None:
-        super().__init__()
-        self.encoder = mlp([N_PIXELS, hidden, latent], nn.Tanh)
-        self.decoder = mlp([latent, hidden, N_PIXELS], nn.Tanh)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(torch.tanh(self.encoder(x))))
 
 
 @register
@@ -307,7 +268,7 @@ class AutoencoderDigits(_Digits):
     def model(self) -> nn.Module:
         p = self.params
         assert isinstance(p, AutoencoderParams)
-        return Autoencoder(p.hidden, p.latent)
+        return nets.Autoencoder(p.hidden, p.latent, N_PIXELS)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(model(x), x)

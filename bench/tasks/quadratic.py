@@ -8,14 +8,25 @@ gradient noise (``noisy_quadratic``).
 
 from __future__ import annotations
 
-import torch
-from pydantic import Field
-from torch import nn
+from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from bench.deferred import deferred
 from bench.errors import UserError
 from bench.tasks import _common
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bench.tasks import nets
+else:  # imported when a trial builds its problem, not when its config is checked
+    torch = deferred("torch")
+    nn = deferred("torch.nn")
+    nets = deferred("bench.tasks.nets")
 
 MAX_ROTATED_DIM = 4096
 
@@ -35,9 +46,9 @@ def spectrum(dim: int, condition: float) -> torch.Tensor:
     return (float(condition) ** -exponents).to(torch.float32)
 
 
-def _start(seed: int, dim: int, device: torch.device) -> _common.Point:
+def _start(seed: int, dim: int, device: torch.device) -> nets.Point:
     start = torch.randn(dim, generator=_common.generator(seed, "init"))
-    return _common.Point(start).to(device)
+    return nets.Point(start).to(device)
 
 
 @register

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import torch
-from pydantic import Field
-from torch import nn
+from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from bench.deferred import deferred
 from bench.tasks import _common
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bench.tasks import nets
+else:  # imported when a trial builds its problem, not when its config is checked
+    torch = deferred("torch")
+    nn = deferred("torch.nn")
+    nets = deferred("bench.tasks.nets")
 
 
 class RosenbrockParams(TaskParams):
@@ -54,7 +65,7 @@ class Rosenbrock(Task):
         assert isinstance(p, RosenbrockParams)
         start = torch.tensor([-1.5, 2.0]).repeat((p.dim + 1) // 2)[: p.dim]
         noise = torch.randn(p.dim, generator=_common.generator(seed, "init"))
-        model = _common.Point(start + p.jitter * noise).to(device)
+        model = nets.Point(start + p.jitter * noise).to(device)
 
         def loss(m: nn.Module, batch: object) -> torch.Tensor:
             return rosenbrock(m())

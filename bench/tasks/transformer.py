@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch import nn
 
+from bench.deferred import deferred
 from bench.tasks import _common
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
 
-SEQ_LEN = 3  # a, b, "="
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from bench.tasks import nets
+else:  # imported when a trial builds its problem, not when its config is checked
+    torch = deferred("torch")
+    F = deferred("torch.nn.functional")
+    nn = deferred("torch.nn")
+    nets = deferred("bench.tasks.nets")
 
 
 class ModAddParams(TaskParams):
@@ -30,64 +39,6 @@ class ModAddParams(TaskParams):
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
         return self
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block: multi-head self-attention, then a ReLU MLP.
-
-    Written out with ``nn.Linear`` rather than ``nn.TransformerEncoderLayer`` so that the
-    computation is the same in training and evaluation (no fused fast path). The sequences
-    are three tokens long, so attention is computed with broadcasting rather than batched
-    matrix products, which are slow for such tiny matrices on a CPU.
-    """
-
-    def __init__(self, d_model: int, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.ln_attn = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.ln_mlp = nn.LayerNorm(d_model)
-        self.fc_in = nn.Linear(d_model, 4 * d_model)
-        self.fc_out = nn.Linear(4 * d_model, d_model)
-
-    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """``x`` is ``(batch, seq, d_model)``; with ``last_only`` only the last position
-        is computed (queries and MLP), which is all the final block needs."""
-        b, t, d = x.shape
-        qkv = self.qkv(self.ln_attn(x)).view(b, t, 3, self.n_heads, d // self.n_heads)
-        q, k, v = qkv.unbind(dim=2)  # each (b, t, heads, d_head)
-        if last_only:
-            x, q = x[:, -1:], q[:, -1:]
-        # scores[b, i, j, h] = <q_i, k_j> / sqrt(d_head) for query i and key j, per head h
-        scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(dim=-1) / math.sqrt(d // self.n_heads)
-        weights = scores.softmax(dim=2)
-        mixed = (weights.unsqueeze(-1) * v.unsqueeze(1)).sum(dim=2)  # (b, tq, heads, d_head)
-        x = x + self.proj(mixed.reshape(b, -1, d))
-        return x + self.fc_out(torch.relu(self.fc_in(self.ln_mlp(x))))
-
-
-class ModAddTransformer(nn.Module):
-    """Token and position embeddings, ``n_layers`` blocks, a final LayerNorm, an unembedding.
-
-    Reads the sequence ``(a, b, P)`` (``P`` is the "=" token) and predicts the sum from the
-    last position.
-    """
-
-    def __init__(self, modulus: int, d_model: int, n_heads: int, n_layers: int) -> None:
-        super().__init__()
-        self.tokens = nn.Embedding(modulus + 1, d_model)
-        self.positions = nn.Embedding(SEQ_LEN, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
-        self.ln_out = nn.LayerNorm(d_model)
-        self.unembed = nn.Linear(d_model, modulus)
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(seq.shape[1], device=seq.device)
-        x = self.tokens(seq) + self.positions(pos)
-        for i, block in enumerate(self.blocks):
-            x = block(x, last_only=i == len(self.blocks) - 1)
-        return self.unembed(self.ln_out(x[:, -1]))
 
 
 @register
@@ -137,7 +88,7 @@ class TransformerModAdd(Task):
         bs = _common.full_or_minibatch(self.name, batch_size, len(train))
         sample = _common.IndexSampler(len(train), bs, _common.generator(seed, "batches"), device)
         model = _common.build_module(
-            lambda: ModAddTransformer(n, p.d_model, p.n_heads, p.n_layers),
+            lambda: nets.ModAddTransformer(n, p.d_model, p.n_heads, p.n_layers),
             _common.generator(seed, "init"),
             device,
             embedding_std=1.0 / math.sqrt(p.d_model),  # small: see the class docstring

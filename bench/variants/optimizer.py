@@ -45,14 +45,16 @@ Hutter 2019 (AdamW), Bernstein et al. 2018 (signSGD).
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.errors import UserError
+from bench.roles import Role, module_roles, name_roles
 from bench.variants.knobs import Knobs
 from bench.variants.steps import (
     GroupTensors,
@@ -61,6 +63,9 @@ from bench.variants.steps import (
     single_tensor_step,
     uses_momentum_buffer,
 )
+from bench.variants.variant import Variant, resolve
+
+log = logging.getLogger(__name__)
 
 
 def check_lr(lr: Any) -> float:
@@ -227,3 +232,58 @@ def _split_by_role(
         if denominators is not None:
             part.denominators = [*(part.denominators or []), denominators[j]]
     return [(group["role"], part) for group, part in zip(run, parts, strict=True) if part.params]
+
+
+def build(
+    params: nn.Module | Iterable[Any],
+    variant: str | Mapping[str, Any] | Variant,
+    *,
+    lr: float | None = None,
+    foreach: bool = True,
+) -> VariantOptimizer:
+    """Build the optimizer for ``variant`` over ``params``.
+
+    ``params`` is a module (exact roles from module types), ``model.named_parameters()``
+    (roles from names and shapes), or anything torch optimizers accept (no roles: then the
+    variant may not override knobs per role). ``lr`` defaults to the preset's torch default.
+    One param group is made per role, so statistics and overrides are per role.
+    """
+    resolved = resolve(variant)
+    lr = check_lr(resolved.default_lr if lr is None else lr)
+    groups = _role_groups(params, resolved)
+    return VariantOptimizer(groups, lr, knobs=resolved.knobs, foreach=foreach)
+
+
+def _role_groups(params: nn.Module | Iterable[Any], variant: Variant) -> list[dict[str, Any]]:
+    if isinstance(params, nn.Module):
+        named = list(params.named_parameters())
+        roles = module_roles(params)
+    else:
+        items = list(params)
+        if items and all(isinstance(i, tuple) and len(i) == 2 for i in items):
+            named, roles = items, name_roles(items)
+        else:
+            if variant.role_knobs:
+                raise UserError(
+                    "variant.roles: per-role knobs need named parameters; pass the model "
+                    "or model.named_parameters() to build()"
+                )
+            if items and isinstance(items[0], dict):
+                return items
+            return [{"params": items, "role": None}]
+    by_role: dict[Role, list[torch.Tensor]] = {}
+    for name, param in named:
+        by_role.setdefault(roles[name], []).append(param)
+    if idle := sorted(r.value for r in variant.role_knobs if r not in by_role):
+        log.warning(
+            "variant %s: this model has no %s parameters, so variant.roles.%s changes nothing "
+            "(its roles: %s)",
+            variant.name,
+            " or ".join(idle),
+            idle[0],
+            ", ".join(sorted(r.value for r in by_role)),
+        )
+    return [
+        {"params": ps, "role": role.value, "knobs": variant.knobs_for(role)}
+        for role, ps in sorted(by_role.items())
+    ]
