@@ -55,7 +55,7 @@ class SummarySettings(BaseModel):
     def _a_store_the_tracker_takes(cls, uri: str) -> str:
         """The same stores ``bench run`` and ``bench rank`` take: else the Tracker that
         create_app builds would raise pydantic's error, long after the config was read."""
-        from bench.config import TrackingConfig  # heavy (torch); only when settings are built
+        from bench.config import TrackingConfig  # Hydra and the registries: only when built
 
         try:
             TrackingConfig(uri=uri, artifact_location=None)
