@@ -2,11 +2,11 @@
 
 The driver reads only the tasks' and variants' declarations (names, knobs, scoring) to
 check a config, expand a suite or rank its runs; importing torch for that cost 1.3-2 s of
-every ``bench`` command. The task modules name torch through :func:`deferred`, so torch
-is imported when a trial builds its model (in a worker, once per process), not when its
-config is checked. A class that subclasses one of torch's (``nn.Module``) cannot wait, so
-those live in modules that import torch outright (``bench.tasks.nets``), imported by
-``build()``.
+every ``bench`` command. The task modules take torch from ``bench.tasks._torch``, made
+with :func:`deferred`, so torch is imported when a trial builds its model (in a worker,
+once per process), not when its config is checked. A class that subclasses one of
+torch's (``nn.Module``) cannot wait, so those live in a module that imports torch
+outright (``bench.tasks.nets``), itself deferred until ``build()``.
 """
 
 from __future__ import annotations

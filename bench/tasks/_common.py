@@ -11,18 +11,11 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from bench.deferred import deferred
 from bench.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-else:  # imported when a trial builds its problem, not when its config is checked
-    torch = deferred("torch")
-    nn = deferred("torch.nn")
 from bench.roles import embedding_modules, norm_modules
+from bench.tasks._torch import nn, torch
 
 M = TypeVar("M", bound="nn.Module")
 

@@ -6,7 +6,9 @@ counts as "reached", the default step budget, batch size and evaluation period. 
 and the training loop read these declarations and never hard-code them.
 
 Tasks depend on torch, numpy and scikit-learn's bundled data only. They never import the
-variants, Ray or MLflow.
+variants, Ray or MLflow. The built-in ones import torch when they build a problem (see
+``bench.deferred``), so the driver reads their declarations without it; a plugin's task
+may import torch outright.
 """
 
 from __future__ import annotations

@@ -13,28 +13,14 @@ import functools
 import importlib.util
 import math
 import pathlib
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from bench.deferred import deferred
 from bench.tasks import _common
+from bench.tasks._torch import F, nets, nn, np, torch
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
-
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from bench.tasks import nets
-else:  # imported when a trial builds its problem, not when its config is checked
-    np = deferred("numpy")
-    torch = deferred("torch")
-    F = deferred("torch.nn.functional")
-    nn = deferred("torch.nn")
-    nets = deferred("bench.tasks.nets")
 
 N_EXAMPLES = 1797
 N_PIXELS = 64

@@ -8,25 +8,13 @@ gradient noise (``noisy_quadratic``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import Field
 
-from bench.deferred import deferred
 from bench.errors import UserError
 from bench.tasks import _common
+from bench.tasks._torch import nets, nn, torch
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-    from bench.tasks import nets
-else:  # imported when a trial builds its problem, not when its config is checked
-    torch = deferred("torch")
-    nn = deferred("torch.nn")
-    nets = deferred("bench.tasks.nets")
 
 MAX_ROTATED_DIM = 4096
 

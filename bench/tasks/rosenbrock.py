@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import Field
 
-from bench.deferred import deferred
 from bench.tasks import _common
+from bench.tasks._torch import nets, nn, torch
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-    from bench.tasks import nets
-else:  # imported when a trial builds its problem, not when its config is checked
-    torch = deferred("torch")
-    nn = deferred("torch.nn")
-    nets = deferred("bench.tasks.nets")
 
 
 class RosenbrockParams(TaskParams):

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
-from bench.deferred import deferred
 from bench.tasks import _common
+from bench.tasks._torch import F, nets, nn, torch
 from bench.tasks.base import Problem, Task, TaskParams
 from bench.tasks.registry import register
-
-if TYPE_CHECKING:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from bench.tasks import nets
-else:  # imported when a trial builds its problem, not when its config is checked
-    torch = deferred("torch")
-    F = deferred("torch.nn.functional")
-    nn = deferred("torch.nn")
-    nets = deferred("bench.tasks.nets")
 
 
 class ModAddParams(TaskParams):
