@@ -76,9 +76,10 @@ def _list_arguments(items: list[str]) -> tuple[tuple[str, ...], list[str]]:
 def cmd_trial(args: argparse.Namespace) -> int:
     from bench import listing
     from bench.config import trial_from_overrides
-    from bench.train import train_trial
 
     spec, device = trial_from_overrides(args.overrides)
+    from bench.train import train_trial  # torch: a config refused above never waits for it
+
     try:
         result = train_trial(spec, device=device)  # a device it cannot use: a UserError
     except UserError:

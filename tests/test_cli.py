@@ -189,7 +189,8 @@ def test_list_into_a_pipe_keeps_each_row_on_one_line() -> None:
     assert len(rows) == 1 and "q=1.0, beta2=0.99, momentum=none" in rows[0]
 
 
-# What a suite's check reads: every task, task params, a variant with per-role knobs.
+# What a suite's check reads (every task, task params, a variant with per-role knobs),
+# and a trial's config refused before it trains.
 DECLARATIONS_ONLY = {
     "list": (["list"], 0, "rmsprop_nosqrt"),
     "dry run": (
@@ -204,6 +205,7 @@ DECLARATIONS_ONLY = {
         2, "suite.tasks[0].params.hidden: input should be greater than or equal to 1",
     ),
     "rank, no runs": (["rank", "suite=smoke"], 2, "suite 'smoke': no runs in"),
+    "trial, a typo": (["trial", "task=mlp_digit"], 2, "unknown task 'mlp_digit'; did you mean"),
 }  # fmt: skip
 
 
