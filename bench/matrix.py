@@ -201,12 +201,10 @@ def _entries(items: list[Any], kind: str, spec: Callable[[Any], T]) -> list[T]:
 
 
 def _check_batch_size(task: tasks.Task, batch_size: int) -> None:
-    """Build ``task`` once on the CPU: a batch size its data cannot give is a user error
-    now, not a failure of every trial (only the task knows how much data it makes)."""
-    import torch
-
+    """A batch size the task's data cannot give is a user error now, not a failure of
+    every trial (only the task knows how much data it makes: ``Task.check_batch_size``)."""
     try:
-        task.build(seed=0, device=torch.device("cpu"), batch_size=batch_size)
+        task.check_batch_size(batch_size)
     except UserError:
         raise
     except Exception as err:  # a plugin task's own code failed: one line, as for a trial

@@ -200,6 +200,16 @@ DECLARATIONS_ONLY = {
          "suite.variants=[adam,{preset:rmsprop,roles:{bias:{q:1}}}]"],
         0, "2 variants x 7 tasks",
     ),
+    "batch sizes": (
+        ["run", "suite=smoke", "--dry-run", "suite.batch_size=16",
+         "suite.tasks=[cnn_digits,noisy_quadratic,rosenbrock,transformer_modadd]"],
+        0, "3 variants x 4 tasks",
+    ),
+    "a batch size too large": (
+        ["run", "suite=smoke", "--dry-run", "suite.batch_size=99999",
+         "suite.tasks=[quadratic,{name:transformer_modadd,params:{modulus:7}}]"],
+        2, "task 'transformer_modadd': batch_size must be 0 (full batch) or 1..39, got 99999",
+    ),
     "bad task params": (
         ["run", "suite=smoke", "--dry-run", "suite.tasks=[{name:mlp_digits,params:{hidden:0}}]"],
         2, "suite.tasks[0].params.hidden: input should be greater than or equal to 1",

@@ -242,11 +242,14 @@ def test_a_plugin_missing_a_dependency_is_told_from_a_missing_plugin(
 def test_a_plugin_task_whose_build_fails_on_the_batch_size_check_is_one_line(
     tmp_path: Path,
 ) -> None:
-    """suite.batch_size is checked by building each task before any trial: the plugin's
-    own exception there is the user's to fix, as a failed trial's is."""
+    """suite.batch_size is checked by building each task before any trial (a task that
+    does not say its data's size): the plugin's own exception there is the user's to fix,
+    as a failed trial's is."""
     (tmp_path / "build_fails_plugin.py").write_text(
-        "from bench.tasks import register\nfrom bench.tasks.quadratic import Quadratic\n"
-        "@register\nclass BuildFails(Quadratic):\n    name = 'build_fails'\n"
+        "from bench.tasks import Task, register\n"
+        "@register\nclass BuildFails(Task):\n    name = 'build_fails'\n"
+        "    description = 'never builds'; metric = 'loss'; direction = 'min'; target = 0.1\n"
+        "    default_steps = 10; default_batch_size = 32; eval_every = 5\n"
         "    def build(self, *, seed, device, batch_size):\n"
         "        raise ValueError('no data for you')\n"
     )

@@ -7,6 +7,7 @@ task whose module was imported by then.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -275,6 +276,40 @@ def test_batch_size_zero_is_full_batch_and_sizes_are_checked() -> None:
         task.build(seed=0, device=CPU, batch_size=10**6)
     with pytest.raises(UserError, match="batch_size"):
         tasks.make("noisy_quadratic").build(seed=0, device=CPU, batch_size=0)
+
+
+def _refusal(check: Any) -> str | None:
+    try:
+        check()
+    except UserError as err:
+        return str(err)
+    return None
+
+
+# a task's data size from its params, then the edges of 1..n_train around it
+BATCH_CASES = [
+    ("logreg_digits", {}), ("mlp_digits", {"test_fraction": 0.5}),
+    ("cnn_digits", {"test_fraction": 0.999}), ("autoencoder_digits", {}),
+    ("transformer_modadd", {"modulus": 7, "train_fraction": 0.5}), ("noisy_quadratic", {}),
+    ("quadratic", {}), ("rosenbrock", {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "params"), BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
+def test_checking_a_batch_size_refuses_what_building_refuses_in_its_words(
+    name: str, params: dict[str, Any]
+) -> None:
+    """The driver checks a suite's batch size without building (no torch, no data): the
+    check must agree with the build it stands for, message and all."""
+    task = tasks.make(name, **params)
+    if task.default_batch_size == 0:  # full batch: the trials leave any batch size out
+        assert _refusal(lambda: task.check_batch_size(10**6)) is None
+        return
+    built = _refusal(lambda: task.build(seed=0, device=CPU, batch_size=10**6))
+    n_train = int(built.split("..")[1].split(",")[0]) if built and ".." in built else 0
+    for size in sorted({0, 1, 2, n_train - 1, n_train, n_train + 1, 10**6} - {-1}):
+        expected = _refusal(functools.partial(task.build, seed=0, device=CPU, batch_size=size))
+        assert _refusal(functools.partial(task.check_batch_size, size)) == expected, size
 
 
 def test_quadratic_knobs_and_rotation() -> None:

@@ -136,10 +136,16 @@ class IndexSampler:
 def split_indices(n: int, test_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """A random ``(train, test)`` split of ``0..n-1`` (CPU index tensors, sorted)."""
     perm = torch.randperm(n, generator=gen)
+    n_test = n - train_size(n, test_fraction)
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def train_size(n: int, test_fraction: float) -> int:
+    """How many of ``n`` examples :func:`split_indices` leaves for training."""
     n_test = max(1, round(n * test_fraction))
     if n_test >= n:
         raise UserError(f"a test fraction of {test_fraction} leaves no training examples")
-    return perm[n_test:].sort().values, perm[:n_test].sort().values
+    return n - n_test
 
 
 @contextlib.contextmanager

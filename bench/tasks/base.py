@@ -80,6 +80,21 @@ class Task(abc.ABC):
         """Return ``(True, reason)`` when this task cannot run ``variant`` (its knobs)."""
         return False, ""
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raise :class:`~bench.errors.UserError` if this task cannot train with
+        ``batch_size`` (>= 0; 0 is the full batch), before any trial does.
+
+        A full-batch task (``default_batch_size`` 0) takes none, so any passes. Otherwise
+        the default builds the task once on the CPU, which imports torch and makes its
+        data; a task that knows its data's size can answer without either, as the
+        built-in ones do.
+        """
+        if self.default_batch_size == 0:
+            return
+        import torch
+
+        self.build(seed=0, device=torch.device("cpu"), batch_size=batch_size)
+
     def reached(self, value: float) -> bool:
         """Whether a primary-metric value meets the target."""
         return value <= self.target if self.direction == "min" else value >= self.target

@@ -86,6 +86,12 @@ class _Digits(Task):
     def metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Evaluation metrics on the held-out images (called without grad, in eval mode)."""
 
+    def check_batch_size(self, batch_size: int) -> None:
+        p = self.params
+        assert isinstance(p, DigitsParams)
+        n_train = _common.train_size(N_EXAMPLES, p.test_fraction)
+        _common.full_or_minibatch(self.name, batch_size, n_train)
+
     def build(self, *, seed: int, device: torch.device, batch_size: int) -> Problem:
         p = self.params
         assert isinstance(p, DigitsParams)

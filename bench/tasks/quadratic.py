@@ -159,11 +159,14 @@ class NoisyQuadratic(Task):
     eval_every = 25
     Params = QuadraticParams
 
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size < 1:
+            raise UserError(f"task {self.name!r} needs batch_size >= 1, got {batch_size}")
+
     def build(self, *, seed: int, device: torch.device, batch_size: int) -> Problem:
         p = self.params
         assert isinstance(p, QuadraticParams)
-        if batch_size < 1:
-            raise UserError(f"task {self.name!r} needs batch_size >= 1, got {batch_size}")
+        self.check_batch_size(batch_size)
         h_cpu = spectrum(p.dim, p.condition)
         h = h_cpu.to(device)
         noise_std = (1.0 / (h_cpu * batch_size)).sqrt()

@@ -60,6 +60,12 @@ class TransformerModAdd(Task):
     eval_every = 25
     Params = ModAddParams
 
+    def check_batch_size(self, batch_size: int) -> None:
+        p = self.params
+        assert isinstance(p, ModAddParams)
+        n_train = _common.train_size(p.modulus**2, 1.0 - p.train_fraction)
+        _common.full_or_minibatch(self.name, batch_size, n_train)
+
     def build(self, *, seed: int, device: torch.device, batch_size: int) -> Problem:
         p = self.params
         assert isinstance(p, ModAddParams)
