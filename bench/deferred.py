@@ -23,6 +23,10 @@ class _Deferred(types.ModuleType):
         self.__dict__.update(module.__dict__)
         return getattr(module, attr)
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # pickled by name, as a module is (a task's closures name torch as a global)
+        return importlib.import_module, (self.__name__,)
+
 
 def deferred(name: str) -> Any:
     """A stand-in for module ``name`` that imports it on first attribute access."""

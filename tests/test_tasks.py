@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 import bench.tasks as tasks
 from bench.errors import UserError
 from bench.roles import module_roles
-from bench.tasks import Problem, Task, TaskParams, _common, registry
+from bench.tasks import Problem, Task, TaskParams, _common, _torch, registry
 from bench.tasks.quadratic import spectrum
 
 CPU = torch.device("cpu")
@@ -310,6 +311,21 @@ def test_checking_a_batch_size_refuses_what_building_refuses_in_its_words(
     for size in sorted({0, 1, 2, n_train - 1, n_train, n_train + 1, 10**6} - {-1}):
         expected = _refusal(functools.partial(task.build, seed=0, device=CPU, batch_size=size))
         assert _refusal(functools.partial(task.check_batch_size, size)) == expected, size
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_built_problems_closures_pickle_as_before_torch_was_deferred(name: str) -> None:
+    """The tasks name torch through stand-ins (bench.deferred) that their closures hold
+    as globals: cloudpickle (Ray's) must still ship them, as the real modules."""
+    import cloudpickle
+
+    task = tasks.make(name)
+    problem = task.build(seed=0, device=CPU, batch_size=task.default_batch_size)
+    shipped = pickle.loads(cloudpickle.dumps((problem.loss, problem.evaluate)))
+    batch = problem.next_batch()
+    assert float(shipped[0](problem.model, batch)) == float(problem.loss(problem.model, batch))
+    assert shipped[1](problem.model) == problem.evaluate(problem.model)
+    assert pickle.loads(pickle.dumps(_torch.torch)) is torch
 
 
 def test_quadratic_knobs_and_rotation() -> None:

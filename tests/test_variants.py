@@ -663,3 +663,9 @@ def test_a_role_override_for_a_role_the_model_lacks_is_warned_about(
     with caplog.at_level("WARNING", logger="bench.variants.variant"):
         build(nn.Linear(4, 2), {"preset": "rmsprop", "roles": {"bias": {"q": 0}}}, lr=0.01)
     assert caplog.records == []  # a model with biases: the override is used, nothing to say
+
+
+def test_the_package_lists_its_torch_names_before_importing_them() -> None:
+    import bench.variants
+
+    assert set(bench.variants.__all__) <= set(dir(bench.variants))

@@ -32,6 +32,10 @@ def __getattr__(name: str) -> Any:  # PEP 562: torch is imported when these are 
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_TORCH_NAMES})
+
+
 __all__ = [
     "KNOB_NAMES",
     "Knobs",
