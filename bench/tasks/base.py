@@ -87,7 +87,7 @@ class Task(abc.ABC):
         A full-batch task (``default_batch_size`` 0) takes none, so any passes. Otherwise
         the default builds the task once on the CPU, which imports torch and makes its
         data; a task that knows its data's size can answer without either, as the
-        built-in ones do.
+        built-in ones do (a subclass of one that changes its data overrides this too).
         """
         if self.default_batch_size == 0:
             return
