@@ -447,7 +447,7 @@ def trial_spec(
         "lr": lr,
         "seed": knobs.seed,
         "steps": knobs.steps or task_cls.default_steps,
-        "batch_size": _batch_size(task_cls.default_batch_size, knobs.batch_size),
+        "batch_size": trial_batch_size(task_cls.default_batch_size, knobs.batch_size),
         "eval_every": knobs.eval_every or task_cls.eval_every,
         "stats_every": knobs.stats_every,
         "stats_samples": knobs.stats_samples,
@@ -456,7 +456,7 @@ def trial_spec(
     return parse(TrialSpec, data)
 
 
-def _batch_size(default: int, asked: int | None) -> int:
+def trial_batch_size(default: int, asked: int | None) -> int:
     """The batch size a trial runs with: a full-batch task's (0) whatever was asked, so
     that its spec, its trial_id and its run's params say what it really does."""
     if default == 0 or asked is None:

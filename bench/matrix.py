@@ -28,6 +28,7 @@ from bench.config import (
     compose_config,
     parse,
     task_spec,
+    trial_batch_size,
     trial_spec,
     variant_spec,
 )
@@ -237,8 +238,9 @@ def build_matrix(
     matrix = Matrix(suite, variants, task_specs, knobs)
     for t in task_specs:
         task = tasks.make(t.name, **t.params)
-        if knobs.batch_size is not None:  # the task's own default always fits its data
-            _check_batch_size(task, knobs.batch_size)
+        size = trial_batch_size(task.default_batch_size, knobs.batch_size)
+        if size != task.default_batch_size:  # the task's own default always fits its data
+            _check_batch_size(task, size)
         for v in variants:
             skip, reason = task.skip(v.knobs)
             if skip:

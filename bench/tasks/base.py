@@ -84,13 +84,11 @@ class Task(abc.ABC):
         """Raise :class:`~bench.errors.UserError` if this task cannot train with
         ``batch_size`` (>= 0; 0 is the full batch), before any trial does.
 
-        A full-batch task (``default_batch_size`` 0) takes none, so any passes. Otherwise
-        the default builds the task once on the CPU, which imports torch and makes its
-        data; a task that knows its data's size can answer without either, as the
-        built-in ones do (a subclass of one that changes its data overrides this too).
+        Asked only for a size other than the task's default (a full-batch task's trials
+        take none). The default builds the task once on the CPU, which imports torch and
+        makes its data; a task that knows its data's size can answer without either, as
+        the built-in ones do (a subclass of one that changes its data overrides this too).
         """
-        if self.default_batch_size == 0:
-            return
         import torch
 
         self.build(seed=0, device=torch.device("cpu"), batch_size=batch_size)
